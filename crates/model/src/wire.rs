@@ -1,0 +1,385 @@
+//! The JSON wire form of fund records and the validation of ingest bodies.
+//!
+//! A body is either a JSON array of records or NDJSON (one record per line). Each record
+//! is validated on its own, so the answer can list every bad record with its position,
+//! its id when it has one, and the reason.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::{format_millis, parse_millis, Currency, Direction, FundRecord, Money};
+
+/// Longest accepted record id, source, kind, key or attribute value, in bytes.
+pub const FIELD_BYTES_MAX: usize = 512;
+/// Most business key fields or attributes a record may carry.
+pub const MAP_ENTRIES_MAX: usize = 64;
+
+/// One refused record: where it was in the body and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordError {
+    /// Zero-based position of the record in the body (the line for NDJSON, ignoring blank lines).
+    pub index: usize,
+    pub record_id: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("body is not valid JSON or NDJSON: {0}")]
+    Malformed(String),
+    #[error("body holds {got} records, more than the {max} allowed per batch")]
+    TooManyRecords { max: usize, got: usize },
+    #[error("body holds no records")]
+    Empty,
+}
+
+/// A JSON scalar accepted where text is expected; numbers and booleans keep their text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Number(serde_json::Number),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn into_text(self) -> String {
+        match self {
+            Scalar::Text(s) => s,
+            Scalar::Number(n) => n.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WireAmount {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WireTime {
+    Text(String),
+    Millis(i64),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireIn {
+    record_id: String,
+    source: String,
+    kind: String,
+    #[serde(default)]
+    keys: BTreeMap<String, Scalar>,
+    amount: WireAmount,
+    currency: String,
+    account: Option<String>,
+    counter_account: Option<String>,
+    direction: Option<Direction>,
+    status: Option<String>,
+    event_time: WireTime,
+    trace_id: Option<String>,
+    order_id: Option<String>,
+    drill: Option<String>,
+    amends: Option<String>,
+    #[serde(default)]
+    attributes: BTreeMap<String, Scalar>,
+}
+
+/// The wire form written out (exports, break evidence): amounts as decimal strings,
+/// times as RFC 3339.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WireRecord {
+    pub record_id: String,
+    pub source: String,
+    pub kind: String,
+    pub keys: BTreeMap<String, String>,
+    pub amount: String,
+    pub currency: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counter_account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    pub event_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amends: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl From<&FundRecord> for WireRecord {
+    fn from(r: &FundRecord) -> WireRecord {
+        WireRecord {
+            record_id: r.record_id.clone(),
+            source: r.source.clone(),
+            kind: r.kind.clone(),
+            keys: r.keys.clone(),
+            amount: r.amount.to_decimal_string(),
+            currency: r.amount.currency.code().to_string(),
+            account: r.account.clone(),
+            counter_account: r.counter_account.clone(),
+            direction: r.direction,
+            status: r.status.clone(),
+            event_time: format_millis(r.event_time),
+            trace_id: r.trace_id.clone(),
+            order_id: r.order_id.clone(),
+            drill: r.drill.clone(),
+            amends: r.amends.clone(),
+            attributes: r.attributes.clone(),
+        }
+    }
+}
+
+fn check_text(field: &str, value: &str, required: bool) -> Result<(), String> {
+    if required && value.is_empty() {
+        return Err(format!("field `{field}` must not be empty"));
+    }
+    if value.len() > FIELD_BYTES_MAX {
+        return Err(format!("field `{field}` is longer than {FIELD_BYTES_MAX} bytes"));
+    }
+    Ok(())
+}
+
+fn convert(w: WireIn) -> Result<FundRecord, String> {
+    check_text("record_id", &w.record_id, true)?;
+    check_text("source", &w.source, true)?;
+    check_text("kind", &w.kind, true)?;
+    for opt in [
+        ("account", &w.account),
+        ("counter_account", &w.counter_account),
+        ("status", &w.status),
+        ("trace_id", &w.trace_id),
+        ("order_id", &w.order_id),
+        ("drill", &w.drill),
+        ("amends", &w.amends),
+    ] {
+        if let Some(v) = opt.1 {
+            check_text(opt.0, v, true)?;
+        }
+    }
+    if w.keys.is_empty() {
+        return Err("field `keys` must name at least one business key field".into());
+    }
+    if w.keys.len() > MAP_ENTRIES_MAX || w.attributes.len() > MAP_ENTRIES_MAX {
+        return Err(format!("`keys` and `attributes` hold at most {MAP_ENTRIES_MAX} entries"));
+    }
+    let currency = Currency::from_code(&w.currency).map_err(|e| e.to_string())?;
+    let amount = match w.amount {
+        WireAmount::Text(t) => Money::parse(&t, currency).map_err(|e| e.to_string())?,
+        WireAmount::Number(n) => {
+            return Err(format!(
+                "field `amount` must be a decimal string such as \"{n}\", not a JSON number: numbers lose precision"
+            ))
+        }
+    };
+    let event_time = match w.event_time {
+        WireTime::Millis(ms) => ms,
+        WireTime::Text(t) => parse_millis(&t).ok_or_else(|| {
+            format!("field `event_time` {t:?} is not RFC 3339 (2026-11-22T10:00:00.000Z) nor epoch milliseconds")
+        })?,
+    };
+    let text_map = |name: &str, m: BTreeMap<String, Scalar>| {
+        m.into_iter()
+            .map(|(k, v)| {
+                let v = v.into_text();
+                check_text(name, &k, true)?;
+                check_text(name, &v, false)?;
+                Ok((k, v))
+            })
+            .collect::<Result<BTreeMap<_, _>, String>>()
+    };
+    let keys = text_map("keys", w.keys)?;
+    if let Some((k, _)) = keys.iter().find(|(_, v)| v.is_empty()) {
+        return Err(format!("business key `{k}` must not be empty"));
+    }
+    let attributes = text_map("attributes", w.attributes)?;
+    Ok(FundRecord {
+        record_id: w.record_id,
+        source: w.source,
+        kind: w.kind,
+        keys,
+        amount,
+        account: w.account,
+        counter_account: w.counter_account,
+        direction: w.direction,
+        status: w.status,
+        event_time,
+        trace_id: w.trace_id,
+        order_id: w.order_id,
+        drill: w.drill,
+        amends: w.amends,
+        attributes,
+    })
+}
+
+/// Parses and validates one JSON object.
+pub fn parse_record(index: usize, json: &str) -> Result<FundRecord, RecordError> {
+    match serde_json::from_str::<WireIn>(json) {
+        Ok(w) => {
+            let id = w.record_id.clone();
+            convert(w).map_err(|message| RecordError { index, record_id: Some(id), message })
+        }
+        Err(e) => {
+            #[derive(Deserialize)]
+            struct IdOnly {
+                record_id: String,
+            }
+            let record_id = serde_json::from_str::<IdOnly>(json).ok().map(|r| r.record_id);
+            let message = match e.classify() {
+                serde_json::error::Category::Data => explain_serde(&e),
+                _ => format!("malformed JSON: {e}"),
+            };
+            Err(RecordError { index, record_id, message })
+        }
+    }
+}
+
+fn explain_serde(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    // Untagged enums hide the field name; say what was expected instead.
+    if text.contains("did not match any variant of untagged enum WireAmount") {
+        return "field `amount` must be a decimal string such as \"12.50\"".into();
+    }
+    if text.contains("did not match any variant of untagged enum WireTime") {
+        return "field `event_time` must be RFC 3339 text or epoch milliseconds".into();
+    }
+    if text.contains("untagged enum Scalar") {
+        return "`keys` and `attributes` values must be strings, numbers or booleans".into();
+    }
+    text
+}
+
+/// Splits a body into records and validates each. The outer error means nothing in the
+/// body can be trusted (malformed array, too many records); the inner results say, per
+/// record, whether it is valid.
+pub fn parse_body(
+    body: &[u8],
+    records_max: usize,
+) -> Result<Vec<Result<FundRecord, RecordError>>, BodyError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| BodyError::Malformed(format!("body is not UTF-8: {e}")))?;
+    let trimmed = text.trim_start();
+    let parts: Vec<&str> = if trimmed.starts_with('[') {
+        let raws: Vec<&RawValue> =
+            serde_json::from_str(trimmed).map_err(|e| BodyError::Malformed(e.to_string()))?;
+        raws.into_iter().map(|r| r.get()).collect()
+    } else {
+        text.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
+    };
+    if parts.is_empty() {
+        return Err(BodyError::Empty);
+    }
+    if parts.len() > records_max {
+        return Err(BodyError::TooManyRecords { max: records_max, got: parts.len() });
+    }
+    Ok(parts.into_iter().enumerate().map(|(i, p)| parse_record(i, p)).collect())
+}
+
+/// Builds a record from one CSV row. Columns: the record's field names, plus
+/// `key.NAME` for business keys and `attr.NAME` for attributes; empty cells are absent.
+pub fn record_from_csv(index: usize, header: &[&str], row: &[&str]) -> Result<FundRecord, RecordError> {
+    let mut obj = serde_json::Map::new();
+    let mut keys = serde_json::Map::new();
+    let mut attrs = serde_json::Map::new();
+    for (name, value) in header.iter().zip(row.iter()) {
+        if value.is_empty() {
+            continue;
+        }
+        let v = serde_json::Value::String(value.to_string());
+        if let Some(k) = name.strip_prefix("key.") {
+            keys.insert(k.to_string(), v);
+        } else if let Some(a) = name.strip_prefix("attr.") {
+            attrs.insert(a.to_string(), v);
+        } else if *name == "event_time" && value.bytes().all(|b| b.is_ascii_digit()) {
+            obj.insert(name.to_string(), serde_json::Value::from(value.parse::<i64>().unwrap_or(0)));
+        } else {
+            obj.insert(name.to_string(), v);
+        }
+    }
+    obj.insert("keys".into(), keys.into());
+    if !attrs.is_empty() {
+        obj.insert("attributes".into(), attrs.into());
+    }
+    parse_record(index, &serde_json::Value::Object(obj).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"record_id":"r1","source":"payment-core","kind":"payment","keys":{"order_no":"O1"},"amount":"100.5","currency":"USD","event_time":"2026-11-22T10:00:00Z"}"#;
+
+    fn err_of(json: &str) -> String {
+        parse_record(0, json).expect_err(json).message
+    }
+
+    #[test]
+    fn accepts_a_valid_record() {
+        let r = parse_record(0, GOOD).unwrap();
+        assert_eq!(r.amount.minor, 10050);
+        assert_eq!(r.keys["order_no"], "O1");
+        let wire = WireRecord::from(&r);
+        assert_eq!(wire.amount, "100.50");
+        assert_eq!(wire.event_time, "2026-11-22T10:00:00.000Z");
+    }
+
+    #[test]
+    fn explains_each_bad_record() {
+        let cases = [
+            (GOOD.replace("\"100.5\"", "100.5"), "not a JSON number"),
+            (GOOD.replace("\"100.5\"", "\"100.505\""), "more decimals than USD allows"),
+            (GOOD.replace("USD", "XXY"), "unknown currency"),
+            (GOOD.replace(r#""keys":{"order_no":"O1"},"#, ""), "`keys` must name"),
+            (GOOD.replace(r#""record_id":"r1","#, ""), "missing field `record_id`"),
+            (GOOD.replace("2026-11-22T10:00:00Z", "yesterday"), "not RFC 3339"),
+            (GOOD.replace("\"kind\"", "\"knid\""), "unknown field `knid`"),
+            (GOOD.replace("\"payment-core\"", "7"), "invalid type"),
+            (GOOD.replace("\"O1\"", "\"\""), "must not be empty"),
+        ];
+        for (json, fragment) in cases {
+            let msg = err_of(&json);
+            assert!(msg.contains(fragment), "{json}\n => {msg}\n lacks {fragment}");
+        }
+    }
+
+    #[test]
+    fn splits_arrays_and_ndjson() {
+        let arr = format!("[{GOOD}, {}]", GOOD.replace("100.5", "1.001"));
+        let parsed = parse_body(arr.as_bytes(), 10).unwrap();
+        assert!(parsed[0].is_ok());
+        let bad = parsed[1].as_ref().unwrap_err();
+        assert_eq!((bad.index, bad.record_id.as_deref()), (1, Some("r1")));
+
+        let nd = format!("{GOOD}\n\n{GOOD}\n");
+        assert_eq!(parse_body(nd.as_bytes(), 10).unwrap().len(), 2);
+        assert_eq!(parse_body(nd.as_bytes(), 1), Err(BodyError::TooManyRecords { max: 1, got: 2 }));
+        assert!(matches!(parse_body(b"[{\"a\":", 10), Err(BodyError::Malformed(_))));
+        assert_eq!(parse_body(b"  ", 10), Err(BodyError::Empty));
+        let nd_bad = parse_body(b"{not json}\n", 10).unwrap();
+        assert!(nd_bad[0].as_ref().unwrap_err().message.contains("malformed JSON"));
+    }
+
+    #[test]
+    fn reads_csv_rows() {
+        let header = ["record_id", "source", "kind", "key.order_no", "amount", "currency", "event_time", "attr.channel"];
+        let row = ["r1", "billing", "bill", "O1", "12.5", "EUR", "1700000000000", "app"];
+        let r = record_from_csv(0, &header, &row).unwrap();
+        assert_eq!((r.amount.minor, r.event_time), (1250, 1_700_000_000_000));
+        assert_eq!(r.attributes["channel"], "app");
+    }
+}
