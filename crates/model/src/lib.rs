@@ -13,7 +13,7 @@ mod money;
 mod record;
 pub mod wire;
 
-pub use money::{Currency, Money, MoneyError, MINOR_UNITS_MAX};
+pub use money::{format_minor, Currency, Money, MoneyError, MINOR_UNITS_MAX};
 pub use record::{mask_account, Direction, FundRecord, RecordFp};
 
 /// Milliseconds since the Unix epoch (UTC). All engine time is expressed in this unit.

@@ -1,0 +1,1246 @@
+//! The streaming engine. See the crate docs for the contract; the comments here say why
+//! the state looks the way it does.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::sync::Arc;
+
+use hashbrown::{HashMap, HashSet, HashTable};
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+use steadfast_model::{Currency, FundRecord, Millis, RecordFp};
+
+use crate::breaks::{Break, BreakKind, Event, Evidence};
+use crate::packed::Packed;
+use crate::rules::{Rule, RuleKind, RuleSet, Side};
+
+/// Where the edge can find a record again (for the server: its position in the WAL).
+pub type Loc = u64;
+
+/// Bounds on the engine's state. Every map the engine keeps is bounded by one of these.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Limits {
+    /// Pending (unmatched) records per rule. The edge refuses batches that could pass it,
+    /// and the engine reports a `capacity` break once fewer than one batch fits.
+    pub open_records_max: usize,
+    /// The largest batch the edge admits; sets how early `capacity` is reported.
+    pub batch_records_max: usize,
+    /// Record ids remembered for idempotency.
+    pub record_ids_max: usize,
+    /// How long a record id is remembered; a retry after that counts as new (and then
+    /// shows as a `duplicate` break rather than passing silently).
+    pub record_id_retention_ms: Millis,
+    /// Matched or broken keys kept per rule, for duplicates, late records and amendments.
+    pub closed_keys_max: usize,
+    pub closed_retention_ms: Millis,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            open_records_max: 2_000_000,
+            batch_records_max: 10_000,
+            record_ids_max: 5_000_000,
+            record_id_retention_ms: 15 * 60 * 1000,
+            closed_keys_max: 1_000_000,
+            closed_retention_ms: 15 * 60 * 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EngineStats {
+    pub records_seen: u64,
+    pub retries_ignored: u64,
+    pub record_ids_evicted: u64,
+    pub closed_keys_evicted: u64,
+    /// Open (pending) records per rule, in rule order.
+    pub open_per_rule: Vec<usize>,
+}
+
+/// One record held by a rule: the few values the rule compares, and where the whole
+/// record can be found again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Entry {
+    /// record_id, trace_id, drill, amends, then one value per compared field.
+    text: Packed,
+    amount: i64,
+    event_time: Millis,
+    loc: Loc,
+    currency: Currency,
+    side: u8,
+}
+
+const T_RECORD_ID: usize = 0;
+const T_TRACE: usize = 1;
+const T_DRILL: usize = 2;
+const T_FIELDS: usize = 3;
+
+impl Entry {
+    fn record_id(&self) -> &str {
+        self.text.get(T_RECORD_ID)
+    }
+    fn drill(&self) -> Option<&str> {
+        Some(self.text.get(T_DRILL)).filter(|s| !s.is_empty())
+    }
+    fn field(&self, i: usize) -> &str {
+        self.text.get(T_FIELDS + i)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Phase {
+    Pending,
+    Closed,
+}
+
+/// An open break a key still carries, so that re-evaluation can resolve it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct OpenBreak {
+    id: u64,
+    slot: Slot,
+}
+
+/// Identifies a finding across re-evaluations: the same slot is the same disagreement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Slot {
+    kind: BreakKind,
+    detail: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct KeyState {
+    key: Box<str>,
+    hash: u64,
+    entries: SmallVec<[Entry; 1]>,
+    deadline: Millis,
+    phase: Phase,
+    closed_at: Millis,
+    breaks: Vec<OpenBreak>,
+}
+
+/// A disagreement a rule's evaluation found, before it becomes a break.
+struct Finding {
+    slot: Slot,
+    side: Option<String>,
+    field: Option<String>,
+    expected: Option<String>,
+    actual: Option<String>,
+    message: String,
+    evidence: SmallVec<[usize; 2]>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+struct KeyedState {
+    #[serde(with = "table_serde")]
+    keys: HashTable<KeyState>,
+    deadlines: BinaryHeap<Reverse<(Millis, u64)>>,
+    closed: VecDeque<(Millis, u64)>,
+    open: usize,
+    closed_count: usize,
+    capacity_break: Option<u64>,
+}
+
+mod table_serde {
+    use super::KeyState;
+    use hashbrown::HashTable;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &HashTable<KeyState>, s: S) -> Result<S::Ok, S::Error> {
+        let mut all: Vec<&KeyState> = t.iter().collect();
+        all.sort_by(|a, b| (a.hash, &a.key).cmp(&(b.hash, &b.key)));
+        all.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HashTable<KeyState>, D::Error> {
+        let all = Vec::<KeyState>::deserialize(d)?;
+        let mut t = HashTable::with_capacity(all.len());
+        for k in all {
+            t.insert_unique(k.hash, k, |k| k.hash);
+        }
+        Ok(t)
+    }
+}
+
+/// Per-account state of a balance rule.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+struct Account {
+    /// The last checked snapshot: (event time, balance, currency, record id).
+    last: Option<(Millis, i64, Currency, String)>,
+    /// Movements after `last`, (event time, signed amount, record id, loc).
+    movements: Vec<(Millis, i64, String, Loc)>,
+    /// Snapshots waiting for their lateness budget, in arrival order.
+    snapshots: Vec<(Millis, i64, Currency, String, Loc)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+struct BalanceState {
+    accounts: BTreeMap<String, Account>,
+    deadlines: BinaryHeap<Reverse<(Millis, String)>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+struct DailyState {
+    /// (business day start, currency) → signed sum.
+    totals: BTreeMap<(Millis, Currency), i128>,
+    /// Days already checked, with the break raised for them if any.
+    checked: BTreeMap<(Millis, Currency), Option<u64>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RuleState {
+    keyed: KeyedState,
+    balance: BalanceState,
+    daily: DailyState,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+struct SourceState {
+    last_seen: Option<Millis>,
+    silent_break: Option<u64>,
+}
+
+/// The part of the engine that changes; serialized as a checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct State {
+    now: Millis,
+    started: bool,
+    next_break_id: u64,
+    seen: HashSet<RecordFp>,
+    seen_order: VecDeque<(Millis, RecordFp)>,
+    rules: Vec<RuleState>,
+    sources: Vec<SourceState>,
+    stats: EngineStats,
+}
+
+/// The streaming verification engine.
+pub struct Engine {
+    rules: Arc<RuleSet>,
+    limits: Limits,
+    /// (source, kind) → (rule index, side index) it feeds.
+    routes: HashMap<(String, String), Vec<(usize, u8)>>,
+    day: BusinessDayClock,
+    s: State,
+}
+
+#[derive(Clone)]
+struct BusinessDayClock {
+    tz: chrono_tz::Tz,
+    cutoff_minutes: u32,
+}
+
+impl BusinessDayClock {
+    /// Start of the business day (as epoch ms) that `t` falls in.
+    fn day_start(&self, t: Millis) -> Millis {
+        use chrono::{TimeZone, Timelike};
+        let Some(utc) = chrono::DateTime::from_timestamp_millis(t) else { return t };
+        let local = utc.with_timezone(&self.tz);
+        let minutes = local.hour() * 60 + local.minute();
+        let mut date = local.date_naive();
+        if minutes < self.cutoff_minutes {
+            date = date.pred_opt().unwrap_or(date);
+        }
+        let naive = date.and_hms_opt(self.cutoff_minutes / 60, self.cutoff_minutes % 60, 0);
+        naive
+            .and_then(|n| self.tz.from_local_datetime(&n).earliest())
+            .map(|d| d.timestamp_millis())
+            .unwrap_or(t)
+    }
+
+    fn label(&self, day_start: Millis) -> String {
+        chrono::DateTime::from_timestamp_millis(day_start)
+            .map(|d| d.with_timezone(&self.tz).format("%Y-%m-%d").to_string())
+            .unwrap_or_default()
+    }
+}
+
+const DAY_MS: Millis = 24 * 3600 * 1000;
+
+fn key_hash(key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+}
+
+fn side_of(rule: &Rule, side: u8) -> &Side {
+    match (&rule.kind, side) {
+        (RuleKind::Match { left, .. }, 0) => left,
+        (RuleKind::Match { right, .. }, _) => right,
+        (RuleKind::SumMatch { upstream, .. }, 0) => upstream,
+        (RuleKind::SumMatch { downstream, .. }, _) => downstream,
+        (RuleKind::Conservation { entries, .. }, _) => entries,
+        (RuleKind::Balance { entries, .. }, 0) => entries,
+        (RuleKind::Balance { snapshots, .. }, _) => snapshots,
+    }
+}
+
+fn side_name(rule: &Rule, side: u8) -> &'static str {
+    match (&rule.kind, side) {
+        (RuleKind::Match { .. }, 0) => "left",
+        (RuleKind::Match { .. }, _) => "right",
+        (RuleKind::SumMatch { .. }, 0) => "upstream",
+        (RuleKind::SumMatch { .. }, _) => "downstream",
+        (RuleKind::Conservation { .. }, _) => "entries",
+        (RuleKind::Balance { .. }, 0) => "entries",
+        (RuleKind::Balance { .. }, _) => "snapshots",
+    }
+}
+
+use steadfast_model::format_minor;
+
+impl Engine {
+    pub fn new(rules: Arc<RuleSet>, limits: Limits) -> Engine {
+        let mut routes: HashMap<(String, String), Vec<(usize, u8)>> = HashMap::new();
+        for (i, rule) in rules.rules.iter().enumerate() {
+            let sides: &[u8] = match rule.kind {
+                RuleKind::Conservation { .. } => &[0],
+                _ => &[0, 1],
+            };
+            for &s in sides {
+                let side = side_of(rule, s);
+                routes.entry((side.source.clone(), side.kind.clone())).or_default().push((i, s));
+            }
+        }
+        let day = BusinessDayClock {
+            tz: rules.business_day.timezone.parse().unwrap_or(chrono_tz::UTC),
+            cutoff_minutes: rules.business_day.cutoff_minutes,
+        };
+        let s = State {
+            now: Millis::MIN,
+            started: false,
+            next_break_id: 1,
+            seen: HashSet::new(),
+            seen_order: VecDeque::new(),
+            rules: rules
+                .rules
+                .iter()
+                .map(|_| RuleState {
+                    keyed: KeyedState::default(),
+                    balance: BalanceState::default(),
+                    daily: DailyState::default(),
+                })
+                .collect(),
+            sources: rules.sources.iter().map(|_| SourceState::default()).collect(),
+            stats: EngineStats { open_per_rule: vec![0; rules.rules.len()], ..Default::default() },
+        };
+        Engine { rules, limits, routes, day, s }
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    pub fn now(&self) -> Millis {
+        self.s.now
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let mut stats = self.s.stats.clone();
+        stats.open_per_rule = self.s.rules.iter().map(|r| r.keyed.open + r.balance_open()).collect();
+        stats
+    }
+
+    /// Total open (pending) records over all rules.
+    pub fn open_records(&self) -> usize {
+        self.s.rules.iter().map(|r| r.keyed.open + r.balance_open()).sum()
+    }
+
+    /// How many more records can be admitted before some rule reaches its bound. Each
+    /// record opens at most one entry per rule, so admitting no more than this keeps
+    /// every rule within `open_records_max`.
+    pub fn headroom(&self) -> usize {
+        let fullest = self.s.rules.iter().map(|r| r.keyed.open + r.balance_open()).max().unwrap_or(0);
+        self.limits.open_records_max.saturating_sub(fullest)
+    }
+
+    /// Serializes the engine's state for a checkpoint.
+    pub fn snapshot(&self) -> Vec<u8> {
+        postcard::to_allocvec(&self.s).expect("engine state serializes")
+    }
+
+    /// Restores a checkpoint taken with the same rule set.
+    pub fn restore(rules: Arc<RuleSet>, limits: Limits, bytes: &[u8]) -> Result<Engine, String> {
+        let mut e = Engine::new(rules, limits);
+        let s: State = postcard::from_bytes(bytes).map_err(|err| err.to_string())?;
+        if s.rules.len() != e.s.rules.len() || s.sources.len() != e.s.sources.len() {
+            return Err("checkpoint was taken with a different rule set".into());
+        }
+        e.s = s;
+        Ok(e)
+    }
+
+    fn advance(&mut self, now: Millis) {
+        if now > self.s.now {
+            self.s.now = now;
+        }
+        if !self.s.started {
+            self.s.started = true;
+            let now = self.s.now;
+            for src in &mut self.s.sources {
+                src.last_seen.get_or_insert(now);
+            }
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.s.next_break_id;
+        self.s.next_break_id += 1;
+        id
+    }
+
+    /// Consumes records that arrived at engine time `now`, in arrival order.
+    pub fn ingest<'a>(
+        &mut self,
+        now: Millis,
+        records: impl IntoIterator<Item = (Loc, &'a FundRecord)>,
+        out: &mut Vec<Event>,
+    ) {
+        self.advance(now);
+        for (loc, record) in records {
+            self.s.stats.records_seen += 1;
+            let fp = record.fingerprint();
+            if !self.s.seen.insert(fp) {
+                self.s.stats.retries_ignored += 1;
+                continue;
+            }
+            self.s.seen_order.push_back((self.s.now, fp));
+            if let Some(i) = self.rules.sources.iter().position(|s| s.name == record.source) {
+                let now = self.s.now;
+                let st = &mut self.s.sources[i];
+                st.last_seen = Some(now);
+                if let Some(id) = st.silent_break.take() {
+                    out.push(Event::Resolved {
+                        break_id: id,
+                        by_record: Some(record.record_id.clone()),
+                        reason: format!("source {} resumed", record.source),
+                        at: now,
+                    });
+                }
+            }
+            let Some(routes) = self.routes.get(&(record.source.clone(), record.kind.clone())) else {
+                continue;
+            };
+            for &(rule_index, side) in &routes.clone() {
+                self.apply(rule_index, side, loc, record, out);
+            }
+        }
+        self.expire_ids();
+        self.check_capacity(out);
+    }
+
+    /// Advances engine time without records: fires deadlines and silence checks.
+    pub fn tick(&mut self, now: Millis, out: &mut Vec<Event>) {
+        self.advance(now);
+        self.fire(self.s.now, out);
+        self.expire_ids();
+        self.check_capacity(out);
+    }
+
+    /// End of input (batch mode): fires every pending deadline.
+    pub fn flush(&mut self, out: &mut Vec<Event>) {
+        self.fire(Millis::MAX, out);
+    }
+
+    fn expire_ids(&mut self) {
+        let horizon = self.s.now.saturating_sub(self.limits.record_id_retention_ms);
+        while let Some(&(at, fp)) = self.s.seen_order.front() {
+            let over = self.s.seen_order.len() > self.limits.record_ids_max;
+            if at >= horizon && !over {
+                break;
+            }
+            if over && at >= horizon {
+                self.s.stats.record_ids_evicted += 1;
+            }
+            self.s.seen_order.pop_front();
+            self.s.seen.remove(&fp);
+        }
+    }
+
+    fn check_capacity(&mut self, out: &mut Vec<Event>) {
+        let zone = self.limits.open_records_max.saturating_sub(self.limits.batch_records_max);
+        let now = self.s.now;
+        for i in 0..self.s.rules.len() {
+            let open = self.s.rules[i].keyed.open + self.s.rules[i].balance_open();
+            match self.s.rules[i].keyed.capacity_break {
+                None if open > zone => {
+                    let id = self.next_id();
+                    self.s.rules[i].keyed.capacity_break = Some(id);
+                    let rule = &self.rules.rules[i];
+                    out.push(Event::Break(Break {
+                        id,
+                        rule: rule.name.clone(),
+                        rule_version: self.rules.version.clone(),
+                        link: rule.link.clone(),
+                        kind: BreakKind::Capacity,
+                        key: String::new(),
+                        side: None,
+                        field: None,
+                        expected: Some(self.limits.open_records_max.to_string()),
+                        actual: Some(open.to_string()),
+                        message: format!(
+                            "rule {} holds {open} open records, near its bound of {}; ingest is refused until it drains",
+                            rule.name, self.limits.open_records_max
+                        ),
+                        evidence: vec![],
+                        drill: None,
+                        complete_at: now,
+                        emitted_at: now,
+                    }));
+                }
+                Some(id) if open * 10 < self.limits.open_records_max * 9 => {
+                    self.s.rules[i].keyed.capacity_break = None;
+                    out.push(Event::Resolved {
+                        break_id: id,
+                        by_record: None,
+                        reason: "open state drained below 90% of its bound".into(),
+                        at: now,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn fire(&mut self, until: Millis, out: &mut Vec<Event>) {
+        for i in 0..self.s.rules.len() {
+            self.fire_keyed(i, until, out);
+            if let RuleKind::Balance { .. } = self.rules.rules[i].kind {
+                self.fire_balance(i, until, out);
+            }
+            if let RuleKind::Conservation { daily: true, entries } = &self.rules.rules[i].kind {
+                let lateness = entries.lateness_ms;
+                self.fire_daily(i, lateness, until, out);
+            }
+            self.expire_closed(i);
+        }
+        if until != Millis::MAX {
+            let now = self.s.now;
+            for (i, spec) in self.rules.sources.iter().enumerate() {
+                let Some(budget) = spec.silence_budget_ms else { continue };
+                let st = &self.s.sources[i];
+                let Some(last) = st.last_seen else { continue };
+                if st.silent_break.is_none() && now - last > budget {
+                    let id = self.s.next_break_id;
+                    self.s.next_break_id += 1;
+                    self.s.sources[i].silent_break = Some(id);
+                    out.push(Event::Break(Break {
+                        id,
+                        rule: format!("source:{}", spec.name),
+                        rule_version: self.rules.version.clone(),
+                        link: self
+                            .rules
+                            .links
+                            .iter()
+                            .find(|l| l.chain.contains(&spec.name))
+                            .map(|l| l.name.clone()),
+                        kind: BreakKind::SourceSilent,
+                        key: spec.name.clone(),
+                        side: None,
+                        field: None,
+                        expected: Some(format!("a record at least every {} ms", budget)),
+                        actual: Some(format!("none for {} ms", now - last)),
+                        message: format!("source {} has sent nothing for {} ms (budget {} ms)", spec.name, now - last, budget),
+                        evidence: vec![],
+                        drill: None,
+                        complete_at: last + budget,
+                        emitted_at: now,
+                    }));
+                }
+            }
+        }
+    }
+
+    // ---- keyed rules: match, sum_match, conservation ----------------------------------
+
+    fn key_of(side: &Side, record: &FundRecord) -> Result<String, String> {
+        let mut key = String::new();
+        for (i, field) in side.key.iter().enumerate() {
+            let Some(v) = record.field(field) else { return Err(field.clone()) };
+            if i > 0 {
+                key.push('|');
+            }
+            key.push_str(v);
+        }
+        Ok(key)
+    }
+
+    fn passes(side: &Side, record: &FundRecord) -> bool {
+        side.filter.iter().all(|(field, allowed)| {
+            record.field(field).map(|v| allowed.iter().any(|a| a == v)).unwrap_or(false)
+        })
+    }
+
+    fn entry(rule: &Rule, side: u8, loc: Loc, record: &FundRecord) -> Entry {
+        let compared: Vec<&str> = match &rule.kind {
+            RuleKind::Match { compare, .. } => compare
+                .iter()
+                .map(|p| {
+                    let name = if side == 0 { &p.left } else { &p.right };
+                    record.field(name).unwrap_or("")
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let fixed = [
+            record.record_id.as_str(),
+            record.trace_id.as_deref().unwrap_or(""),
+            record.drill.as_deref().unwrap_or(""),
+        ];
+        let amount = match rule.kind {
+            RuleKind::Conservation { .. } => record.signed_minor(),
+            _ => record.amount.minor,
+        };
+        Entry {
+            text: Packed::new(fixed.into_iter().chain(compared)),
+            amount,
+            event_time: record.event_time,
+            loc,
+            currency: record.amount.currency,
+            side,
+        }
+    }
+
+    fn apply(&mut self, ri: usize, side: u8, loc: Loc, record: &FundRecord, out: &mut Vec<Event>) {
+        let rules = self.rules.clone();
+        let rule = &rules.rules[ri];
+        let spec = side_of(rule, side);
+        if !Self::passes(spec, record) {
+            return;
+        }
+        if let RuleKind::Balance { .. } = rule.kind {
+            return self.apply_balance(ri, side, loc, record, out);
+        }
+        let key = match Self::key_of(spec, record) {
+            Ok(k) => k,
+            Err(field) => {
+                let id = self.next_id();
+                let now = self.s.now;
+                out.push(Event::Break(Break {
+                    id,
+                    rule: rule.name.clone(),
+                    rule_version: rules.version.clone(),
+                    link: rule.link.clone(),
+                    kind: BreakKind::MissingKey,
+                    key: String::new(),
+                    side: Some(side_name(rule, side).into()),
+                    field: Some(field.clone()),
+                    expected: None,
+                    actual: None,
+                    message: format!("record {} has no key field `{field}`", record.record_id),
+                    evidence: vec![self.evidence_of(rule, &Self::entry(rule, side, loc, record))],
+                    drill: record.drill.clone(),
+                    complete_at: now,
+                    emitted_at: now,
+                }));
+                return;
+            }
+        };
+        if let RuleKind::Conservation { daily: true, .. } = rule.kind {
+            let day = self.day.day_start(record.event_time);
+            let cur = record.amount.currency;
+            let daily = &mut self.s.rules[ri].daily;
+            *daily.totals.entry((day, cur)).or_default() += record.signed_minor() as i128;
+            if daily.checked.contains_key(&(day, cur)) {
+                self.recheck_day(ri, day, cur, Some(&record.record_id), out);
+            }
+        }
+        let entry = Self::entry(rule, side, loc, record);
+        let hash = key_hash(&key);
+        let now = self.s.now;
+        let st = &mut self.s.rules[ri].keyed;
+        let found = st.keys.find_mut(hash, |k| k.hash == hash && *k.key == *key);
+        let Some(ks) = found else {
+            let other_lateness = match rule.kind {
+                RuleKind::Match { .. } | RuleKind::SumMatch { .. } => side_of(rule, 1 - side).lateness_ms,
+                _ => spec.lateness_ms,
+            };
+            let deadline = record.event_time.saturating_add(other_lateness);
+            st.deadlines.push(Reverse((deadline, hash)));
+            st.open += 1;
+            st.keys.insert_unique(
+                hash,
+                KeyState {
+                    key: key.into_boxed_str(),
+                    hash,
+                    entries: smallvec::smallvec![entry],
+                    deadline,
+                    phase: Phase::Pending,
+                    closed_at: 0,
+                    breaks: Vec::new(),
+                },
+                |k| k.hash,
+            );
+            return;
+        };
+
+        // An amendment replaces the record it names, on the same side.
+        let amended = record.amends.as_deref().and_then(|target| {
+            ks.entries.iter().position(|e| e.side == side && e.record_id() == target)
+        });
+        if let Some(pos) = amended {
+            ks.entries[pos] = entry;
+            if ks.phase == Phase::Closed {
+                self.reevaluate(ri, hash, &key, Some(&record.record_id), out);
+            }
+            return;
+        }
+
+        let same_side = ks.entries.iter().filter(|e| e.side == side).count();
+        let other_side = ks.entries.len() - same_side;
+        let is_dup = match rule.kind {
+            RuleKind::Match { .. } => same_side > 0,
+            RuleKind::SumMatch { .. } => side == 0 && same_side > 0,
+            _ => false,
+        };
+        if is_dup {
+            let first = ks.entries.iter().find(|e| e.side == side).cloned();
+            let pending = ks.phase == Phase::Pending;
+            if pending {
+                ks.entries.push(entry.clone());
+                st.open += 1;
+            }
+            let id = self.s.next_break_id;
+            self.s.next_break_id += 1;
+            let st = &mut self.s.rules[ri].keyed;
+            if let Some(ks) = st.keys.find_mut(hash, |k| k.hash == hash && *k.key == *key) {
+                ks.breaks.push(OpenBreak { id, slot: Slot { kind: BreakKind::Duplicate, detail: 0 } });
+            }
+            let mut evidence = Vec::new();
+            if let Some(f) = &first {
+                evidence.push(self.evidence_of(rule, f));
+            }
+            evidence.push(self.evidence_of(rule, &entry));
+            out.push(Event::Break(Break {
+                id,
+                rule: rule.name.clone(),
+                rule_version: rules.version.clone(),
+                link: rule.link.clone(),
+                kind: BreakKind::Duplicate,
+                key: key.clone(),
+                side: Some(side_name(rule, side).into()),
+                field: None,
+                expected: first.as_ref().map(|f| f.record_id().to_string()),
+                actual: Some(record.record_id.clone()),
+                message: format!(
+                    "{} {} {key} reported again under a different record id {}",
+                    spec.source, spec.kind, record.record_id
+                ),
+                evidence,
+                drill: entry.drill().or(first.as_ref().and_then(|f| f.drill())).map(String::from),
+                complete_at: now,
+                emitted_at: now,
+            }));
+            return;
+        }
+
+        ks.entries.push(entry);
+        match ks.phase {
+            Phase::Pending => {
+                st.open += 1;
+                // A 1:1 match is decided as soon as both sides are present.
+                if matches!(rule.kind, RuleKind::Match { .. }) && other_side > 0 {
+                    self.close(ri, hash, &key, now, out);
+                }
+            }
+            Phase::Closed => self.reevaluate(ri, hash, &key, Some(&record.record_id), out),
+        }
+    }
+
+    /// Closes a pending key: evaluates it and turns findings into breaks.
+    fn close(&mut self, ri: usize, hash: u64, key: &str, complete_at: Millis, out: &mut Vec<Event>) {
+        let st = &mut self.s.rules[ri].keyed;
+        let Some(ks) = st.keys.find_mut(hash, |k| k.hash == hash && *k.key == *key) else { return };
+        st.open -= ks.entries.len();
+        ks.phase = Phase::Closed;
+        ks.closed_at = self.s.now;
+        st.closed.push_back((self.s.now, hash));
+        st.closed_count += 1;
+        self.reevaluate_at(ri, hash, key, None, complete_at, out);
+    }
+
+    fn reevaluate(&mut self, ri: usize, hash: u64, key: &str, by: Option<&str>, out: &mut Vec<Event>) {
+        let now = self.s.now;
+        self.reevaluate_at(ri, hash, key, by, now, out)
+    }
+
+    /// Compares a key's findings with the breaks it already carries: new findings become
+    /// breaks, breaks no longer found are resolved (naming the record that changed it).
+    fn reevaluate_at(
+        &mut self,
+        ri: usize,
+        hash: u64,
+        key: &str,
+        by: Option<&str>,
+        complete_at: Millis,
+        out: &mut Vec<Event>,
+    ) {
+        let rules = self.rules.clone();
+        let rule = &rules.rules[ri];
+        let now = self.s.now;
+        let mut next_id = self.s.next_break_id;
+        let st = &mut self.s.rules[ri].keyed;
+        let Some(ks) = st.keys.find_mut(hash, |k| k.hash == hash && *k.key == *key) else { return };
+        let findings = evaluate(rule, ks);
+        let mut kept = Vec::new();
+        for b in std::mem::take(&mut ks.breaks) {
+            let sticky = matches!(b.slot.kind, BreakKind::Duplicate);
+            if sticky || findings.iter().any(|f| f.slot == b.slot) {
+                kept.push(b);
+            } else {
+                out.push(Event::Resolved {
+                    break_id: b.id,
+                    by_record: by.map(String::from),
+                    reason: match by {
+                        Some(r) => format!("evidence now agrees after record {r}"),
+                        None => "evidence now agrees".into(),
+                    },
+                    at: now,
+                });
+            }
+        }
+        let mut new_breaks = Vec::new();
+        for f in findings {
+            if kept.iter().any(|b| b.slot == f.slot) {
+                continue;
+            }
+            let id = next_id;
+            next_id += 1;
+            kept.push(OpenBreak { id, slot: f.slot });
+            let evidence: Vec<&Entry> = f.evidence.iter().map(|&i| &ks.entries[i]).collect();
+            new_breaks.push((id, f, evidence.iter().map(|e| (*e).clone()).collect::<Vec<_>>()));
+        }
+        ks.breaks = kept;
+        self.s.next_break_id = next_id;
+        for (id, f, evidence) in new_breaks {
+            let drill = evidence.iter().find_map(|e| e.drill()).map(String::from);
+            out.push(Event::Break(Break {
+                id,
+                rule: rule.name.clone(),
+                rule_version: rules.version.clone(),
+                link: rule.link.clone(),
+                kind: f.slot.kind,
+                key: key.to_string(),
+                side: f.side,
+                field: f.field,
+                expected: f.expected,
+                actual: f.actual,
+                message: f.message,
+                evidence: evidence.iter().map(|e| self.evidence_of(rule, e)).collect(),
+                drill,
+                complete_at: complete_at.min(now),
+                emitted_at: now,
+            }));
+        }
+    }
+
+    fn evidence_of(&self, rule: &Rule, e: &Entry) -> Evidence {
+        let side = side_of(rule, e.side);
+        Evidence {
+            record_id: e.record_id().to_string(),
+            source: side.source.clone(),
+            kind: side.kind.clone(),
+            event_time: e.event_time,
+            amount: format_minor(e.amount as i128, e.currency),
+            currency: e.currency.code().to_string(),
+            trace_id: Some(e.text.get(T_TRACE)).filter(|t| !t.is_empty()).map(String::from),
+            loc: e.loc,
+        }
+    }
+
+    fn fire_keyed(&mut self, ri: usize, until: Millis, out: &mut Vec<Event>) {
+        loop {
+            let st = &mut self.s.rules[ri].keyed;
+            let Some(&Reverse((deadline, hash))) = st.deadlines.peek() else { break };
+            if deadline > until {
+                break;
+            }
+            st.deadlines.pop();
+            let key = st
+                .keys
+                .find(hash, |k| k.hash == hash && k.phase == Phase::Pending && k.deadline == deadline)
+                .map(|k| k.key.clone());
+            if let Some(key) = key {
+                if until == Millis::MAX {
+                    self.s.now = self.s.now.max(deadline);
+                }
+                self.close(ri, hash, &key, deadline, out);
+            }
+        }
+    }
+
+    fn expire_closed(&mut self, ri: usize) {
+        let horizon = self.s.now.saturating_sub(self.limits.closed_retention_ms);
+        let max = self.limits.closed_keys_max;
+        let st = &mut self.s.rules[ri].keyed;
+        while let Some(&(at, hash)) = st.closed.front() {
+            let over = st.closed_count > max;
+            if at >= horizon && !over {
+                break;
+            }
+            st.closed.pop_front();
+            let found = st.keys.find_entry(hash, |k| {
+                k.hash == hash && k.phase == Phase::Closed && k.closed_at == at
+            });
+            if let Ok(entry) = found {
+                entry.remove();
+                st.closed_count -= 1;
+                if over && at >= horizon {
+                    self.s.stats.closed_keys_evicted += 1;
+                }
+            }
+        }
+    }
+
+    // ---- conservation per business day ------------------------------------------------
+
+    fn fire_daily(&mut self, ri: usize, lateness: Millis, until: Millis, out: &mut Vec<Event>) {
+        let due: Vec<(Millis, Currency)> = self.s.rules[ri]
+            .daily
+            .totals
+            .keys()
+            .filter(|(day, _)| {
+                until == Millis::MAX || day.saturating_add(DAY_MS + lateness) <= until
+            })
+            .filter(|k| !self.s.rules[ri].daily.checked.contains_key(*k))
+            .copied()
+            .collect();
+        for (day, cur) in due {
+            self.s.rules[ri].daily.checked.insert((day, cur), None);
+            self.recheck_day(ri, day, cur, None, out);
+        }
+        // Keep a week of checked days for late entries; older ones are final.
+        let horizon = self.s.now.saturating_sub(7 * DAY_MS);
+        let daily = &mut self.s.rules[ri].daily;
+        daily.checked.retain(|(day, _), _| *day >= horizon);
+        let checked = daily.checked.clone();
+        daily.totals.retain(|k, _| k.0 >= horizon || !checked.contains_key(k));
+    }
+
+    fn recheck_day(&mut self, ri: usize, day: Millis, cur: Currency, by: Option<&str>, out: &mut Vec<Event>) {
+        let total = self.s.rules[ri].daily.totals.get(&(day, cur)).copied().unwrap_or(0);
+        let open = self.s.rules[ri].daily.checked.get(&(day, cur)).copied().flatten();
+        let now = self.s.now;
+        match (total == 0, open) {
+            (true, Some(id)) => {
+                self.s.rules[ri].daily.checked.insert((day, cur), None);
+                out.push(Event::Resolved {
+                    break_id: id,
+                    by_record: by.map(String::from),
+                    reason: "business day nets to zero again".into(),
+                    at: now,
+                });
+            }
+            (false, None) => {
+                let id = self.next_id();
+                self.s.rules[ri].daily.checked.insert((day, cur), Some(id));
+                let rule = &self.rules.rules[ri];
+                let label = self.day.label(day);
+                out.push(Event::Break(Break {
+                    id,
+                    rule: rule.name.clone(),
+                    rule_version: self.rules.version.clone(),
+                    link: rule.link.clone(),
+                    kind: BreakKind::ConservationViolation,
+                    key: format!("day {label} {cur}"),
+                    side: None,
+                    field: None,
+                    expected: Some(format_minor(0, cur)),
+                    actual: Some(format_minor(total, cur)),
+                    message: format!(
+                        "business day {label}: entries in {cur} net to {} instead of zero",
+                        format_minor(total, cur)
+                    ),
+                    evidence: vec![],
+                    drill: None,
+                    complete_at: now,
+                    emitted_at: now,
+                }));
+            }
+            _ => {}
+        }
+    }
+
+    // ---- balance continuity ------------------------------------------------------------
+
+    fn apply_balance(&mut self, ri: usize, side: u8, loc: Loc, record: &FundRecord, out: &mut Vec<Event>) {
+        let rules = self.rules.clone();
+        let rule = &rules.rules[ri];
+        let RuleKind::Balance { lateness_ms, .. } = rule.kind else { return };
+        let spec = side_of(rule, side);
+        let Ok(account) = Self::key_of(spec, record) else {
+            let now = self.s.now;
+            let id = self.next_id();
+            out.push(Event::Break(Break {
+                id,
+                rule: rule.name.clone(),
+                rule_version: rules.version.clone(),
+                link: rule.link.clone(),
+                kind: BreakKind::MissingKey,
+                key: String::new(),
+                side: Some(side_name(rule, side).into()),
+                field: spec.key.first().cloned(),
+                expected: None,
+                actual: None,
+                message: format!("record {} names no account", record.record_id),
+                evidence: vec![],
+                drill: record.drill.clone(),
+                complete_at: now,
+                emitted_at: now,
+            }));
+            return;
+        };
+        let st = &mut self.s.rules[ri].balance;
+        let acc = st.accounts.entry(account.clone()).or_default();
+        if side == 0 {
+            let late = acc.last.as_ref().is_some_and(|l| record.event_time <= l.0);
+            if late {
+                let last_time = acc.last.as_ref().map(|l| l.0).unwrap_or(0);
+                let now = self.s.now;
+                let id = self.next_id();
+                out.push(Event::Break(Break {
+                    id,
+                    rule: rule.name.clone(),
+                    rule_version: rules.version.clone(),
+                    link: rule.link.clone(),
+                    kind: BreakKind::BalanceDiscontinuity,
+                    key: account,
+                    side: Some("entries".into()),
+                    field: None,
+                    expected: None,
+                    actual: Some(format_minor(record.signed_minor() as i128, record.amount.currency)),
+                    message: format!(
+                        "movement {} at {} arrived after the snapshot at {} was checked",
+                        record.record_id,
+                        steadfast_model::format_millis(record.event_time),
+                        steadfast_model::format_millis(last_time)
+                    ),
+                    evidence: vec![self.evidence_of(rule, &Self::entry(rule, side, loc, record))],
+                    drill: record.drill.clone(),
+                    complete_at: now,
+                    emitted_at: now,
+                }));
+                return;
+            }
+            acc.movements.push((record.event_time, record.signed_minor(), record.record_id.clone(), loc));
+        } else {
+            acc.snapshots.push((record.event_time, record.amount.minor, record.amount.currency, record.record_id.clone(), loc));
+            st.deadlines.push(Reverse((record.event_time.saturating_add(lateness_ms), account)));
+        }
+    }
+
+    fn fire_balance(&mut self, ri: usize, until: Millis, out: &mut Vec<Event>) {
+        let rules = self.rules.clone();
+        let rule = &rules.rules[ri];
+        let RuleKind::Balance { lateness_ms, .. } = rule.kind else { return };
+        loop {
+            let st = &mut self.s.rules[ri].balance;
+            let Some(Reverse((deadline, _))) = st.deadlines.peek() else { break };
+            if *deadline > until {
+                break;
+            }
+            let Some(Reverse((deadline, account))) = st.deadlines.pop() else { break };
+            let Some(acc) = st.accounts.get_mut(&account) else { continue };
+            // Check every snapshot whose budget has passed, oldest event time first.
+            acc.snapshots.sort_by_key(|s| s.0);
+            let horizon = if until == Millis::MAX { Millis::MAX } else { deadline.max(until) - lateness_ms };
+            let ready: Vec<_> = acc.snapshots.iter().filter(|s| s.0 <= horizon).cloned().collect();
+            acc.snapshots.retain(|s| s.0 > horizon);
+            for (t, balance, cur, rid, loc) in ready {
+                let between: i128 = acc.movements.iter().filter(|m| m.0 <= t).map(|m| m.1 as i128).sum();
+                let used: Vec<_> = acc.movements.iter().filter(|m| m.0 <= t).cloned().collect();
+                acc.movements.retain(|m| m.0 > t);
+                if let Some((prev_t, prev_balance, prev_cur, prev_id)) = acc.last.take() {
+                    let expected = prev_balance as i128 + between;
+                    if expected != balance as i128 || prev_cur != cur {
+                        let id = self.s.next_break_id;
+                        self.s.next_break_id += 1;
+                        let now = self.s.now.max(if until == Millis::MAX { deadline } else { 0 });
+                        let mut evidence = vec![Evidence {
+                            record_id: rid.clone(),
+                            source: side_of(rule, 1).source.clone(),
+                            kind: side_of(rule, 1).kind.clone(),
+                            event_time: t,
+                            amount: format_minor(balance as i128, cur),
+                            currency: cur.code().to_string(),
+                            trace_id: None,
+                            loc,
+                        }];
+                        for m in &used {
+                            evidence.push(Evidence {
+                                record_id: m.2.clone(),
+                                source: side_of(rule, 0).source.clone(),
+                                kind: side_of(rule, 0).kind.clone(),
+                                event_time: m.0,
+                                amount: format_minor(m.1 as i128, cur),
+                                currency: cur.code().to_string(),
+                                trace_id: None,
+                                loc: m.3,
+                            });
+                        }
+                        out.push(Event::Break(Break {
+                            id,
+                            rule: rule.name.clone(),
+                            rule_version: rules.version.clone(),
+                            link: rule.link.clone(),
+                            kind: BreakKind::BalanceDiscontinuity,
+                            key: account.clone(),
+                            side: None,
+                            field: None,
+                            expected: Some(format_minor(expected, cur)),
+                            actual: Some(format_minor(balance as i128, cur)),
+                            message: format!(
+                                "snapshot {rid} shows {} but snapshot {prev_id} at {} plus {} movements gives {}",
+                                format_minor(balance as i128, cur),
+                                steadfast_model::format_millis(prev_t),
+                                used.len(),
+                                format_minor(expected, cur)
+                            ),
+                            evidence,
+                            drill: None,
+                            complete_at: deadline,
+                            emitted_at: now,
+                        }));
+                    }
+                }
+                acc.last = Some((t, balance, cur, rid));
+            }
+            let st = &mut self.s.rules[ri].balance;
+            if let Some(acc) = st.accounts.get(&account) {
+                if acc.snapshots.is_empty() && acc.movements.is_empty() && acc.last.is_none() {
+                    st.accounts.remove(&account);
+                }
+            }
+        }
+    }
+}
+
+impl RuleState {
+    fn balance_open(&self) -> usize {
+        self.balance.accounts.values().map(|a| a.movements.len() + a.snapshots.len()).sum()
+    }
+}
+
+/// What a rule finds wrong with one key's records. Pure: the same entries give the same
+/// findings, which is what lets re-evaluation resolve breaks after amendments.
+fn evaluate(rule: &Rule, ks: &KeyState) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let sides = |s: u8| -> SmallVec<[usize; 2]> {
+        ks.entries.iter().enumerate().filter(|(_, e)| e.side == s).map(|(i, _)| i).collect()
+    };
+    let missing = |side: u8, present: &SmallVec<[usize; 2]>| Finding {
+        slot: Slot { kind: BreakKind::MissingCounterpart, detail: side as u64 },
+        side: Some(side_name(rule, side).into()),
+        field: None,
+        expected: None,
+        actual: None,
+        message: format!(
+            "no {} {} record for key {} within its lateness budget",
+            side_of(rule, side).source,
+            side_of(rule, side).kind,
+            ks.key
+        ),
+        evidence: present.clone(),
+    };
+    match &rule.kind {
+        RuleKind::Match { compare, .. } => {
+            let (l, r) = (sides(0), sides(1));
+            if l.is_empty() {
+                findings.push(missing(0, &r));
+            } else if r.is_empty() {
+                findings.push(missing(1, &l));
+            } else if l.len() > 1 || r.len() > 1 {
+                findings.push(Finding {
+                    slot: Slot { kind: BreakKind::AmbiguousMatch, detail: 0 },
+                    side: None,
+                    field: None,
+                    expected: Some("1 record per side".into()),
+                    actual: Some(format!("{} left, {} right", l.len(), r.len())),
+                    message: format!("key {} has several candidates; none was picked", ks.key),
+                    evidence: l.iter().chain(r.iter()).copied().collect(),
+                });
+            } else {
+                let (a, b) = (&ks.entries[l[0]], &ks.entries[r[0]]);
+                for (i, pair) in compare.iter().enumerate() {
+                    let evidence: SmallVec<[usize; 2]> = smallvec::smallvec![l[0], r[0]];
+                    let (kind, exp, act) = match pair.left.as_str() {
+                        "amount" => (
+                            BreakKind::AmountMismatch,
+                            format!("{} {}", format_minor(a.amount as i128, a.currency), a.currency),
+                            format!("{} {}", format_minor(b.amount as i128, b.currency), b.currency),
+                        ),
+                        "currency" => (BreakKind::FieldMismatch, a.currency.to_string(), b.currency.to_string()),
+                        _ => (BreakKind::FieldMismatch, a.field(i).to_string(), b.field(i).to_string()),
+                    };
+                    if exp != act {
+                        findings.push(Finding {
+                            slot: Slot { kind, detail: i as u64 },
+                            side: None,
+                            field: Some(if pair.left == pair.right {
+                                pair.left.clone()
+                            } else {
+                                format!("{}/{}", pair.left, pair.right)
+                            }),
+                            message: format!("key {}: {} is {exp} upstream but {act} downstream", ks.key, pair.left),
+                            expected: Some(exp),
+                            actual: Some(act),
+                            evidence,
+                        });
+                    }
+                }
+            }
+        }
+        RuleKind::SumMatch { .. } => {
+            let (u, d) = (sides(0), sides(1));
+            if u.is_empty() {
+                findings.push(missing(0, &d));
+            } else if d.is_empty() {
+                findings.push(missing(1, &u));
+            } else {
+                let up = &ks.entries[u[0]];
+                let sum: i128 = d.iter().map(|&i| ks.entries[i].amount as i128).sum();
+                let same_currency = d.iter().all(|&i| ks.entries[i].currency == up.currency);
+                if sum != up.amount as i128 || !same_currency {
+                    let actual = if same_currency {
+                        format!("{} {}", format_minor(sum, up.currency), up.currency)
+                    } else {
+                        "mixed currencies".to_string()
+                    };
+                    let expected = format!("{} {}", format_minor(up.amount as i128, up.currency), up.currency);
+                    findings.push(Finding {
+                        slot: Slot { kind: BreakKind::AmountMismatch, detail: 0 },
+                        side: None,
+                        field: Some("amount".into()),
+                        message: format!("key {}: {} downstream records add up to {actual}, not {expected}", ks.key, d.len()),
+                        expected: Some(expected),
+                        actual: Some(actual),
+                        evidence: u.iter().take(1).chain(d.iter()).copied().collect(),
+                    });
+                }
+            }
+        }
+        RuleKind::Conservation { .. } => {
+            let mut sums: BTreeMap<Currency, i128> = BTreeMap::new();
+            for e in &ks.entries {
+                *sums.entry(e.currency).or_default() += e.amount as i128;
+            }
+            for (cur, sum) in sums {
+                if sum != 0 {
+                    let detail = u64::from_le_bytes({
+                        let mut b = [0u8; 8];
+                        b[..3].copy_from_slice(cur.code().as_bytes());
+                        b
+                    });
+                    findings.push(Finding {
+                        slot: Slot { kind: BreakKind::ConservationViolation, detail },
+                        side: None,
+                        field: Some("amount".into()),
+                        expected: Some(format!("{} {cur}", format_minor(0, cur))),
+                        actual: Some(format!("{} {cur}", format_minor(sum, cur))),
+                        message: format!("transaction {}: entries in {cur} net to {} instead of zero", ks.key, format_minor(sum, cur)),
+                        evidence: (0..ks.entries.len()).filter(|&i| ks.entries[i].currency == cur).collect(),
+                    });
+                }
+            }
+        }
+        RuleKind::Balance { .. } => {}
+    }
+    findings
+}
