@@ -1,0 +1,14 @@
+//! Durable storage. The only crate that writes to disk or calls fsync.
+//!
+//! - [`Wal`]: the write-ahead log of ingest batches and engine ticks. An entry is
+//!   durable once [`Wal::sync`] returns; only then is it acknowledged or processed.
+//! - [`checkpoint`]: engine state at a WAL position, written atomically, so restart
+//!   replays only the log's tail.
+//! - [`BreakStore`]: breaks, their workflow history and the webhook outbox, in SQLite.
+
+pub mod checkpoint;
+mod breaks;
+mod wal;
+
+pub use breaks::{BreakFilter, BreakRow, BreakStore, HistoryRow, OutboxItem, Status, StoreError};
+pub use wal::{Wal, WalEntry, WalError, WalItem};
