@@ -29,5 +29,7 @@ pub fn format_millis(ms: Millis) -> String {
 
 /// Parses RFC 3339 text into epoch milliseconds.
 pub fn parse_millis(text: &str) -> Option<Millis> {
-    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }

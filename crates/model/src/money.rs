@@ -25,7 +25,10 @@ impl Currency {
             .exponent()
             .ok_or_else(|| MoneyError::UnknownCurrency(code.to_string()))?;
         let bytes = code.as_bytes();
-        Ok(Currency { code: [bytes[0], bytes[1], bytes[2]], exponent: exponent as u8 })
+        Ok(Currency {
+            code: [bytes[0], bytes[1], bytes[2]],
+            exponent: exponent as u8,
+        })
     }
 
     pub fn code(&self) -> &str {
@@ -66,12 +69,18 @@ impl<'de> Deserialize<'de> for Currency {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MoneyError {
-    #[error("unknown currency {0:?}: expected an ISO 4217 code with a minor unit, such as \"USD\"")]
+    #[error(
+        "unknown currency {0:?}: expected an ISO 4217 code with a minor unit, such as \"USD\""
+    )]
     UnknownCurrency(String),
     #[error("amount {0:?} is not a decimal number such as \"1234.56\"")]
     NotDecimal(String),
     #[error("amount {amount:?} has more decimals than {currency} allows ({exponent})")]
-    TooManyDecimals { amount: String, currency: String, exponent: u8 },
+    TooManyDecimals {
+        amount: String,
+        currency: String,
+        exponent: u8,
+    },
     #[error("amount {0:?} is beyond the supported range")]
     OutOfRange(String),
 }
@@ -107,13 +116,15 @@ impl Money {
                 exponent: currency.exponent(),
             });
         }
-        value
-            .rescale(exponent);
+        value.rescale(exponent);
         let mantissa = value.mantissa();
         if mantissa.unsigned_abs() > MINOR_UNITS_MAX as u128 {
             return Err(MoneyError::OutOfRange(text.to_string()));
         }
-        Ok(Money { minor: mantissa as i64, currency })
+        Ok(Money {
+            minor: mantissa as i64,
+            currency,
+        })
     }
 
     /// The canonical decimal string: exactly the currency's number of decimals.
@@ -131,7 +142,12 @@ pub fn format_minor(minor: i128, currency: Currency) -> String {
         return format!("{sign}{abs}");
     }
     let div = 10u128.pow(exponent);
-    format!("{sign}{}.{:0width$}", abs / div, abs % div, width = exponent as usize)
+    format!(
+        "{sign}{}.{:0width$}",
+        abs / div,
+        abs % div,
+        width = exponent as usize
+    )
 }
 
 impl fmt::Display for Money {
@@ -150,7 +166,9 @@ mod tests {
 
     fn check(text: &str, code: &str, expect: Result<i64, &str>) {
         let cur = Currency::from_code(code).unwrap();
-        let got = Money::parse(text, cur).map(|m| m.minor).map_err(|e| e.to_string());
+        let got = Money::parse(text, cur)
+            .map(|m| m.minor)
+            .map_err(|e| e.to_string());
         match expect {
             Ok(v) => assert_eq!(got, Ok(v), "{text} {code}"),
             Err(fragment) => {
@@ -175,7 +193,11 @@ mod tests {
         check("", "USD", Err("not a decimal"));
         check("12,50", "USD", Err("not a decimal"));
         check("+5", "USD", Err("not a decimal"));
-        check("99999999999999999999", "USD", Err("beyond the supported range"));
+        check(
+            "99999999999999999999",
+            "USD",
+            Err("beyond the supported range"),
+        );
     }
 
     #[test]

@@ -97,7 +97,11 @@ pub fn mask_account(value: &str) -> String {
         return "*".repeat(chars.len());
     }
     let keep = chars.len() - 4;
-    chars.iter().enumerate().map(|(i, c)| if i < keep { '*' } else { *c }).collect()
+    chars
+        .iter()
+        .enumerate()
+        .map(|(i, c)| if i < keep { '*' } else { *c })
+        .collect()
 }
 
 #[cfg(test)]

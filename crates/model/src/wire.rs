@@ -150,7 +150,9 @@ fn check_text(field: &str, value: &str, required: bool) -> Result<(), String> {
         return Err(format!("field `{field}` must not be empty"));
     }
     if value.len() > FIELD_BYTES_MAX {
-        return Err(format!("field `{field}` is longer than {FIELD_BYTES_MAX} bytes"));
+        return Err(format!(
+            "field `{field}` is longer than {FIELD_BYTES_MAX} bytes"
+        ));
     }
     Ok(())
 }
@@ -176,7 +178,9 @@ fn convert(w: WireIn) -> Result<FundRecord, String> {
         return Err("field `keys` must name at least one business key field".into());
     }
     if w.keys.len() > MAP_ENTRIES_MAX || w.attributes.len() > MAP_ENTRIES_MAX {
-        return Err(format!("`keys` and `attributes` hold at most {MAP_ENTRIES_MAX} entries"));
+        return Err(format!(
+            "`keys` and `attributes` hold at most {MAP_ENTRIES_MAX} entries"
+        ));
     }
     let currency = Currency::from_code(&w.currency).map_err(|e| e.to_string())?;
     let amount = match w.amount {
@@ -232,19 +236,29 @@ pub fn parse_record(index: usize, json: &str) -> Result<FundRecord, RecordError>
     match serde_json::from_str::<WireIn>(json) {
         Ok(w) => {
             let id = w.record_id.clone();
-            convert(w).map_err(|message| RecordError { index, record_id: Some(id), message })
+            convert(w).map_err(|message| RecordError {
+                index,
+                record_id: Some(id),
+                message,
+            })
         }
         Err(e) => {
             #[derive(Deserialize)]
             struct IdOnly {
                 record_id: String,
             }
-            let record_id = serde_json::from_str::<IdOnly>(json).ok().map(|r| r.record_id);
+            let record_id = serde_json::from_str::<IdOnly>(json)
+                .ok()
+                .map(|r| r.record_id);
             let message = match e.classify() {
                 serde_json::error::Category::Data => explain_serde(&e),
                 _ => format!("malformed JSON: {e}"),
             };
-            Err(RecordError { index, record_id, message })
+            Err(RecordError {
+                index,
+                record_id,
+                message,
+            })
         }
     }
 }
@@ -279,20 +293,34 @@ pub fn parse_body(
             serde_json::from_str(trimmed).map_err(|e| BodyError::Malformed(e.to_string()))?;
         raws.into_iter().map(|r| r.get()).collect()
     } else {
-        text.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect()
     };
     if parts.is_empty() {
         return Err(BodyError::Empty);
     }
     if parts.len() > records_max {
-        return Err(BodyError::TooManyRecords { max: records_max, got: parts.len() });
+        return Err(BodyError::TooManyRecords {
+            max: records_max,
+            got: parts.len(),
+        });
     }
-    Ok(parts.into_iter().enumerate().map(|(i, p)| parse_record(i, p)).collect())
+    Ok(parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| parse_record(i, p))
+        .collect())
 }
 
 /// Builds a record from one CSV row. Columns: the record's field names, plus
 /// `key.NAME` for business keys and `attr.NAME` for attributes; empty cells are absent.
-pub fn record_from_csv(index: usize, header: &[&str], row: &[&str]) -> Result<FundRecord, RecordError> {
+pub fn record_from_csv(
+    index: usize,
+    header: &[&str],
+    row: &[&str],
+) -> Result<FundRecord, RecordError> {
     let mut obj = serde_json::Map::new();
     let mut keys = serde_json::Map::new();
     let mut attrs = serde_json::Map::new();
@@ -306,7 +334,10 @@ pub fn record_from_csv(index: usize, header: &[&str], row: &[&str]) -> Result<Fu
         } else if let Some(a) = name.strip_prefix("attr.") {
             attrs.insert(a.to_string(), v);
         } else if *name == "event_time" && value.bytes().all(|b| b.is_ascii_digit()) {
-            obj.insert(name.to_string(), serde_json::Value::from(value.parse::<i64>().unwrap_or(0)));
+            obj.insert(
+                name.to_string(),
+                serde_json::Value::from(value.parse::<i64>().unwrap_or(0)),
+            );
         } else {
             obj.insert(name.to_string(), v);
         }
@@ -342,18 +373,33 @@ mod tests {
     fn explains_each_bad_record() {
         let cases = [
             (GOOD.replace("\"100.5\"", "100.5"), "not a JSON number"),
-            (GOOD.replace("\"100.5\"", "\"100.505\""), "more decimals than USD allows"),
+            (
+                GOOD.replace("\"100.5\"", "\"100.505\""),
+                "more decimals than USD allows",
+            ),
             (GOOD.replace("USD", "XXY"), "unknown currency"),
-            (GOOD.replace(r#""keys":{"order_no":"O1"},"#, ""), "`keys` must name"),
-            (GOOD.replace(r#""record_id":"r1","#, ""), "missing field `record_id`"),
-            (GOOD.replace("2026-11-22T10:00:00Z", "yesterday"), "not RFC 3339"),
+            (
+                GOOD.replace(r#""keys":{"order_no":"O1"},"#, ""),
+                "`keys` must name",
+            ),
+            (
+                GOOD.replace(r#""record_id":"r1","#, ""),
+                "missing field `record_id`",
+            ),
+            (
+                GOOD.replace("2026-11-22T10:00:00Z", "yesterday"),
+                "not RFC 3339",
+            ),
             (GOOD.replace("\"kind\"", "\"knid\""), "unknown field `knid`"),
             (GOOD.replace("\"payment-core\"", "7"), "invalid type"),
             (GOOD.replace("\"O1\"", "\"\""), "must not be empty"),
         ];
         for (json, fragment) in cases {
             let msg = err_of(&json);
-            assert!(msg.contains(fragment), "{json}\n => {msg}\n lacks {fragment}");
+            assert!(
+                msg.contains(fragment),
+                "{json}\n => {msg}\n lacks {fragment}"
+            );
         }
     }
 
@@ -367,17 +413,45 @@ mod tests {
 
         let nd = format!("{GOOD}\n\n{GOOD}\n");
         assert_eq!(parse_body(nd.as_bytes(), 10).unwrap().len(), 2);
-        assert_eq!(parse_body(nd.as_bytes(), 1), Err(BodyError::TooManyRecords { max: 1, got: 2 }));
-        assert!(matches!(parse_body(b"[{\"a\":", 10), Err(BodyError::Malformed(_))));
+        assert_eq!(
+            parse_body(nd.as_bytes(), 1),
+            Err(BodyError::TooManyRecords { max: 1, got: 2 })
+        );
+        assert!(matches!(
+            parse_body(b"[{\"a\":", 10),
+            Err(BodyError::Malformed(_))
+        ));
         assert_eq!(parse_body(b"  ", 10), Err(BodyError::Empty));
         let nd_bad = parse_body(b"{not json}\n", 10).unwrap();
-        assert!(nd_bad[0].as_ref().unwrap_err().message.contains("malformed JSON"));
+        assert!(nd_bad[0]
+            .as_ref()
+            .unwrap_err()
+            .message
+            .contains("malformed JSON"));
     }
 
     #[test]
     fn reads_csv_rows() {
-        let header = ["record_id", "source", "kind", "key.order_no", "amount", "currency", "event_time", "attr.channel"];
-        let row = ["r1", "billing", "bill", "O1", "12.5", "EUR", "1700000000000", "app"];
+        let header = [
+            "record_id",
+            "source",
+            "kind",
+            "key.order_no",
+            "amount",
+            "currency",
+            "event_time",
+            "attr.channel",
+        ];
+        let row = [
+            "r1",
+            "billing",
+            "bill",
+            "O1",
+            "12.5",
+            "EUR",
+            "1700000000000",
+            "app",
+        ];
         let r = record_from_csv(0, &header, &row).unwrap();
         assert_eq!((r.amount.minor, r.event_time), (1250, 1_700_000_000_000));
         assert_eq!(r.attributes["channel"], "app");

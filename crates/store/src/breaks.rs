@@ -37,7 +37,9 @@ impl Status {
     }
 
     pub fn parse(text: &str) -> Option<Status> {
-        [Status::Open, Status::Acknowledged, Status::Resolved].into_iter().find(|s| s.as_str() == text)
+        [Status::Open, Status::Acknowledged, Status::Resolved]
+            .into_iter()
+            .find(|s| s.as_str() == text)
     }
 }
 
@@ -156,7 +158,12 @@ impl BreakStore {
     /// restart from an older checkpoint) changes nothing: breaks are keyed by their
     /// deterministic id. New production breaks get a webhook outbox entry when `notify`.
     /// Returns the breaks that were new.
-    pub fn apply(&mut self, events: &[Event], detected_at: Millis, notify: bool) -> Result<Vec<u64>, StoreError> {
+    pub fn apply(
+        &mut self,
+        events: &[Event],
+        detected_at: Millis,
+        notify: bool,
+    ) -> Result<Vec<u64>, StoreError> {
         let tx = self.conn.transaction()?;
         let mut fresh = Vec::new();
         for event in events {
@@ -175,13 +182,25 @@ impl BreakStore {
                             params![b.id as i64, detected_at, b.message],
                         )?;
                         if notify && b.drill.is_none() {
-                            tx.execute("INSERT INTO outbox (break_id, next_at) VALUES (?1, 0)", params![b.id as i64])?;
+                            tx.execute(
+                                "INSERT INTO outbox (break_id, next_at) VALUES (?1, 0)",
+                                params![b.id as i64],
+                            )?;
                         }
                     }
                 }
-                Event::Resolved { break_id, by_record, reason, .. } => {
+                Event::Resolved {
+                    break_id,
+                    by_record,
+                    reason,
+                    ..
+                } => {
                     let from: Option<String> = tx
-                        .query_row("SELECT status FROM breaks WHERE id = ?1", params![*break_id as i64], |r| r.get(0))
+                        .query_row(
+                            "SELECT status FROM breaks WHERE id = ?1",
+                            params![*break_id as i64],
+                            |r| r.get(0),
+                        )
                         .optional()?;
                     if let Some(from) = from.filter(|s| s != "resolved") {
                         tx.execute(
@@ -201,7 +220,14 @@ impl BreakStore {
     }
 
     pub fn get(&self, id: u64) -> Result<Option<BreakRow>, StoreError> {
-        Ok(self.conn.query_row("SELECT * FROM breaks WHERE id = ?1", params![id as i64], row_to_break).optional()?)
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT * FROM breaks WHERE id = ?1",
+                params![id as i64],
+                row_to_break,
+            )
+            .optional()?)
     }
 
     pub fn list(&self, f: &BreakFilter) -> Result<Vec<BreakRow>, StoreError> {
@@ -277,16 +303,29 @@ impl BreakStore {
         now: Millis,
     ) -> Result<BreakRow, StoreError> {
         let tx = self.conn.transaction()?;
-        let current: Option<String> =
-            tx.query_row("SELECT status FROM breaks WHERE id = ?1", params![id as i64], |r| r.get(0)).optional()?;
-        let from = current.as_deref().and_then(Status::parse).ok_or(StoreError::NotFound(id))?;
+        let current: Option<String> = tx
+            .query_row(
+                "SELECT status FROM breaks WHERE id = ?1",
+                params![id as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let from = current
+            .as_deref()
+            .and_then(Status::parse)
+            .ok_or(StoreError::NotFound(id))?;
         if let Some(owner) = owner {
-            tx.execute("UPDATE breaks SET owner = ?2 WHERE id = ?1", params![id as i64, owner])?;
+            tx.execute(
+                "UPDATE breaks SET owner = ?2 WHERE id = ?1",
+                params![id as i64, owner],
+            )?;
         }
         if let Some(to) = to {
             let allowed = matches!(
                 (from, to),
-                (Status::Open, Status::Acknowledged) | (Status::Open, Status::Resolved) | (Status::Acknowledged, Status::Resolved)
+                (Status::Open, Status::Acknowledged)
+                    | (Status::Open, Status::Resolved)
+                    | (Status::Acknowledged, Status::Resolved)
             );
             if !allowed {
                 return Err(StoreError::BadTransition { id, from, to });
@@ -306,22 +345,42 @@ impl BreakStore {
 
     /// Counts of breaks by status, production breaks only.
     pub fn counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT status, COUNT(*) FROM breaks WHERE drill IS NULL GROUP BY status")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT status, COUNT(*) FROM breaks WHERE drill IS NULL GROUP BY status")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    pub fn max_id(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM breaks", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
     pub fn outbox_due(&self, now: Millis, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
-        let mut stmt =
-            self.conn.prepare("SELECT id, break_id, attempts FROM outbox WHERE next_at <= ?1 ORDER BY id LIMIT ?2")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT id, break_id, attempts FROM outbox WHERE next_at <= ?1 ORDER BY id LIMIT ?2",
+        )?;
         let rows = stmt.query_map(params![now, limit as i64], |r| {
-            Ok(OutboxItem { id: r.get(0)?, break_id: r.get::<_, i64>(1)? as u64, attempts: r.get(2)? })
+            Ok(OutboxItem {
+                id: r.get(0)?,
+                break_id: r.get::<_, i64>(1)? as u64,
+                attempts: r.get(2)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn outbox_len(&self) -> Result<u64, StoreError> {
-        Ok(self.conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))?
+            as u64)
     }
 
     pub fn outbox_done(&mut self, ids: &[i64]) -> Result<(), StoreError> {
@@ -336,7 +395,10 @@ impl BreakStore {
     pub fn outbox_retry(&mut self, ids: &[i64], next_at: Millis) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for id in ids {
-            tx.execute("UPDATE outbox SET attempts = attempts + 1, next_at = ?2 WHERE id = ?1", params![id, next_at])?;
+            tx.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_at = ?2 WHERE id = ?1",
+                params![id, next_at],
+            )?;
         }
         tx.commit()?;
         Ok(())

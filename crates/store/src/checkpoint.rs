@@ -42,7 +42,12 @@ pub fn read(dir: &Path) -> std::io::Result<Option<Checkpoint>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("checkpoint is damaged: {why}"));
+    let bad = |why: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("checkpoint is damaged: {why}"),
+        )
+    };
     if bytes.len() < 24 || &bytes[..8] != MAGIC {
         return Err(bad("bad header"));
     }
@@ -58,7 +63,11 @@ pub fn read(dir: &Path) -> std::io::Result<Option<Checkpoint>> {
     if crc32fast::hash(&state) != crc {
         return Err(bad("checksum mismatch"));
     }
-    Ok(Some(Checkpoint { seq, rules_version, state }))
+    Ok(Some(Checkpoint {
+        seq,
+        rules_version,
+        state,
+    }))
 }
 
 #[cfg(test)]
@@ -69,7 +78,10 @@ mod tests {
         assert!(super::read(dir.path()).unwrap().is_none());
         super::write(dir.path(), 42, "v1", b"state").unwrap();
         let c = super::read(dir.path()).unwrap().unwrap();
-        assert_eq!((c.seq, c.rules_version.as_str(), c.state.as_slice()), (42, "v1", &b"state"[..]));
+        assert_eq!(
+            (c.seq, c.rules_version.as_str(), c.state.as_slice()),
+            (42, "v1", &b"state"[..])
+        );
         let path = dir.path().join("checkpoint");
         let mut bytes = std::fs::read(&path).unwrap();
         *bytes.last_mut().unwrap() ^= 1;

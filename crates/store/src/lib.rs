@@ -6,8 +6,8 @@
 //!   replays only the log's tail.
 //! - [`BreakStore`]: breaks, their workflow history and the webhook outbox, in SQLite.
 
-pub mod checkpoint;
 mod breaks;
+pub mod checkpoint;
 mod wal;
 
 pub use breaks::{BreakFilter, BreakRow, BreakStore, HistoryRow, OutboxItem, Status, StoreError};

@@ -13,11 +13,19 @@ pub const ENTRY_BYTES_MAX: usize = 64 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
     #[error("failed to {action} WAL {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("WAL entry of {0} bytes is larger than the {ENTRY_BYTES_MAX} allowed")]
     TooLarge(usize),
     #[error("WAL segment {path} is corrupt at offset {offset}: {reason}")]
-    Corrupt { path: PathBuf, offset: u64, reason: String },
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
 }
 
 /// What one WAL entry holds.
@@ -50,7 +58,11 @@ pub struct Wal {
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WalError + 'a {
-    move |source| WalError::Io { action, path: path.to_path_buf(), source }
+    move |source| WalError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -77,7 +89,10 @@ fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
 
 /// Reads frames from one segment; stops at the first torn or corrupt frame and reports
 /// its offset, so the caller can decide whether that is a tail to cut.
-fn read_segment(path: &Path, mut visit: impl FnMut(WalEntry)) -> Result<(u64, Option<String>), WalError> {
+fn read_segment(
+    path: &Path,
+    mut visit: impl FnMut(WalEntry),
+) -> Result<(u64, Option<String>), WalError> {
     let file = File::open(path).map_err(io_err("open", path))?;
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut offset = 0u64;
@@ -90,7 +105,13 @@ fn read_segment(path: &Path, mut visit: impl FnMut(WalEntry)) -> Result<(u64, Op
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(WalError::Io { action: "read", path: path.into(), source: e }),
+                Err(e) => {
+                    return Err(WalError::Io {
+                        action: "read",
+                        path: path.into(),
+                        source: e,
+                    })
+                }
             }
         }
         match got {
@@ -108,6 +129,15 @@ fn read_segment(path: &Path, mut visit: impl FnMut(WalEntry)) -> Result<(u64, Op
             return Ok((offset, Some("frame cut short".into())));
         }
         if crc32fast::hash(&buf) != crc {
+            // A whole frame with more data after it was not torn by a crash: it rotted.
+            let file_len = r.get_ref().metadata().map(|m| m.len()).unwrap_or(0);
+            if offset + 8 + (len as u64) < file_len {
+                return Err(WalError::Corrupt {
+                    path: path.into(),
+                    offset,
+                    reason: "checksum mismatch".into(),
+                });
+            }
             return Ok((offset, Some("checksum mismatch".into())));
         }
         match postcard::from_bytes::<WalEntry>(&buf) {
@@ -144,10 +174,17 @@ impl Wal {
             })?;
             if let Some(reason) = damage {
                 if i + 1 != count {
-                    return Err(WalError::Corrupt { path: path.clone(), offset: good, reason });
+                    return Err(WalError::Corrupt {
+                        path: path.clone(),
+                        offset: good,
+                        reason,
+                    });
                 }
                 tracing::warn!(segment = %path.display(), offset = good, %reason, "cutting torn WAL tail");
-                let f = OpenOptions::new().write(true).open(path).map_err(io_err("open", path))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_err("open", path))?;
                 f.set_len(good).map_err(io_err("truncate", path))?;
                 f.sync_all().map_err(io_err("sync", path))?;
             }
@@ -155,20 +192,35 @@ impl Wal {
         next_seq = next_seq.max(after + 1);
         let (file, segment_bytes) = match segs.last() {
             Some((_, path)) => {
-                let f = OpenOptions::new().append(true).open(path).map_err(io_err("open", path))?;
+                let f = OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(io_err("open", path))?;
                 let len = f.metadata().map_err(io_err("stat", path))?.len();
                 (f, len)
             }
             None => (Self::create_segment(dir, next_seq)?, 0),
         };
-        Ok(Wal { dir: dir.to_path_buf(), file, segment_bytes, next_seq, unsynced: false })
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            file,
+            segment_bytes,
+            next_seq,
+            unsynced: false,
+        })
     }
 
     fn create_segment(dir: &Path, first_seq: u64) -> Result<File, WalError> {
         let path = dir.join(segment_name(first_seq));
-        let f = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err("create", &path))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
         // The new file's name must survive a crash too.
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("sync", dir))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync", dir))?;
         Ok(f)
     }
 
@@ -177,10 +229,17 @@ impl Wal {
     }
 
     /// Appends an entry (not yet durable) and returns its sequence number.
-    pub fn append(&mut self, at: Millis, item: WalItem) -> Result<u64, WalError> {
+    pub fn append(&mut self, at: Millis, item: &WalItem) -> Result<u64, WalError> {
+        /// Serializes exactly like [`WalEntry`] without taking the records.
+        #[derive(Serialize)]
+        struct EntryRef<'a> {
+            seq: u64,
+            at: Millis,
+            item: &'a WalItem,
+        }
         let seq = self.next_seq;
-        let entry = WalEntry { seq, at, item };
-        let payload = postcard::to_allocvec(&entry).expect("WAL entries serialize");
+        let payload =
+            postcard::to_allocvec(&EntryRef { seq, at, item }).expect("WAL entries serialize");
         if payload.len() > ENTRY_BYTES_MAX {
             return Err(WalError::TooLarge(payload.len()));
         }
@@ -193,7 +252,9 @@ impl Wal {
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         frame.extend_from_slice(&payload);
-        self.file.write_all(&frame).map_err(io_err("write", &self.dir))?;
+        self.file
+            .write_all(&frame)
+            .map_err(io_err("write", &self.dir))?;
         self.segment_bytes += frame.len() as u64;
         self.next_seq += 1;
         self.unsynced = true;
@@ -240,7 +301,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::open(dir.path(), 0, |_| panic!("empty")).unwrap();
         for t in 0..5 {
-            wal.append(t, WalItem::Tick).unwrap();
+            wal.append(t, &WalItem::Tick).unwrap();
         }
         wal.sync().unwrap();
         drop(wal);
@@ -252,7 +313,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut wal = Wal::open(dir.path(), 2, |e| seen.push(e.seq)).unwrap();
         assert_eq!(seen, [3, 4, 5]);
-        assert_eq!(wal.append(9, WalItem::Tick).unwrap(), 6);
+        assert_eq!(wal.append(9, &WalItem::Tick).unwrap(), 6);
         wal.sync().unwrap();
         let mut all = Vec::new();
         Wal::read_all(dir.path(), |e| all.push(e.seq)).unwrap();
@@ -263,7 +324,7 @@ mod tests {
     fn damage_before_the_tail_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::open(dir.path(), 0, |_| {}).unwrap();
-        wal.append(1, WalItem::Tick).unwrap();
+        wal.append(1, &WalItem::Tick).unwrap();
         wal.sync().unwrap();
         drop(wal);
         let seg = dir.path().join(segment_name(1));
@@ -272,6 +333,9 @@ mod tests {
         bytes[last] ^= 0xff;
         fs::write(&seg, &bytes).unwrap();
         fs::write(dir.path().join(segment_name(2)), b"").unwrap();
-        assert!(matches!(Wal::open(dir.path(), 0, |_| {}), Err(WalError::Corrupt { .. })));
+        assert!(matches!(
+            Wal::open(dir.path(), 0, |_| {}),
+            Err(WalError::Corrupt { .. })
+        ));
     }
 }

@@ -114,5 +114,10 @@ pub enum Event {
     Break(Break),
     /// An earlier break no longer holds: its evidence was amended into agreement, a late
     /// counterpart arrived, or a silent source resumed.
-    Resolved { break_id: u64, by_record: Option<String>, reason: String, at: Millis },
+    Resolved {
+        break_id: u64,
+        by_record: Option<String>,
+        reason: String,
+        at: Millis,
+    },
 }

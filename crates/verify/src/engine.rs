@@ -171,6 +171,8 @@ struct Account {
     movements: Vec<(Millis, i64, String, Loc)>,
     /// Snapshots waiting for their lateness budget, in arrival order.
     snapshots: Vec<(Millis, i64, Currency, String, Loc)>,
+    /// The drill whose records this account carries (drills use synthetic accounts).
+    drill: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
@@ -233,7 +235,9 @@ impl BusinessDayClock {
     /// Start of the business day (as epoch ms) that `t` falls in.
     fn day_start(&self, t: Millis) -> Millis {
         use chrono::{TimeZone, Timelike};
-        let Some(utc) = chrono::DateTime::from_timestamp_millis(t) else { return t };
+        let Some(utc) = chrono::DateTime::from_timestamp_millis(t) else {
+            return t;
+        };
         let local = utc.with_timezone(&self.tz);
         let minutes = local.hour() * 60 + local.minute();
         let mut date = local.date_naive();
@@ -255,6 +259,8 @@ impl BusinessDayClock {
 }
 
 const DAY_MS: Millis = 24 * 3600 * 1000;
+/// How long a business day stays open to late entries after it was checked.
+const DAILY_HORIZON_MS: Millis = 7 * DAY_MS;
 
 fn key_hash(key: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key.as_bytes())
@@ -296,11 +302,18 @@ impl Engine {
             };
             for &s in sides {
                 let side = side_of(rule, s);
-                routes.entry((side.source.clone(), side.kind.clone())).or_default().push((i, s));
+                routes
+                    .entry((side.source.clone(), side.kind.clone()))
+                    .or_default()
+                    .push((i, s));
             }
         }
         let day = BusinessDayClock {
-            tz: rules.business_day.timezone.parse().unwrap_or(chrono_tz::UTC),
+            tz: rules
+                .business_day
+                .timezone
+                .parse()
+                .unwrap_or(chrono_tz::UTC),
             cutoff_minutes: rules.business_day.cutoff_minutes,
         };
         let s = State {
@@ -318,10 +331,29 @@ impl Engine {
                     daily: DailyState::default(),
                 })
                 .collect(),
-            sources: rules.sources.iter().map(|_| SourceState::default()).collect(),
-            stats: EngineStats { open_per_rule: vec![0; rules.rules.len()], ..Default::default() },
+            sources: rules
+                .sources
+                .iter()
+                .map(|_| SourceState::default())
+                .collect(),
+            stats: EngineStats {
+                open_per_rule: vec![0; rules.rules.len()],
+                ..Default::default()
+            },
         };
-        Engine { rules, limits, routes, day, s }
+        Engine {
+            rules,
+            limits,
+            routes,
+            day,
+            s,
+        }
+    }
+
+    /// Starts break ids at `first` (after a rule change, ids continue past those stored).
+    pub fn with_first_break_id(mut self, first: u64) -> Engine {
+        self.s.next_break_id = first.max(1);
+        self
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
@@ -334,20 +366,35 @@ impl Engine {
 
     pub fn stats(&self) -> EngineStats {
         let mut stats = self.s.stats.clone();
-        stats.open_per_rule = self.s.rules.iter().map(|r| r.keyed.open + r.balance_open()).collect();
+        stats.open_per_rule = self
+            .s
+            .rules
+            .iter()
+            .map(|r| r.keyed.open + r.balance_open())
+            .collect();
         stats
     }
 
     /// Total open (pending) records over all rules.
     pub fn open_records(&self) -> usize {
-        self.s.rules.iter().map(|r| r.keyed.open + r.balance_open()).sum()
+        self.s
+            .rules
+            .iter()
+            .map(|r| r.keyed.open + r.balance_open())
+            .sum()
     }
 
     /// How many more records can be admitted before some rule reaches its bound. Each
     /// record opens at most one entry per rule, so admitting no more than this keeps
     /// every rule within `open_records_max`.
     pub fn headroom(&self) -> usize {
-        let fullest = self.s.rules.iter().map(|r| r.keyed.open + r.balance_open()).max().unwrap_or(0);
+        let fullest = self
+            .s
+            .rules
+            .iter()
+            .map(|r| r.keyed.open + r.balance_open())
+            .max()
+            .unwrap_or(0);
         self.limits.open_records_max.saturating_sub(fullest)
     }
 
@@ -402,7 +449,12 @@ impl Engine {
                 continue;
             }
             self.s.seen_order.push_back((self.s.now, fp));
-            if let Some(i) = self.rules.sources.iter().position(|s| s.name == record.source) {
+            if let Some(i) = self
+                .rules
+                .sources
+                .iter()
+                .position(|s| s.name == record.source)
+            {
                 let now = self.s.now;
                 let st = &mut self.s.sources[i];
                 st.last_seen = Some(now);
@@ -415,7 +467,10 @@ impl Engine {
                     });
                 }
             }
-            let Some(routes) = self.routes.get(&(record.source.clone(), record.kind.clone())) else {
+            let Some(routes) = self
+                .routes
+                .get(&(record.source.clone(), record.kind.clone()))
+            else {
                 continue;
             };
             for &(rule_index, side) in &routes.clone() {
@@ -440,7 +495,10 @@ impl Engine {
     }
 
     fn expire_ids(&mut self) {
-        let horizon = self.s.now.saturating_sub(self.limits.record_id_retention_ms);
+        let horizon = self
+            .s
+            .now
+            .saturating_sub(self.limits.record_id_retention_ms);
         while let Some(&(at, fp)) = self.s.seen_order.front() {
             let over = self.s.seen_order.len() > self.limits.record_ids_max;
             if at >= horizon && !over {
@@ -455,7 +513,10 @@ impl Engine {
     }
 
     fn check_capacity(&mut self, out: &mut Vec<Event>) {
-        let zone = self.limits.open_records_max.saturating_sub(self.limits.batch_records_max);
+        let zone = self
+            .limits
+            .open_records_max
+            .saturating_sub(self.limits.batch_records_max);
         let now = self.s.now;
         for i in 0..self.s.rules.len() {
             let open = self.s.rules[i].keyed.open + self.s.rules[i].balance_open();
@@ -505,7 +566,11 @@ impl Engine {
             if let RuleKind::Balance { .. } = self.rules.rules[i].kind {
                 self.fire_balance(i, until, out);
             }
-            if let RuleKind::Conservation { daily: true, entries } = &self.rules.rules[i].kind {
+            if let RuleKind::Conservation {
+                daily: true,
+                entries,
+            } = &self.rules.rules[i].kind
+            {
                 let lateness = entries.lateness_ms;
                 self.fire_daily(i, lateness, until, out);
             }
@@ -514,7 +579,9 @@ impl Engine {
         if until != Millis::MAX {
             let now = self.s.now;
             for (i, spec) in self.rules.sources.iter().enumerate() {
-                let Some(budget) = spec.silence_budget_ms else { continue };
+                let Some(budget) = spec.silence_budget_ms else {
+                    continue;
+                };
                 let st = &self.s.sources[i];
                 let Some(last) = st.last_seen else { continue };
                 if st.silent_break.is_none() && now - last > budget {
@@ -537,7 +604,12 @@ impl Engine {
                         field: None,
                         expected: Some(format!("a record at least every {} ms", budget)),
                         actual: Some(format!("none for {} ms", now - last)),
-                        message: format!("source {} has sent nothing for {} ms (budget {} ms)", spec.name, now - last, budget),
+                        message: format!(
+                            "source {} has sent nothing for {} ms (budget {} ms)",
+                            spec.name,
+                            now - last,
+                            budget
+                        ),
                         evidence: vec![],
                         drill: None,
                         complete_at: last + budget,
@@ -553,7 +625,9 @@ impl Engine {
     fn key_of(side: &Side, record: &FundRecord) -> Result<String, String> {
         let mut key = String::new();
         for (i, field) in side.key.iter().enumerate() {
-            let Some(v) = record.field(field) else { return Err(field.clone()) };
+            let Some(v) = record.field(field) else {
+                return Err(field.clone());
+            };
             if i > 0 {
                 key.push('|');
             }
@@ -564,7 +638,10 @@ impl Engine {
 
     fn passes(side: &Side, record: &FundRecord) -> bool {
         side.filter.iter().all(|(field, allowed)| {
-            record.field(field).map(|v| allowed.iter().any(|a| a == v)).unwrap_or(false)
+            record
+                .field(field)
+                .map(|v| allowed.iter().any(|a| a == v))
+                .unwrap_or(false)
         })
     }
 
@@ -633,14 +710,32 @@ impl Engine {
                 return;
             }
         };
-        if let RuleKind::Conservation { daily: true, .. } = rule.kind {
-            let day = self.day.day_start(record.event_time);
-            let cur = record.amount.currency;
-            let daily = &mut self.s.rules[ri].daily;
-            *daily.totals.entry((day, cur)).or_default() += record.signed_minor() as i128;
-            if daily.checked.contains_key(&(day, cur)) {
-                self.recheck_day(ri, day, cur, Some(&record.record_id), out);
+        let daily = matches!(rule.kind, RuleKind::Conservation { daily: true, .. })
+            && record.drill.is_none();
+        if daily {
+            // An amendment replaces the amount it supersedes in the day's total.
+            let superseded = record.amends.as_deref().and_then(|target| {
+                let hash = key_hash(&key);
+                let ks = self.s.rules[ri]
+                    .keyed
+                    .keys
+                    .find(hash, |k| k.hash == hash && *k.key == *key)?;
+                ks.entries
+                    .iter()
+                    .find(|e| e.record_id() == target)
+                    .map(|e| (e.event_time, e.currency, e.amount))
+            });
+            if let Some((t, cur, amount)) = superseded {
+                self.daily_add(ri, t, cur, -(amount as i128), &record.record_id, out);
             }
+            self.daily_add(
+                ri,
+                record.event_time,
+                record.amount.currency,
+                record.signed_minor() as i128,
+                &record.record_id,
+                out,
+            );
         }
         let entry = Self::entry(rule, side, loc, record);
         let hash = key_hash(&key);
@@ -649,7 +744,9 @@ impl Engine {
         let found = st.keys.find_mut(hash, |k| k.hash == hash && *k.key == *key);
         let Some(ks) = found else {
             let other_lateness = match rule.kind {
-                RuleKind::Match { .. } | RuleKind::SumMatch { .. } => side_of(rule, 1 - side).lateness_ms,
+                RuleKind::Match { .. } | RuleKind::SumMatch { .. } => {
+                    side_of(rule, 1 - side).lateness_ms
+                }
                 _ => spec.lateness_ms,
             };
             let deadline = record.event_time.saturating_add(other_lateness);
@@ -673,7 +770,9 @@ impl Engine {
 
         // An amendment replaces the record it names, on the same side.
         let amended = record.amends.as_deref().and_then(|target| {
-            ks.entries.iter().position(|e| e.side == side && e.record_id() == target)
+            ks.entries
+                .iter()
+                .position(|e| e.side == side && e.record_id() == target)
         });
         if let Some(pos) = amended {
             ks.entries[pos] = entry;
@@ -701,7 +800,13 @@ impl Engine {
             self.s.next_break_id += 1;
             let st = &mut self.s.rules[ri].keyed;
             if let Some(ks) = st.keys.find_mut(hash, |k| k.hash == hash && *k.key == *key) {
-                ks.breaks.push(OpenBreak { id, slot: Slot { kind: BreakKind::Duplicate, detail: 0 } });
+                ks.breaks.push(OpenBreak {
+                    id,
+                    slot: Slot {
+                        kind: BreakKind::Duplicate,
+                        detail: 0,
+                    },
+                });
             }
             let mut evidence = Vec::new();
             if let Some(f) = &first {
@@ -724,7 +829,10 @@ impl Engine {
                     spec.source, spec.kind, record.record_id
                 ),
                 evidence,
-                drill: entry.drill().or(first.as_ref().and_then(|f| f.drill())).map(String::from),
+                drill: entry
+                    .drill()
+                    .or(first.as_ref().and_then(|f| f.drill()))
+                    .map(String::from),
                 complete_at: now,
                 emitted_at: now,
             }));
@@ -745,9 +853,18 @@ impl Engine {
     }
 
     /// Closes a pending key: evaluates it and turns findings into breaks.
-    fn close(&mut self, ri: usize, hash: u64, key: &str, complete_at: Millis, out: &mut Vec<Event>) {
+    fn close(
+        &mut self,
+        ri: usize,
+        hash: u64,
+        key: &str,
+        complete_at: Millis,
+        out: &mut Vec<Event>,
+    ) {
         let st = &mut self.s.rules[ri].keyed;
-        let Some(ks) = st.keys.find_mut(hash, |k| k.hash == hash && *k.key == *key) else { return };
+        let Some(ks) = st.keys.find_mut(hash, |k| k.hash == hash && *k.key == *key) else {
+            return;
+        };
         st.open -= ks.entries.len();
         ks.phase = Phase::Closed;
         ks.closed_at = self.s.now;
@@ -756,7 +873,14 @@ impl Engine {
         self.reevaluate_at(ri, hash, key, None, complete_at, out);
     }
 
-    fn reevaluate(&mut self, ri: usize, hash: u64, key: &str, by: Option<&str>, out: &mut Vec<Event>) {
+    fn reevaluate(
+        &mut self,
+        ri: usize,
+        hash: u64,
+        key: &str,
+        by: Option<&str>,
+        out: &mut Vec<Event>,
+    ) {
         let now = self.s.now;
         self.reevaluate_at(ri, hash, key, by, now, out)
     }
@@ -777,7 +901,9 @@ impl Engine {
         let now = self.s.now;
         let mut next_id = self.s.next_break_id;
         let st = &mut self.s.rules[ri].keyed;
-        let Some(ks) = st.keys.find_mut(hash, |k| k.hash == hash && *k.key == *key) else { return };
+        let Some(ks) = st.keys.find_mut(hash, |k| k.hash == hash && *k.key == *key) else {
+            return;
+        };
         let findings = evaluate(rule, ks);
         let mut kept = Vec::new();
         for b in std::mem::take(&mut ks.breaks) {
@@ -805,7 +931,11 @@ impl Engine {
             next_id += 1;
             kept.push(OpenBreak { id, slot: f.slot });
             let evidence: Vec<&Entry> = f.evidence.iter().map(|&i| &ks.entries[i]).collect();
-            new_breaks.push((id, f, evidence.iter().map(|e| (*e).clone()).collect::<Vec<_>>()));
+            new_breaks.push((
+                id,
+                f,
+                evidence.iter().map(|e| (*e).clone()).collect::<Vec<_>>(),
+            ));
         }
         ks.breaks = kept;
         self.s.next_break_id = next_id;
@@ -840,7 +970,9 @@ impl Engine {
             event_time: e.event_time,
             amount: format_minor(e.amount as i128, e.currency),
             currency: e.currency.code().to_string(),
-            trace_id: Some(e.text.get(T_TRACE)).filter(|t| !t.is_empty()).map(String::from),
+            trace_id: Some(e.text.get(T_TRACE))
+                .filter(|t| !t.is_empty())
+                .map(String::from),
             loc: e.loc,
         }
     }
@@ -848,14 +980,18 @@ impl Engine {
     fn fire_keyed(&mut self, ri: usize, until: Millis, out: &mut Vec<Event>) {
         loop {
             let st = &mut self.s.rules[ri].keyed;
-            let Some(&Reverse((deadline, hash))) = st.deadlines.peek() else { break };
+            let Some(&Reverse((deadline, hash))) = st.deadlines.peek() else {
+                break;
+            };
             if deadline > until {
                 break;
             }
             st.deadlines.pop();
             let key = st
                 .keys
-                .find(hash, |k| k.hash == hash && k.phase == Phase::Pending && k.deadline == deadline)
+                .find(hash, |k| {
+                    k.hash == hash && k.phase == Phase::Pending && k.deadline == deadline
+                })
                 .map(|k| k.key.clone());
             if let Some(key) = key {
                 if until == Millis::MAX {
@@ -906,17 +1042,54 @@ impl Engine {
             self.s.rules[ri].daily.checked.insert((day, cur), None);
             self.recheck_day(ri, day, cur, None, out);
         }
-        // Keep a week of checked days for late entries; older ones are final.
-        let horizon = self.s.now.saturating_sub(7 * DAY_MS);
+        // Keep a week of days for late entries; older days are final and entries for
+        // them no longer count (see `daily_add`).
+        let horizon = self.s.now.saturating_sub(DAILY_HORIZON_MS);
         let daily = &mut self.s.rules[ri].daily;
         daily.checked.retain(|(day, _), _| *day >= horizon);
-        let checked = daily.checked.clone();
-        daily.totals.retain(|k, _| k.0 >= horizon || !checked.contains_key(k));
+        daily.totals.retain(|(day, _), _| *day >= horizon);
     }
 
-    fn recheck_day(&mut self, ri: usize, day: Millis, cur: Currency, by: Option<&str>, out: &mut Vec<Event>) {
-        let total = self.s.rules[ri].daily.totals.get(&(day, cur)).copied().unwrap_or(0);
-        let open = self.s.rules[ri].daily.checked.get(&(day, cur)).copied().flatten();
+    fn daily_add(
+        &mut self,
+        ri: usize,
+        t: Millis,
+        cur: Currency,
+        delta: i128,
+        by: &str,
+        out: &mut Vec<Event>,
+    ) {
+        let day = self.day.day_start(t);
+        if day < self.s.now.saturating_sub(DAILY_HORIZON_MS) {
+            return;
+        }
+        let daily = &mut self.s.rules[ri].daily;
+        *daily.totals.entry((day, cur)).or_default() += delta;
+        if daily.checked.contains_key(&(day, cur)) {
+            self.recheck_day(ri, day, cur, Some(by), out);
+        }
+    }
+
+    fn recheck_day(
+        &mut self,
+        ri: usize,
+        day: Millis,
+        cur: Currency,
+        by: Option<&str>,
+        out: &mut Vec<Event>,
+    ) {
+        let total = self.s.rules[ri]
+            .daily
+            .totals
+            .get(&(day, cur))
+            .copied()
+            .unwrap_or(0);
+        let open = self.s.rules[ri]
+            .daily
+            .checked
+            .get(&(day, cur))
+            .copied()
+            .flatten();
         let now = self.s.now;
         match (total == 0, open) {
             (true, Some(id)) => {
@@ -960,10 +1133,19 @@ impl Engine {
 
     // ---- balance continuity ------------------------------------------------------------
 
-    fn apply_balance(&mut self, ri: usize, side: u8, loc: Loc, record: &FundRecord, out: &mut Vec<Event>) {
+    fn apply_balance(
+        &mut self,
+        ri: usize,
+        side: u8,
+        loc: Loc,
+        record: &FundRecord,
+        out: &mut Vec<Event>,
+    ) {
         let rules = self.rules.clone();
         let rule = &rules.rules[ri];
-        let RuleKind::Balance { lateness_ms, .. } = rule.kind else { return };
+        let RuleKind::Balance { lateness_ms, .. } = rule.kind else {
+            return;
+        };
         let spec = side_of(rule, side);
         let Ok(account) = Self::key_of(spec, record) else {
             let now = self.s.now;
@@ -989,6 +1171,9 @@ impl Engine {
         };
         let st = &mut self.s.rules[ri].balance;
         let acc = st.accounts.entry(account.clone()).or_default();
+        if record.drill.is_some() {
+            acc.drill.clone_from(&record.drill);
+        }
         if side == 0 {
             let late = acc.last.as_ref().is_some_and(|l| record.event_time <= l.0);
             if late {
@@ -1005,7 +1190,10 @@ impl Engine {
                     side: Some("entries".into()),
                     field: None,
                     expected: None,
-                    actual: Some(format_minor(record.signed_minor() as i128, record.amount.currency)),
+                    actual: Some(format_minor(
+                        record.signed_minor() as i128,
+                        record.amount.currency,
+                    )),
                     message: format!(
                         "movement {} at {} arrived after the snapshot at {} was checked",
                         record.record_id,
@@ -1019,32 +1207,68 @@ impl Engine {
                 }));
                 return;
             }
-            acc.movements.push((record.event_time, record.signed_minor(), record.record_id.clone(), loc));
+            acc.movements.push((
+                record.event_time,
+                record.signed_minor(),
+                record.record_id.clone(),
+                loc,
+            ));
         } else {
-            acc.snapshots.push((record.event_time, record.amount.minor, record.amount.currency, record.record_id.clone(), loc));
-            st.deadlines.push(Reverse((record.event_time.saturating_add(lateness_ms), account)));
+            acc.snapshots.push((
+                record.event_time,
+                record.amount.minor,
+                record.amount.currency,
+                record.record_id.clone(),
+                loc,
+            ));
+            st.deadlines.push(Reverse((
+                record.event_time.saturating_add(lateness_ms),
+                account,
+            )));
         }
     }
 
     fn fire_balance(&mut self, ri: usize, until: Millis, out: &mut Vec<Event>) {
         let rules = self.rules.clone();
         let rule = &rules.rules[ri];
-        let RuleKind::Balance { lateness_ms, .. } = rule.kind else { return };
+        let RuleKind::Balance { lateness_ms, .. } = rule.kind else {
+            return;
+        };
         loop {
             let st = &mut self.s.rules[ri].balance;
-            let Some(Reverse((deadline, _))) = st.deadlines.peek() else { break };
+            let Some(Reverse((deadline, _))) = st.deadlines.peek() else {
+                break;
+            };
             if *deadline > until {
                 break;
             }
-            let Some(Reverse((deadline, account))) = st.deadlines.pop() else { break };
-            let Some(acc) = st.accounts.get_mut(&account) else { continue };
+            let Some(Reverse((deadline, account))) = st.deadlines.pop() else {
+                break;
+            };
+            let Some(acc) = st.accounts.get_mut(&account) else {
+                continue;
+            };
             // Check every snapshot whose budget has passed, oldest event time first.
             acc.snapshots.sort_by_key(|s| s.0);
-            let horizon = if until == Millis::MAX { Millis::MAX } else { deadline.max(until) - lateness_ms };
-            let ready: Vec<_> = acc.snapshots.iter().filter(|s| s.0 <= horizon).cloned().collect();
+            let horizon = if until == Millis::MAX {
+                Millis::MAX
+            } else {
+                deadline.max(until) - lateness_ms
+            };
+            let ready: Vec<_> = acc
+                .snapshots
+                .iter()
+                .filter(|s| s.0 <= horizon)
+                .cloned()
+                .collect();
             acc.snapshots.retain(|s| s.0 > horizon);
             for (t, balance, cur, rid, loc) in ready {
-                let between: i128 = acc.movements.iter().filter(|m| m.0 <= t).map(|m| m.1 as i128).sum();
+                let between: i128 = acc
+                    .movements
+                    .iter()
+                    .filter(|m| m.0 <= t)
+                    .map(|m| m.1 as i128)
+                    .sum();
                 let used: Vec<_> = acc.movements.iter().filter(|m| m.0 <= t).cloned().collect();
                 acc.movements.retain(|m| m.0 > t);
                 if let Some((prev_t, prev_balance, prev_cur, prev_id)) = acc.last.take() {
@@ -1052,7 +1276,10 @@ impl Engine {
                     if expected != balance as i128 || prev_cur != cur {
                         let id = self.s.next_break_id;
                         self.s.next_break_id += 1;
-                        let now = self.s.now.max(if until == Millis::MAX { deadline } else { 0 });
+                        let now = self
+                            .s
+                            .now
+                            .max(if until == Millis::MAX { deadline } else { 0 });
                         let mut evidence = vec![Evidence {
                             record_id: rid.clone(),
                             source: side_of(rule, 1).source.clone(),
@@ -1094,7 +1321,7 @@ impl Engine {
                                 format_minor(expected, cur)
                             ),
                             evidence,
-                            drill: None,
+                            drill: acc.drill.clone(),
                             complete_at: deadline,
                             emitted_at: now,
                         }));
@@ -1114,7 +1341,11 @@ impl Engine {
 
 impl RuleState {
     fn balance_open(&self) -> usize {
-        self.balance.accounts.values().map(|a| a.movements.len() + a.snapshots.len()).sum()
+        self.balance
+            .accounts
+            .values()
+            .map(|a| a.movements.len() + a.snapshots.len())
+            .sum()
     }
 }
 
@@ -1123,10 +1354,18 @@ impl RuleState {
 fn evaluate(rule: &Rule, ks: &KeyState) -> Vec<Finding> {
     let mut findings = Vec::new();
     let sides = |s: u8| -> SmallVec<[usize; 2]> {
-        ks.entries.iter().enumerate().filter(|(_, e)| e.side == s).map(|(i, _)| i).collect()
+        ks.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.side == s)
+            .map(|(i, _)| i)
+            .collect()
     };
     let missing = |side: u8, present: &SmallVec<[usize; 2]>| Finding {
-        slot: Slot { kind: BreakKind::MissingCounterpart, detail: side as u64 },
+        slot: Slot {
+            kind: BreakKind::MissingCounterpart,
+            detail: side as u64,
+        },
         side: Some(side_name(rule, side).into()),
         field: None,
         expected: None,
@@ -1148,7 +1387,10 @@ fn evaluate(rule: &Rule, ks: &KeyState) -> Vec<Finding> {
                 findings.push(missing(1, &l));
             } else if l.len() > 1 || r.len() > 1 {
                 findings.push(Finding {
-                    slot: Slot { kind: BreakKind::AmbiguousMatch, detail: 0 },
+                    slot: Slot {
+                        kind: BreakKind::AmbiguousMatch,
+                        detail: 0,
+                    },
                     side: None,
                     field: None,
                     expected: Some("1 record per side".into()),
@@ -1163,22 +1405,44 @@ fn evaluate(rule: &Rule, ks: &KeyState) -> Vec<Finding> {
                     let (kind, exp, act) = match pair.left.as_str() {
                         "amount" => (
                             BreakKind::AmountMismatch,
-                            format!("{} {}", format_minor(a.amount as i128, a.currency), a.currency),
-                            format!("{} {}", format_minor(b.amount as i128, b.currency), b.currency),
+                            format!(
+                                "{} {}",
+                                format_minor(a.amount as i128, a.currency),
+                                a.currency
+                            ),
+                            format!(
+                                "{} {}",
+                                format_minor(b.amount as i128, b.currency),
+                                b.currency
+                            ),
                         ),
-                        "currency" => (BreakKind::FieldMismatch, a.currency.to_string(), b.currency.to_string()),
-                        _ => (BreakKind::FieldMismatch, a.field(i).to_string(), b.field(i).to_string()),
+                        "currency" => (
+                            BreakKind::FieldMismatch,
+                            a.currency.to_string(),
+                            b.currency.to_string(),
+                        ),
+                        _ => (
+                            BreakKind::FieldMismatch,
+                            a.field(i).to_string(),
+                            b.field(i).to_string(),
+                        ),
                     };
                     if exp != act {
                         findings.push(Finding {
-                            slot: Slot { kind, detail: i as u64 },
+                            slot: Slot {
+                                kind,
+                                detail: i as u64,
+                            },
                             side: None,
                             field: Some(if pair.left == pair.right {
                                 pair.left.clone()
                             } else {
                                 format!("{}/{}", pair.left, pair.right)
                             }),
-                            message: format!("key {}: {} is {exp} upstream but {act} downstream", ks.key, pair.left),
+                            message: format!(
+                                "key {}: {} is {exp} upstream but {act} downstream",
+                                ks.key, pair.left
+                            ),
                             expected: Some(exp),
                             actual: Some(act),
                             evidence,
@@ -1203,12 +1467,23 @@ fn evaluate(rule: &Rule, ks: &KeyState) -> Vec<Finding> {
                     } else {
                         "mixed currencies".to_string()
                     };
-                    let expected = format!("{} {}", format_minor(up.amount as i128, up.currency), up.currency);
+                    let expected = format!(
+                        "{} {}",
+                        format_minor(up.amount as i128, up.currency),
+                        up.currency
+                    );
                     findings.push(Finding {
-                        slot: Slot { kind: BreakKind::AmountMismatch, detail: 0 },
+                        slot: Slot {
+                            kind: BreakKind::AmountMismatch,
+                            detail: 0,
+                        },
                         side: None,
                         field: Some("amount".into()),
-                        message: format!("key {}: {} downstream records add up to {actual}, not {expected}", ks.key, d.len()),
+                        message: format!(
+                            "key {}: {} downstream records add up to {actual}, not {expected}",
+                            ks.key,
+                            d.len()
+                        ),
                         expected: Some(expected),
                         actual: Some(actual),
                         evidence: u.iter().take(1).chain(d.iter()).copied().collect(),
@@ -1229,13 +1504,22 @@ fn evaluate(rule: &Rule, ks: &KeyState) -> Vec<Finding> {
                         b
                     });
                     findings.push(Finding {
-                        slot: Slot { kind: BreakKind::ConservationViolation, detail },
+                        slot: Slot {
+                            kind: BreakKind::ConservationViolation,
+                            detail,
+                        },
                         side: None,
                         field: Some("amount".into()),
                         expected: Some(format!("{} {cur}", format_minor(0, cur))),
                         actual: Some(format!("{} {cur}", format_minor(sum, cur))),
-                        message: format!("transaction {}: entries in {cur} net to {} instead of zero", ks.key, format_minor(sum, cur)),
-                        evidence: (0..ks.entries.len()).filter(|&i| ks.entries[i].currency == cur).collect(),
+                        message: format!(
+                            "transaction {}: entries in {cur} net to {} instead of zero",
+                            ks.key,
+                            format_minor(sum, cur)
+                        ),
+                        evidence: (0..ks.entries.len())
+                            .filter(|&i| ks.entries[i].currency == cur)
+                            .collect(),
                     });
                 }
             }

@@ -21,3 +21,41 @@ pub mod rules;
 pub use breaks::{Break, BreakKind, Event, Evidence};
 pub use engine::{Engine, EngineStats, Limits, Loc};
 pub use rules::{parse_rules, RuleError, RuleSet};
+
+/// Runs records through the engine in batch (the T1 backstop over exported files): the
+/// engine's clock is the highest event time seen so far, advanced after every chunk, and
+/// every deadline fires at the end. Same engine, same rules, same breaks.
+pub fn verify_batch<'a>(
+    rules: std::sync::Arc<RuleSet>,
+    limits: Limits,
+    records: impl IntoIterator<Item = &'a steadfast_model::FundRecord>,
+    mut progress: impl FnMut(usize),
+) -> Vec<Event> {
+    /// Records between clock advances; small enough that deadlines fire close to on time.
+    const CHUNK: usize = 1024;
+    let mut engine = Engine::new(rules, limits);
+    let mut out = Vec::new();
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut watermark = steadfast_model::Millis::MIN;
+    let mut loc = 0u64;
+    let feed = |engine: &mut Engine,
+                chunk: &mut Vec<(Loc, &'a steadfast_model::FundRecord)>,
+                watermark,
+                out: &mut Vec<Event>| {
+        let n = chunk.len();
+        engine.ingest(watermark, chunk.drain(..), out);
+        engine.tick(watermark, out);
+        n
+    };
+    for r in records {
+        watermark = watermark.max(r.event_time);
+        chunk.push((loc, r));
+        loc += 1;
+        if chunk.len() == CHUNK {
+            progress(feed(&mut engine, &mut chunk, watermark, &mut out));
+        }
+    }
+    progress(feed(&mut engine, &mut chunk, watermark, &mut out));
+    engine.flush(&mut out);
+    out
+}

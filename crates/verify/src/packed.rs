@@ -40,6 +40,9 @@ mod tests {
     #[test]
     fn packs_and_reads_back() {
         let p = super::Packed::new(["a", "", "héllo"]);
-        assert_eq!((p.get(0), p.get(1), p.get(2), p.get(3)), ("a", "", "héllo", ""));
+        assert_eq!(
+            (p.get(0), p.get(1), p.get(2), p.get(3)),
+            ("a", "", "héllo", "")
+        );
     }
 }

@@ -33,7 +33,9 @@ fn key_of(side: &Side, r: &FundRecord) -> Option<String> {
 }
 
 fn passes(side: &Side, r: &FundRecord) -> bool {
-    side.filter.iter().all(|(f, allowed)| r.field(f).is_some_and(|v| allowed.iter().any(|a| a == v)))
+    side.filter
+        .iter()
+        .all(|(f, allowed)| r.field(f).is_some_and(|v| allowed.iter().any(|a| a == v)))
 }
 
 /// Reconciles the inputs against every match rule; `flushed` says whether the input
@@ -60,7 +62,14 @@ pub fn reconcile(rules: &RuleSet, inputs: &[Input], flushed: bool) -> Vec<RefBre
         clock.push(now);
     }
     for rule in &rules.rules {
-        let RuleKind::Match { left, right, compare } = &rule.kind else { continue };
+        let RuleKind::Match {
+            left,
+            right,
+            compare,
+        } = &rule.kind
+        else {
+            continue;
+        };
         let sides = [left, right];
         let mut by_key: BTreeMap<String, Vec<(usize, u8, &FundRecord)>> = BTreeMap::new();
         for &(i, r) in &records {
@@ -73,7 +82,11 @@ pub fn reconcile(rules: &RuleSet, inputs: &[Input], flushed: bool) -> Vec<RefBre
             }
         }
         for (key, arrivals) in by_key {
-            let push = |out: &mut Vec<RefBreak>, kind, side: Option<&str>, field: Option<String>, resolved| {
+            let push = |out: &mut Vec<RefBreak>,
+                        kind,
+                        side: Option<&str>,
+                        field: Option<String>,
+                        resolved| {
                 out.push(RefBreak {
                     rule: rule.name.clone(),
                     kind,
@@ -85,7 +98,9 @@ pub fn reconcile(rules: &RuleSet, inputs: &[Input], flushed: bool) -> Vec<RefBre
             };
             let (first_step, first_side, first) = arrivals[0];
             let other = 1 - first_side;
-            let deadline = first.event_time.saturating_add(sides[other as usize].lateness_ms);
+            let deadline = first
+                .event_time
+                .saturating_add(sides[other as usize].lateness_ms);
             // The deadline fires at the first tick at or after the first arrival whose
             // clock has passed it (records alone never fire deadlines).
             let fire_step = (first_step..inputs.len())
@@ -98,13 +113,25 @@ pub fn reconcile(rules: &RuleSet, inputs: &[Input], flushed: bool) -> Vec<RefBre
                 let before_fire = fire_step.is_none_or(|f| step < f);
                 if s == first_side && counterpart.is_none() && before_fire {
                     if !same.is_empty() {
-                        push(&mut out, BreakKind::Duplicate, Some(side_name(first_side)), None, false);
+                        push(
+                            &mut out,
+                            BreakKind::Duplicate,
+                            Some(side_name(first_side)),
+                            None,
+                            false,
+                        );
                     }
                     same.push(r);
                     continue;
                 }
                 if s == first_side || counterpart.is_some() {
-                    push(&mut out, BreakKind::Duplicate, Some(side_name(s)), None, false);
+                    push(
+                        &mut out,
+                        BreakKind::Duplicate,
+                        Some(side_name(s)),
+                        None,
+                        false,
+                    );
                     continue;
                 }
                 // The counterpart: arrived before the deadline fired, or late.
@@ -119,14 +146,24 @@ pub fn reconcile(rules: &RuleSet, inputs: &[Input], flushed: bool) -> Vec<RefBre
                 _ => false,
             };
             if fired_missing {
-                push(&mut out, BreakKind::MissingCounterpart, Some(side_name(other)), None, counterpart.is_some());
+                push(
+                    &mut out,
+                    BreakKind::MissingCounterpart,
+                    Some(side_name(other)),
+                    None,
+                    counterpart.is_some(),
+                );
             }
             let Some(c) = counterpart else { continue };
             if same.len() > 1 {
                 push(&mut out, BreakKind::AmbiguousMatch, None, None, false);
                 continue;
             }
-            let (l, r) = if first_side == 0 { (same[0], c) } else { (c, same[0]) };
+            let (l, r) = if first_side == 0 {
+                (same[0], c)
+            } else {
+                (c, same[0])
+            };
             for pair in compare {
                 let differs = match pair.left.as_str() {
                     "amount" => l.amount != r.amount,
@@ -134,8 +171,16 @@ pub fn reconcile(rules: &RuleSet, inputs: &[Input], flushed: bool) -> Vec<RefBre
                     _ => l.field(&pair.left).unwrap_or("") != r.field(&pair.right).unwrap_or(""),
                 };
                 if differs {
-                    let kind = if pair.left == "amount" { BreakKind::AmountMismatch } else { BreakKind::FieldMismatch };
-                    let field = if pair.left == pair.right { pair.left.clone() } else { format!("{}/{}", pair.left, pair.right) };
+                    let kind = if pair.left == "amount" {
+                        BreakKind::AmountMismatch
+                    } else {
+                        BreakKind::FieldMismatch
+                    };
+                    let field = if pair.left == pair.right {
+                        pair.left.clone()
+                    } else {
+                        format!("{}/{}", pair.left, pair.right)
+                    };
                     push(&mut out, kind, None, Some(field), false);
                 }
             }

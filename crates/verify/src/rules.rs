@@ -17,8 +17,17 @@ pub const RULES_MAX: usize = 256;
 
 /// Standard record fields every rule may name.
 pub const STANDARD_FIELDS: &[&str] = &[
-    "record_id", "source", "kind", "amount", "currency", "account", "counter_account",
-    "direction", "status", "trace_id", "order_id",
+    "record_id",
+    "source",
+    "kind",
+    "amount",
+    "currency",
+    "account",
+    "counter_account",
+    "direction",
+    "status",
+    "trace_id",
+    "order_id",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,13 +83,21 @@ pub struct Rule {
 pub enum RuleKind {
     /// Every left record has exactly one right record with the same key, and the
     /// compared fields are equal.
-    Match { left: Side, right: Side, compare: Vec<FieldPair> },
+    Match {
+        left: Side,
+        right: Side,
+        compare: Vec<FieldPair>,
+    },
     /// The downstream amounts per key add up to the upstream amount.
     SumMatch { upstream: Side, downstream: Side },
     /// Signed entries per transaction sum to zero per currency; optionally per business day.
     Conservation { entries: Side, daily: bool },
     /// Each balance snapshot equals the previous one plus the entries between them.
-    Balance { entries: Side, snapshots: Side, lateness_ms: i64 },
+    Balance {
+        entries: Side,
+        snapshots: Side,
+        lateness_ms: i64,
+    },
 }
 
 /// Which records a side of a rule takes, how they are keyed and how late they may be.
@@ -202,7 +219,10 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> RuleError {
-        RuleError { line: line_of(self.text, span.start), message: message.into() }
+        RuleError {
+            line: line_of(self.text, span.start),
+            message: message.into(),
+        }
     }
 
     fn side(&self, rule: &str, role: &str, def: &Spanned<SideDef>) -> Result<Side, RuleError> {
@@ -221,7 +241,10 @@ impl Ctx<'_> {
             } else {
                 self.err(
                     s.source.span(),
-                    format!("rule `{rule}` {role}: unknown source `{}` (declare it under [[sources]])", pair.0),
+                    format!(
+                        "rule `{rule}` {role}: unknown source `{}` (declare it under [[sources]])",
+                        pair.0
+                    ),
                 )
             });
         };
@@ -242,18 +265,26 @@ impl Ctx<'_> {
             }
         };
         if s.key.is_empty() {
-            return Err(self.err(def.span(), format!("rule `{rule}` {role}: `key` names no field")));
+            return Err(self.err(
+                def.span(),
+                format!("rule `{rule}` {role}: `key` names no field"),
+            ));
         }
-        for k in &s.key {
-            check(k)?;
-        }
-        for f in s.filter.keys() {
+        for f in s.key.iter().chain(s.filter.keys()) {
             check(f)?;
+            if f.get_ref() == "amount" {
+                return Err(self.err(
+                    f.span(),
+                    format!("rule `{rule}` {role}: `amount` cannot be a key or a filter"),
+                ));
+            }
         }
         if !(0..=LATENESS_MS_MAX).contains(&s.lateness_ms) {
             return Err(self.err(
                 def.span(),
-                format!("rule `{rule}` {role}: lateness_ms must be between 0 and {LATENESS_MS_MAX}"),
+                format!(
+                    "rule `{rule}` {role}: lateness_ms must be between 0 and {LATENESS_MS_MAX}"
+                ),
             ));
         }
         Ok(Side {
@@ -261,7 +292,11 @@ impl Ctx<'_> {
             kind: pair.1,
             key: s.key.iter().map(|k| k.get_ref().clone()).collect(),
             lateness_ms: s.lateness_ms,
-            filter: s.filter.iter().map(|(k, v)| (k.get_ref().clone(), v.clone())).collect(),
+            filter: s
+                .filter
+                .iter()
+                .map(|(k, v)| (k.get_ref().clone(), v.clone()))
+                .collect(),
         })
     }
 
@@ -278,31 +313,48 @@ impl Ctx<'_> {
         } else {
             Err(self.err(
                 span,
-                format!("rule `{rule}` compares unknown field `{field}` of {}/{}", side.source, side.kind),
+                format!(
+                    "rule `{rule}` compares unknown field `{field}` of {}/{}",
+                    side.source, side.kind
+                ),
             ))
         }
     }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 /// Parses and validates a rule file.
 pub fn parse_rules(text: &str) -> Result<RuleSet, RuleError> {
     let file: FileDef = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
-        RuleError { line, message: e.message().to_string() }
+        RuleError {
+            line,
+            message: e.message().to_string(),
+        }
     })?;
-    let mut ctx = Ctx { text, known: BTreeMap::new() };
+    let mut ctx = Ctx {
+        text,
+        known: BTreeMap::new(),
+    };
 
     let business_day = match &file.business_day {
-        None => BusinessDay { cutoff_minutes: 0, timezone: "UTC".into() },
+        None => BusinessDay {
+            cutoff_minutes: 0,
+            timezone: "UTC".into(),
+        },
         Some(bd) => {
             let cutoff_minutes = match &bd.cutoff {
                 None => 0,
-                Some(c) => parse_hhmm(c.get_ref())
-                    .ok_or_else(|| ctx.err(c.span(), format!("cutoff {:?} is not HH:MM", c.get_ref())))?,
+                Some(c) => parse_hhmm(c.get_ref()).ok_or_else(|| {
+                    ctx.err(c.span(), format!("cutoff {:?} is not HH:MM", c.get_ref()))
+                })?,
             };
             let timezone = match &bd.timezone {
                 None => "UTC".to_string(),
@@ -313,7 +365,10 @@ pub fn parse_rules(text: &str) -> Result<RuleSet, RuleError> {
                     tz.get_ref().clone()
                 }
             };
-            BusinessDay { cutoff_minutes, timezone }
+            BusinessDay {
+                cutoff_minutes,
+                timezone,
+            }
         }
     };
 
@@ -324,7 +379,8 @@ pub fn parse_rules(text: &str) -> Result<RuleSet, RuleError> {
             return Err(ctx.err(s.name.span(), format!("source `{name}` is declared twice")));
         }
         for k in &s.kinds {
-            let mut fields: BTreeSet<String> = STANDARD_FIELDS.iter().map(|f| f.to_string()).collect();
+            let mut fields: BTreeSet<String> =
+                STANDARD_FIELDS.iter().map(|f| f.to_string()).collect();
             fields.extend(k.keys.iter().cloned());
             fields.extend(k.fields.iter().cloned());
             ctx.known.insert((name.clone(), k.kind.clone()), fields);
@@ -339,14 +395,27 @@ pub fn parse_rules(text: &str) -> Result<RuleSet, RuleError> {
     for l in &file.links {
         for member in &l.chain {
             if !sources.iter().any(|s| &s.name == member.get_ref()) {
-                return Err(ctx.err(member.span(), format!("link `{}` names unknown source `{}`", l.name.get_ref(), member.get_ref())));
+                return Err(ctx.err(
+                    member.span(),
+                    format!(
+                        "link `{}` names unknown source `{}`",
+                        l.name.get_ref(),
+                        member.get_ref()
+                    ),
+                ));
             }
         }
-        links.push(Link { name: l.name.get_ref().clone(), chain: l.chain.iter().map(|c| c.get_ref().clone()).collect() });
+        links.push(Link {
+            name: l.name.get_ref().clone(),
+            chain: l.chain.iter().map(|c| c.get_ref().clone()).collect(),
+        });
     }
 
     if file.rules.len() > RULES_MAX {
-        return Err(RuleError { line: 1, message: format!("more than {RULES_MAX} rules") });
+        return Err(RuleError {
+            line: 1,
+            message: format!("more than {RULES_MAX} rules"),
+        });
     }
     let mut rules: Vec<Rule> = Vec::new();
     for spanned in &file.rules {
@@ -357,7 +426,10 @@ pub fn parse_rules(text: &str) -> Result<RuleSet, RuleError> {
         }
         if let Some(link) = &r.link {
             if !links.iter().any(|l| &l.name == link.get_ref()) {
-                return Err(ctx.err(link.span(), format!("rule `{name}` names unknown fund link `{}`", link.get_ref())));
+                return Err(ctx.err(
+                    link.span(),
+                    format!("rule `{name}` names unknown fund link `{}`", link.get_ref()),
+                ));
             }
         }
         macro_rules! need {
@@ -367,7 +439,11 @@ pub fn parse_rules(text: &str) -> Result<RuleSet, RuleError> {
                     None => {
                         return Err(ctx.err(
                             spanned.span(),
-                            format!("rule `{name}` of type `{}` needs `{}`", r.kind.get_ref(), stringify!($field)),
+                            format!(
+                                "rule `{name}` of type `{}` needs `{}`",
+                                r.kind.get_ref(),
+                                stringify!($field)
+                            ),
                         ))
                     }
                 }
@@ -383,6 +459,9 @@ pub fn parse_rules(text: &str) -> Result<RuleSet, RuleError> {
                         CompareDef::Same(f) => (f.clone(), f.clone()),
                         CompareDef::Mapped { left, right } => (left.clone(), right.clone()),
                     };
+                    if (l == "amount") != (rt == "amount") {
+                        return Err(ctx.err(c.span(), format!("rule `{name}`: `amount` compares only with `amount`")));
+                    }
                     ctx.check_field(&name, &left, &l, c.span())?;
                     ctx.check_field(&name, &right, &rt, c.span())?;
                     compare.push(FieldPair { left: l, right: rt });
@@ -418,7 +497,12 @@ pub fn parse_rules(text: &str) -> Result<RuleSet, RuleError> {
                 ))
             }
         };
-        rules.push(Rule { name, link: r.link.as_ref().map(|l| l.get_ref().clone()), sla_secs: r.sla_secs, kind });
+        rules.push(Rule {
+            name,
+            link: r.link.as_ref().map(|l| l.get_ref().clone()),
+            sla_secs: r.sla_secs,
+            kind,
+        });
     }
     // Keep `ctx` borrowed mutably only while building; silence the unused-mut lint path.
     let _ = &mut ctx;

@@ -52,8 +52,16 @@ fn stream() -> impl Strategy<Value = (Vec<Input>, bool)> {
                 if plan.failed {
                     p.status = Some("FAILED".into());
                 }
-                let mut b = bill(&format!("b{k}"), &order, if plan.tamper_amount { "10.01" } else { "10.00" }, 0);
-                b.attributes.insert("payer_account".into(), if plan.tamper_account { "A2" } else { "A1" }.into());
+                let mut b = bill(
+                    &format!("b{k}"),
+                    &order,
+                    if plan.tamper_amount { "10.01" } else { "10.00" },
+                    0,
+                );
+                b.attributes.insert(
+                    "payer_account".into(),
+                    if plan.tamper_account { "A2" } else { "A1" }.into(),
+                );
                 if plan.payment {
                     records.push(p.clone());
                     if plan.retry {
@@ -115,7 +123,10 @@ fn stream() -> impl Strategy<Value = (Vec<Input>, bool)> {
 }
 
 fn run_engine(inputs: &[Input], flushed: bool) -> Vec<RefBreak> {
-    let limits = Limits { closed_retention_ms: i64::MAX / 4, ..Limits::default() };
+    let limits = Limits {
+        closed_retention_ms: i64::MAX / 4,
+        ..Limits::default()
+    };
     let mut h = Harness::with_limits(limits);
     for input in inputs {
         match input {
@@ -133,7 +144,13 @@ fn run_engine(inputs: &[Input], flushed: bool) -> Vec<RefBreak> {
     let resolved: Vec<u64> = h
         .events
         .iter()
-        .filter_map(|e| if let Event::Resolved { break_id, .. } = e { Some(*break_id) } else { None })
+        .filter_map(|e| {
+            if let Event::Resolved { break_id, .. } = e {
+                Some(*break_id)
+            } else {
+                None
+            }
+        })
         .collect();
     let mut out: Vec<RefBreak> = h
         .breaks()

@@ -10,7 +10,14 @@ pub fn rules() -> Arc<RuleSet> {
     Arc::new(parse_rules(RULES).unwrap())
 }
 
-pub fn rec(id: &str, source: &str, kind: &str, key: (&str, &str), amount: &str, t: Millis) -> FundRecord {
+pub fn rec(
+    id: &str,
+    source: &str,
+    kind: &str,
+    key: (&str, &str),
+    amount: &str,
+    t: Millis,
+) -> FundRecord {
     let currency = Currency::from_code("USD").unwrap();
     FundRecord {
         record_id: id.into(),
@@ -32,7 +39,14 @@ pub fn rec(id: &str, source: &str, kind: &str, key: (&str, &str), amount: &str, 
 }
 
 pub fn payment(id: &str, order: &str, amount: &str, t: Millis) -> FundRecord {
-    rec(id, "payment-core", "payment", ("order_no", order), amount, t)
+    rec(
+        id,
+        "payment-core",
+        "payment",
+        ("order_no", order),
+        amount,
+        t,
+    )
 }
 
 pub fn bill(id: &str, order: &str, amount: &str, t: Millis) -> FundRecord {
@@ -58,13 +72,24 @@ impl Harness {
     }
 
     pub fn with_limits(limits: Limits) -> Harness {
-        Harness { engine: Engine::new(rules(), limits), events: Vec::new(), loc: 0 }
+        Harness {
+            engine: Engine::new(rules(), limits),
+            events: Vec::new(),
+            loc: 0,
+        }
     }
 
     pub fn feed(&mut self, now: Millis, records: &[FundRecord]) -> &mut Harness {
         let base = self.loc;
         self.loc += records.len() as u64;
-        self.engine.ingest(now, records.iter().enumerate().map(|(i, r)| (base + i as u64, r)), &mut self.events);
+        self.engine.ingest(
+            now,
+            records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (base + i as u64, r)),
+            &mut self.events,
+        );
         self
     }
 
@@ -74,7 +99,16 @@ impl Harness {
     }
 
     pub fn breaks(&self) -> Vec<&Break> {
-        self.events.iter().filter_map(|e| if let Event::Break(b) = e { Some(b) } else { None }).collect()
+        self.events
+            .iter()
+            .filter_map(|e| {
+                if let Event::Break(b) = e {
+                    Some(b)
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Breaks not resolved by a later event.
@@ -82,9 +116,18 @@ impl Harness {
         let resolved: Vec<u64> = self
             .events
             .iter()
-            .filter_map(|e| if let Event::Resolved { break_id, .. } = e { Some(*break_id) } else { None })
+            .filter_map(|e| {
+                if let Event::Resolved { break_id, .. } = e {
+                    Some(*break_id)
+                } else {
+                    None
+                }
+            })
             .collect();
-        self.breaks().into_iter().filter(|b| !resolved.contains(&b.id)).collect()
+        self.breaks()
+            .into_iter()
+            .filter(|b| !resolved.contains(&b.id))
+            .collect()
     }
 
     /// `kind key [side|field]` per break, for compact assertions.

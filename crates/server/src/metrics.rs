@@ -1,0 +1,113 @@
+//! Prometheus metrics, exposed at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BreakLabels {
+    pub rule: String,
+    pub kind: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub records_ingested: Counter,
+    pub batches_refused: Family<RefusalLabels, Counter>,
+    pub breaks: Family<BreakLabels, Counter>,
+    pub detection_latency: Histogram,
+    pub open_records: Gauge,
+    pub wal_fsync_seconds: Histogram,
+    pub records_per_fsync: Histogram,
+    pub webhook_failures: Counter,
+    pub outbox_pending: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub code: String,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("steadfast");
+        let records_ingested = Counter::default();
+        registry.register(
+            "records_ingested",
+            "Records acknowledged by ingest",
+            records_ingested.clone(),
+        );
+        let batches_refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "batches_refused",
+            "Ingest batches refused, by error code",
+            batches_refused.clone(),
+        );
+        let breaks = Family::<BreakLabels, Counter>::default();
+        registry.register("breaks", "Breaks emitted, by rule and kind", breaks.clone());
+        let detection_latency = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "detection_latency_seconds",
+            "From the moment a break's evidence was complete to the moment it was stored",
+            detection_latency.clone(),
+        );
+        let open_records = Gauge::default();
+        registry.register(
+            "open_records",
+            "Records waiting for their counterpart, over all rules",
+            open_records.clone(),
+        );
+        let wal_fsync_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "wal_fsync_seconds",
+            "Duration of one WAL fsync",
+            wal_fsync_seconds.clone(),
+        );
+        let records_per_fsync = Histogram::new(exponential_buckets(1.0, 2.0, 20));
+        registry.register(
+            "records_per_fsync",
+            "Records made durable by one fsync (group commit)",
+            records_per_fsync.clone(),
+        );
+        let webhook_failures = Counter::default();
+        registry.register(
+            "webhook_failures",
+            "Webhook deliveries that failed and will be retried",
+            webhook_failures.clone(),
+        );
+        let outbox_pending = Gauge::default();
+        registry.register(
+            "webhook_outbox_pending",
+            "Break notifications waiting for delivery",
+            outbox_pending.clone(),
+        );
+        Metrics {
+            registry,
+            records_ingested,
+            batches_refused,
+            breaks,
+            detection_latency,
+            open_records,
+            wal_fsync_seconds,
+            records_per_fsync,
+            webhook_failures,
+            outbox_pending,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("metrics encode");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,587 @@
+//! The ingest pipeline: WAL committer → engine → break store, one thread each, joined by
+//! bounded channels.
+//!
+//! - The committer appends every waiting batch and tick, makes them durable with one
+//!   fsync (group commit), then acknowledges the batches and hands the entries on.
+//! - The engine thread applies durable entries in WAL order, so its output is a pure
+//!   function of the WAL. It publishes its headroom for admission control.
+//! - The store thread writes breaks and resolutions, and writes checkpoints once every
+//!   event before them is committed, so a checkpoint never runs ahead of the store.
+//!
+//! After a crash, recovery restores the last checkpoint and replays the WAL tail through
+//! the same engine; break ids repeat exactly and the store ignores ones it already has.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use steadfast_model::{FundRecord, Millis};
+use steadfast_store::{checkpoint, BreakStore, Wal, WalEntry, WalItem};
+use steadfast_verify::{Engine, EngineStats, Event, Limits, RuleSet};
+
+use crate::metrics::Metrics;
+
+/// Most WAL entries one fsync covers.
+const GROUP_ENTRIES_MAX: usize = 512;
+/// Durable entries waiting for the engine; a full queue stalls the committer, which
+/// fills the submit queue, which refuses new batches with 429.
+const ENGINE_QUEUE_MAX: usize = 1024;
+/// Event groups waiting for the store.
+const STORE_QUEUE_MAX: usize = 1024;
+/// Records replayed between break-store commits during recovery.
+const REPLAY_COMMIT_EVERY: usize = 50_000;
+
+pub fn wall_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// A record's location: its WAL entry and its index in the batch.
+pub fn loc(seq: u64, index: usize) -> u64 {
+    (seq << 20) | index as u64
+}
+
+enum Submit {
+    Batch {
+        at: Millis,
+        records: Vec<FundRecord>,
+        ack: tokio::sync::oneshot::Sender<Result<u64, String>>,
+    },
+    Tick(Millis),
+    Stop,
+}
+
+enum ToEngine {
+    Entry(WalEntry),
+    Stop,
+}
+
+enum ToStore {
+    Events(Vec<Event>),
+    Checkpoint { seq: u64, state: Vec<u8> },
+    Stop,
+}
+
+/// Why a batch was not accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The engine's open state is near its bound.
+    Capacity,
+    /// The WAL queue is full.
+    Overloaded,
+    /// The WAL failed or the pipeline stopped; nothing was acknowledged.
+    Unavailable(String),
+}
+
+pub struct Pipeline {
+    submit: SyncSender<Submit>,
+    headroom: Arc<AtomicUsize>,
+    inflight: Arc<AtomicUsize>,
+    pub store: Arc<Mutex<BreakStore>>,
+    stats: Arc<Mutex<(EngineStats, u64)>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    failed: Arc<AtomicBool>,
+    pub rules: Arc<RuleSet>,
+}
+
+pub struct PipelineConfig {
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    pub wal_queue_batches_max: usize,
+    pub checkpoint_every_records: u64,
+    pub checkpoint_every_secs: u64,
+    pub webhooks: bool,
+    /// Start a fresh engine when the rule file differs from the checkpoint's.
+    pub accept_new_rules: bool,
+}
+
+fn apply_entry(engine: &mut Engine, entry: &WalEntry, out: &mut Vec<Event>) -> usize {
+    match &entry.item {
+        WalItem::Batch(records) => {
+            engine.ingest(
+                entry.at,
+                records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (loc(entry.seq, i), r)),
+                out,
+            );
+            records.len()
+        }
+        WalItem::Tick => {
+            engine.tick(entry.at, out);
+            0
+        }
+    }
+}
+
+fn record_breaks(metrics: &Metrics, events: &[Event], now: Millis) {
+    for e in events {
+        if let Event::Break(b) = e {
+            metrics
+                .breaks
+                .get_or_create(&crate::metrics::BreakLabels {
+                    rule: b.rule.clone(),
+                    kind: b.kind.as_str().into(),
+                })
+                .inc();
+            metrics
+                .detection_latency
+                .observe((now - b.complete_at).max(0) as f64 / 1000.0);
+        }
+    }
+}
+
+impl Pipeline {
+    /// Recovers from the data directory and starts the pipeline's threads.
+    pub fn start(
+        cfg: PipelineConfig,
+        rules: Arc<RuleSet>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Pipeline> {
+        let dir = &cfg.data_dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create data directory {}", dir.display()))?;
+        let ckpt_dir = dir.join("checkpoint");
+        let wal_dir = dir.join("wal");
+        let mut store =
+            BreakStore::open(&dir.join("breaks.db")).context("failed to open the break store")?;
+        let ckpt = checkpoint::read(&ckpt_dir).context("failed to read the checkpoint")?;
+        let mut replay_from = 0;
+        let mut fresh_checkpoint = false;
+        let mut engine = match ckpt {
+            Some(c) if c.rules_version == rules.version => {
+                replay_from = c.seq;
+                Engine::restore(rules.clone(), cfg.limits.clone(), &c.state)
+                    .map_err(|e| anyhow::anyhow!("failed to restore the checkpoint: {e}"))?
+            }
+            Some(c) => {
+                if !cfg.accept_new_rules {
+                    bail!(
+                        "the rule file (version {}) differs from the one the data directory was verified with (version {}); \
+                         backtest it with `steadfast verify`, then start with --accept-new-rules",
+                        rules.version,
+                        c.rules_version
+                    );
+                }
+                fresh_checkpoint = true;
+                Engine::new(rules.clone(), cfg.limits.clone())
+                    .with_first_break_id(store.max_id()? + 1)
+            }
+            None => Engine::new(rules.clone(), cfg.limits.clone()),
+        };
+
+        // Replay the WAL tail through the engine; the store keeps what it already has.
+        let started = Instant::now();
+        let mut events = Vec::new();
+        let mut replayed = 0usize;
+        let mut since_commit = 0usize;
+        let mut store_err = None;
+        let mut last_seq = replay_from;
+        let mut wal = Wal::open(&wal_dir, replay_from, |entry| {
+            last_seq = entry.seq;
+            let n = apply_entry(&mut engine, &entry, &mut events);
+            replayed += n;
+            since_commit += n;
+            if since_commit >= REPLAY_COMMIT_EVERY && store_err.is_none() {
+                since_commit = 0;
+                if let Err(e) = store.apply(&events, wall_ms(), cfg.webhooks) {
+                    store_err = Some(e);
+                }
+                events.clear();
+            }
+        })
+        .context("failed to open the write-ahead log")?;
+        if let Some(e) = store_err {
+            return Err(e).context("failed to store replayed breaks");
+        }
+        store
+            .apply(&events, wall_ms(), cfg.webhooks)
+            .context("failed to store replayed breaks")?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                ms = started.elapsed().as_millis() as u64,
+                "replayed the WAL tail"
+            );
+        }
+        if fresh_checkpoint {
+            checkpoint::write(
+                &ckpt_dir,
+                last_seq.max(wal.next_seq() - 1),
+                &rules.version,
+                &engine.snapshot(),
+            )
+            .context("failed to write a checkpoint for the new rule file")?;
+        }
+
+        let headroom = Arc::new(AtomicUsize::new(engine.headroom()));
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicBool::new(false));
+        let checkpointed = Arc::new(AtomicU64::new(0));
+        let stats = Arc::new(Mutex::new((engine.stats(), wal.next_seq() - 1)));
+        let store = Arc::new(Mutex::new(store));
+        let (submit_tx, submit_rx) = sync_channel::<Submit>(cfg.wal_queue_batches_max);
+        let (engine_tx, engine_rx) = sync_channel::<ToEngine>(ENGINE_QUEUE_MAX);
+        let (store_tx, store_rx) = sync_channel::<ToStore>(STORE_QUEUE_MAX);
+
+        let mut threads = Vec::new();
+        {
+            let (failed, metrics, checkpointed) =
+                (failed.clone(), metrics.clone(), checkpointed.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("wal-committer".into())
+                    .spawn(move || {
+                        committer(
+                            &mut wal,
+                            submit_rx,
+                            engine_tx,
+                            &failed,
+                            &metrics,
+                            &checkpointed,
+                        )
+                    })?,
+            );
+        }
+        {
+            let (headroom, inflight, stats, metrics) = (
+                headroom.clone(),
+                inflight.clone(),
+                stats.clone(),
+                metrics.clone(),
+            );
+            let every = (cfg.checkpoint_every_records, cfg.checkpoint_every_secs);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("engine".into())
+                    .spawn(move || {
+                        engine_loop(
+                            engine, engine_rx, store_tx, &headroom, &inflight, &stats, &metrics,
+                            every,
+                        )
+                    })?,
+            );
+        }
+        {
+            let (store, metrics, version) = (store.clone(), metrics.clone(), rules.version.clone());
+            let webhooks = cfg.webhooks;
+            threads.push(
+                std::thread::Builder::new()
+                    .name("break-store".into())
+                    .spawn(move || {
+                        store_loop(
+                            &store,
+                            store_rx,
+                            &ckpt_dir,
+                            &version,
+                            &checkpointed,
+                            &metrics,
+                            webhooks,
+                        )
+                    })?,
+            );
+        }
+        Ok(Pipeline {
+            submit: submit_tx,
+            headroom,
+            inflight,
+            store,
+            stats,
+            threads: Mutex::new(threads),
+            failed,
+            rules,
+        })
+    }
+
+    /// Submits a validated batch; resolves once it is durable (its WAL sequence number).
+    pub async fn submit(&self, at: Millis, records: Vec<FundRecord>) -> Result<u64, Refusal> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Refusal::Unavailable(
+                "the write-ahead log failed; see the server log".into(),
+            ));
+        }
+        let n = records.len();
+        let before = self.inflight.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.headroom.load(Ordering::Acquire) {
+            self.inflight.fetch_sub(n, Ordering::AcqRel);
+            return Err(Refusal::Capacity);
+        }
+        let (ack, done) = tokio::sync::oneshot::channel();
+        let refused = match self.submit.try_send(Submit::Batch { at, records, ack }) {
+            Ok(()) => None,
+            Err(TrySendError::Full(_)) => Some(Refusal::Overloaded),
+            Err(TrySendError::Disconnected(_)) => {
+                Some(Refusal::Unavailable("the server is stopping".into()))
+            }
+        };
+        if let Some(r) = refused {
+            self.inflight.fetch_sub(n, Ordering::AcqRel);
+            return Err(r);
+        }
+        match done.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(e)) => {
+                self.inflight.fetch_sub(n, Ordering::AcqRel);
+                Err(Refusal::Unavailable(e))
+            }
+            Err(_) => {
+                self.inflight.fetch_sub(n, Ordering::AcqRel);
+                Err(Refusal::Unavailable("the server is stopping".into()))
+            }
+        }
+    }
+
+    /// Advances engine time (from the edge's clock). Skipped when the queue is full:
+    /// the next tick carries a later time anyway.
+    pub fn tick(&self, now: Millis) {
+        let _ = self.submit.try_send(Submit::Tick(now));
+    }
+
+    /// False once the WAL has failed; no batch is accepted after that.
+    pub fn healthy(&self) -> bool {
+        !self.failed.load(Ordering::Acquire)
+    }
+
+    /// Engine statistics and the last WAL sequence number it applied.
+    pub fn stats(&self) -> (EngineStats, u64) {
+        self.stats.lock().expect("stats lock").clone()
+    }
+
+    /// Stops accepting, drains every queue, writes a final checkpoint and joins the threads.
+    pub fn shutdown(&self) {
+        let _ = self.submit.send(Submit::Stop);
+        let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn committer(
+    wal: &mut Wal,
+    rx: Receiver<Submit>,
+    engine: SyncSender<ToEngine>,
+    failed: &AtomicBool,
+    metrics: &Metrics,
+    checkpointed: &AtomicU64,
+) {
+    let mut removed_through = 0;
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = rx.recv() else { break };
+        let mut group = vec![first];
+        while group.len() < GROUP_ENTRIES_MAX {
+            match rx.try_recv() {
+                Ok(item) => group.push(item),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        let mut written: Vec<(
+            WalEntry,
+            Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
+        )> = Vec::new();
+        let mut error: Option<String> = None;
+        let mut records = 0usize;
+        for item in group {
+            let (at, wal_item, ack) = match item {
+                Submit::Stop => {
+                    stopping = true;
+                    continue;
+                }
+                Submit::Tick(at) => (at, WalItem::Tick, None),
+                Submit::Batch { at, records, ack } => (at, WalItem::Batch(records), Some(ack)),
+            };
+            if error.is_some() || failed.load(Ordering::Acquire) {
+                if let Some(ack) = ack {
+                    let _ = ack.send(Err(error
+                        .clone()
+                        .unwrap_or_else(|| "the write-ahead log failed".into())));
+                }
+                continue;
+            }
+            match wal.append(at, &wal_item) {
+                Ok(seq) => {
+                    if let WalItem::Batch(r) = &wal_item {
+                        records += r.len();
+                    }
+                    written.push((
+                        WalEntry {
+                            seq,
+                            at,
+                            item: wal_item,
+                        },
+                        ack,
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "WAL append failed; refusing all further writes");
+                    failed.store(true, Ordering::Release);
+                    error = Some("the write-ahead log failed".into());
+                    if let Some(ack) = ack {
+                        let _ = ack.send(Err("the write-ahead log failed".into()));
+                    }
+                }
+            }
+        }
+        let t = Instant::now();
+        if let Err(e) = wal.sync() {
+            // After a failed fsync the page cache can no longer be trusted: stop for good.
+            tracing::error!(error = %e, "WAL fsync failed; refusing all further writes");
+            failed.store(true, Ordering::Release);
+            for (_, ack) in written {
+                if let Some(ack) = ack {
+                    let _ = ack.send(Err("the write-ahead log failed".into()));
+                }
+            }
+            continue;
+        }
+        if !written.is_empty() {
+            metrics.wal_fsync_seconds.observe(t.elapsed().as_secs_f64());
+            if records > 0 {
+                metrics.records_per_fsync.observe(records as f64);
+            }
+        }
+        for (entry, ack) in written {
+            if let Some(ack) = ack {
+                let _ = ack.send(Ok(entry.seq));
+            }
+            if engine.send(ToEngine::Entry(entry)).is_err() {
+                return;
+            }
+        }
+        let through = checkpointed.load(Ordering::Acquire);
+        if through > removed_through {
+            match wal.remove_through(through) {
+                Ok(_) => removed_through = through,
+                Err(e) => tracing::warn!(error = %e, "failed to remove old WAL segments"),
+            }
+        }
+    }
+    let _ = engine.send(ToEngine::Stop);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn engine_loop(
+    mut engine: Engine,
+    rx: Receiver<ToEngine>,
+    store: SyncSender<ToStore>,
+    headroom: &AtomicUsize,
+    inflight: &AtomicUsize,
+    stats: &Mutex<(EngineStats, u64)>,
+    metrics: &Metrics,
+    (every_records, every_secs): (u64, u64),
+) {
+    let mut out = Vec::new();
+    let mut since_records = 0u64;
+    let mut since = Instant::now();
+    let mut last_seq = 0;
+    let mut dirty = false;
+    while let Ok(ToEngine::Entry(entry)) = rx.recv() {
+        let n = apply_entry(&mut engine, &entry, &mut out);
+        last_seq = entry.seq;
+        dirty = true;
+        headroom.store(engine.headroom(), Ordering::Release);
+        inflight.fetch_sub(n.min(inflight.load(Ordering::Acquire)), Ordering::AcqRel);
+        metrics.open_records.set(engine.open_records() as i64);
+        metrics.records_ingested.inc_by(n as u64);
+        since_records += n as u64;
+        if !out.is_empty()
+            && store
+                .send(ToStore::Events(std::mem::take(&mut out)))
+                .is_err()
+        {
+            return;
+        }
+        if n > 0 || since.elapsed().as_secs() >= 1 {
+            *stats.lock().expect("stats lock") = (engine.stats(), last_seq);
+        }
+        if since_records >= every_records || since.elapsed().as_secs() >= every_secs {
+            since_records = 0;
+            since = Instant::now();
+            dirty = false;
+            if store
+                .send(ToStore::Checkpoint {
+                    seq: last_seq,
+                    state: engine.snapshot(),
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    *stats.lock().expect("stats lock") = (engine.stats(), last_seq);
+    if dirty && last_seq > 0 {
+        let _ = store.send(ToStore::Checkpoint {
+            seq: last_seq,
+            state: engine.snapshot(),
+        });
+    }
+    let _ = store.send(ToStore::Stop);
+}
+
+fn store_loop(
+    store: &Mutex<BreakStore>,
+    rx: Receiver<ToStore>,
+    ckpt_dir: &Path,
+    version: &str,
+    checkpointed: &AtomicU64,
+    metrics: &Metrics,
+    webhooks: bool,
+) {
+    loop {
+        let Ok(first) = rx.recv() else { return };
+        let mut events = Vec::new();
+        let mut checkpoint = None;
+        let mut stop = false;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                ToStore::Events(e) => events.extend(e),
+                ToStore::Checkpoint { seq, state } => {
+                    checkpoint = Some((seq, state));
+                    break;
+                }
+                ToStore::Stop => {
+                    stop = true;
+                    break;
+                }
+            }
+            if events.len() < 10_000 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !events.is_empty() {
+            let now = wall_ms();
+            let result = store
+                .lock()
+                .expect("store lock")
+                .apply(&events, now, webhooks);
+            match result {
+                Ok(_) => record_breaks(metrics, &events, now),
+                Err(e) => {
+                    // The events are in the WAL: a restart replays them. Stop checkpointing
+                    // so that replay starts before them.
+                    tracing::error!(error = %e, "failed to store breaks; they will be replayed from the WAL on restart");
+                    return;
+                }
+            }
+        }
+        if let Some((seq, state)) = checkpoint {
+            match checkpoint::write(ckpt_dir, seq, version, &state) {
+                Ok(()) => checkpointed.store(seq, Ordering::Release),
+                Err(e) => tracing::warn!(error = %e, "failed to write a checkpoint"),
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}

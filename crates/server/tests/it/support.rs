@@ -1,0 +1,112 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use steadfast_server::{Config, Server, DEFAULT_RULES};
+use steadfast_verify::parse_rules;
+
+pub const T: i64 = 1_700_000_000_000;
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+    pub cfg: Config,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn config(dir: &std::path::Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.data_dir = dir.to_path_buf();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.engine.tick_ms = 20;
+    cfg
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let mut s = TestServer::start_with(cfg).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    pub async fn start_with(cfg: Config) -> TestServer {
+        let rules = Arc::new(parse_rules(DEFAULT_RULES).unwrap());
+        let server = Server::start(cfg.clone(), rules, false).await.unwrap();
+        TestServer {
+            base: format!("http://{}", server.addr),
+            token: server.admin_token.clone(),
+            server: Some(server),
+            http: reqwest::Client::new(),
+            cfg,
+            _dir: None,
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: String) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the break list until `pred` holds (the engine runs behind the acknowledgement).
+    pub async fn wait_breaks(&self, query: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        for _ in 0..200 {
+            let (_, v) = self.get(&format!("/api/v1/breaks?{query}")).await;
+            let rows = v.as_array().cloned().unwrap_or_default();
+            if pred(&rows) {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("breaks matching {query} never satisfied the condition");
+    }
+}
+
+pub fn record(id: &str, source: &str, kind: &str, key: (&str, &str), amount: &str) -> Value {
+    json!({
+        "record_id": id, "source": source, "kind": kind, "keys": { key.0: key.1 },
+        "amount": amount, "currency": "USD", "status": "SUCCESS", "event_time": T,
+    })
+}
+
+pub fn payment(id: &str, order: &str, amount: &str) -> Value {
+    record(id, "payment-core", "payment", ("order_no", order), amount)
+}
+
+pub fn bill(id: &str, order: &str, amount: &str) -> Value {
+    record(id, "billing", "bill", ("biz_id", order), amount)
+}
+
+pub fn body(records: &[Value]) -> String {
+    serde_json::to_string(records).unwrap()
+}

@@ -1,0 +1,102 @@
+//! Reading exported fund records: NDJSON (or a JSON array) and CSV, by file extension.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use steadfast_model::wire::{parse_record, record_from_csv, RecordError};
+use steadfast_model::FundRecord;
+
+/// Most invalid records listed before reading stops.
+pub const ERRORS_SHOWN_MAX: usize = 20;
+
+/// Reads every record of `path`. Invalid records are collected, not skipped silently.
+pub fn read_file(
+    path: &Path,
+    mut on_bytes: impl FnMut(u64),
+) -> anyhow::Result<(Vec<FundRecord>, Vec<RecordError>)> {
+    let is_csv = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let file =
+        std::fs::File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
+    let mut records = Vec::new();
+    let mut errors = Vec::new();
+    if is_csv {
+        let mut r = csv::Reader::from_reader(file);
+        let header: Vec<String> = r
+            .headers()
+            .with_context(|| format!("{}: no CSV header", path.display()))?
+            .iter()
+            .map(String::from)
+            .collect();
+        let header: Vec<&str> = header.iter().map(|s| s.as_str()).collect();
+        for (i, row) in r.records().enumerate() {
+            let row = row.with_context(|| format!("{}: bad CSV row {}", path.display(), i + 2))?;
+            on_bytes(row.as_slice().len() as u64 + row.len() as u64);
+            let cells: Vec<&str> = row.iter().collect();
+            match record_from_csv(i, &header, &cells) {
+                Ok(rec) => records.push(rec),
+                Err(e) => errors.push(e),
+            }
+        }
+    } else {
+        use std::io::BufRead;
+        let text_start = {
+            let mut peek = std::io::BufReader::new(std::fs::File::open(path)?);
+            let buf = peek.fill_buf()?;
+            buf.iter().find(|b| !b.is_ascii_whitespace()).copied()
+        };
+        if text_start == Some(b'[') {
+            let bytes = std::fs::read(path)?;
+            on_bytes(bytes.len() as u64);
+            let parsed = steadfast_model::wire::parse_body(&bytes, usize::MAX)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            for p in parsed {
+                match p {
+                    Ok(r) => records.push(r),
+                    Err(e) => errors.push(e),
+                }
+            }
+        } else {
+            let reader = std::io::BufReader::with_capacity(1 << 20, file);
+            let mut index = 0;
+            for line in reader.lines() {
+                let line = line.with_context(|| format!("failed to read {}", path.display()))?;
+                on_bytes(line.len() as u64 + 1);
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match parse_record(index, &line) {
+                    Ok(r) => records.push(r),
+                    Err(e) => errors.push(e),
+                }
+                index += 1;
+            }
+        }
+    }
+    Ok((records, errors))
+}
+
+/// Prints the first invalid records and fails when there are any.
+pub fn refuse_errors(path: &Path, errors: &[RecordError]) -> anyhow::Result<()> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    for e in errors.iter().take(ERRORS_SHOWN_MAX) {
+        eprintln!(
+            "{}: record {}{}: {}",
+            path.display(),
+            e.index + 1,
+            e.record_id
+                .as_deref()
+                .map(|id| format!(" ({id})"))
+                .unwrap_or_default(),
+            e.message
+        );
+    }
+    bail!(
+        "{}: {} invalid records; nothing was sent",
+        path.display(),
+        errors.len()
+    )
+}

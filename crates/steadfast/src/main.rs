@@ -1,0 +1,377 @@
+//! The `steadfast` binary: argument parsing and wiring only.
+
+mod client;
+mod input;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use steadfast_server::{Config, Server, DEFAULT_RULES};
+use steadfast_verify::{parse_rules, Event, Limits, RuleSet};
+
+#[derive(Parser)]
+#[command(
+    name = "steadfast",
+    version,
+    about = "Real-time fund verification for payment systems"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: ingest API, verification engine, break store.
+    Serve {
+        /// Configuration file (TOML); every option has a default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Rule file; overrides the configuration. Default: the shipped example rules.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Start with a rule file that differs from the one the data was verified with.
+        #[arg(long)]
+        accept_new_rules: bool,
+    },
+    /// Send NDJSON or CSV exports to a server, through the same validation.
+    Ingest {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        conn: client::Conn,
+        /// Records per request.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+    /// Run rules in batch over exported files and print the breaks (the T1 backstop).
+    Verify {
+        #[arg(long)]
+        rules: PathBuf,
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// table, json or csv.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Business-day time zone (IANA); overrides the rule file.
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Business-day cut-off (HH:MM local time); overrides the rule file.
+        #[arg(long)]
+        cutoff: Option<String>,
+    },
+    /// List breaks from a server.
+    Breaks {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(flatten)]
+        filter: client::BreakFilterArgs,
+        /// table, json or csv.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Acknowledge, resolve or assign a break.
+    BreakStatus {
+        id: u64,
+        /// acknowledged or resolved.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        /// Why; recorded in the break's history.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Check a rule file and print its rules and version.
+    Rules { file: PathBuf },
+    /// Print the default configuration, documented.
+    DefaultConfig,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cli.command))
+}
+
+fn load_rules(path: Option<&PathBuf>) -> anyhow::Result<Arc<RuleSet>> {
+    let (text, name) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .with_context(|| format!("failed to read {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (
+            DEFAULT_RULES.to_string(),
+            "the shipped example rules".to_string(),
+        ),
+    };
+    let rules = parse_rules(&text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    Ok(Arc::new(rules))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve {
+            config,
+            rules,
+            data_dir,
+            listen,
+            accept_new_rules,
+        } => {
+            let mut cfg = match &config {
+                Some(p) => Config::load(p)?,
+                None => Config::default(),
+            };
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            if rules.is_some() {
+                cfg.rules = rules;
+            }
+            let rule_set = load_rules(cfg.rules.as_ref())?;
+            let (_, created) = steadfast_server::admin_token(&cfg.data_dir)?;
+            let server = Server::start(cfg.clone(), rule_set.clone(), accept_new_rules).await?;
+            let token_path = cfg.data_dir.join("admin.token");
+            eprintln!(
+                "steadfast is verifying {} rules (version {})",
+                rule_set.rules.len(),
+                rule_set.version
+            );
+            eprintln!(
+                "  API:     http://{}/api/v1  (OpenAPI: http://{}/api/v1/openapi.json)",
+                server.addr, server.addr
+            );
+            eprintln!("  metrics: http://{}/metrics", server.addr);
+            if created {
+                eprintln!("  created the admin token in {} (owner-only); send it as `Authorization: Bearer <token>`", token_path.display());
+            } else {
+                eprintln!("  admin token: {}", token_path.display());
+            }
+            shutdown_signal().await;
+            eprintln!("stopping: draining the pipeline and writing a checkpoint");
+            server.shutdown().await;
+            Ok(())
+        }
+        Command::Ingest { files, conn, batch } => {
+            client::ingest(&conn, &files, batch.clamp(1, 100_000)).await
+        }
+        Command::Verify {
+            rules,
+            inputs,
+            format,
+            timezone,
+            cutoff,
+        } => verify(&rules, &inputs, &format, timezone, cutoff),
+        Command::Breaks {
+            conn,
+            filter,
+            format,
+        } => client::breaks(&conn, &filter, &format).await,
+        Command::BreakStatus {
+            id,
+            status,
+            owner,
+            reason,
+            conn,
+        } => client::break_status(&conn, id, status, owner, reason).await,
+        Command::Rules { file } => {
+            let rules = load_rules(Some(&file))?;
+            println!("{}: version {}", file.display(), rules.version);
+            for r in &rules.rules {
+                let kind = serde_json::to_value(&r.kind)?
+                    .get("type")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                println!(
+                    "  {:<24} {:<13} link={}",
+                    r.name,
+                    kind,
+                    r.link.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
+        Command::DefaultConfig => {
+            print!("{}", Config::default_toml());
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{elapsed}} eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn verify(
+    rules: &PathBuf,
+    inputs: &[PathBuf],
+    format: &str,
+    timezone: Option<String>,
+    cutoff: Option<String>,
+) -> anyhow::Result<()> {
+    let mut set = (*load_rules(Some(rules))?).clone();
+    if timezone.is_some() || cutoff.is_some() {
+        // Re-validate through the rule parser so a bad zone or cut-off gets the same error.
+        let tz = timezone.unwrap_or(set.business_day.timezone.clone());
+        let co = cutoff.unwrap_or(format!(
+            "{:02}:{:02}",
+            set.business_day.cutoff_minutes / 60,
+            set.business_day.cutoff_minutes % 60
+        ));
+        let probe = parse_rules(&format!(
+            "[business_day]\ncutoff = {co:?}\ntimezone = {tz:?}\n"
+        ))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        set.business_day = probe.business_day;
+    }
+    let mut records = Vec::new();
+    for path in inputs {
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("failed to read {}", path.display()))?
+            .len();
+        let pb = bar(len, &path.display().to_string());
+        let (mut r, errors) = input::read_file(path, |n| pb.inc(n))?;
+        pb.finish_and_clear();
+        input::refuse_errors(path, &errors)?;
+        records.append(&mut r);
+    }
+    let total = records.len();
+    let started = std::time::Instant::now();
+    let limits = Limits {
+        open_records_max: usize::MAX / 4,
+        record_ids_max: usize::MAX / 4,
+        closed_keys_max: usize::MAX / 4,
+        record_id_retention_ms: i64::MAX / 4,
+        closed_retention_ms: i64::MAX / 4,
+        ..Limits::default()
+    };
+    let pb = ProgressBar::new(total as u64);
+    pb.set_style(
+        ProgressStyle::with_template("verifying [{bar:30}] {pos}/{len} records {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let events =
+        steadfast_verify::verify_batch(Arc::new(set), limits, records.iter(), |n| pb.inc(n as u64));
+    pb.finish_and_clear();
+    let resolved: std::collections::HashSet<u64> = events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Resolved { break_id, .. } = e {
+                Some(*break_id)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let breaks: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Break(b) = e {
+                Some(b)
+            } else {
+                None
+            }
+        })
+        .filter(|b| !resolved.contains(&b.id))
+        .collect();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "verified {total} records in {secs:.2} s ({:.0} records/s): {} open breaks",
+        total as f64 / secs.max(1e-9),
+        breaks.len()
+    );
+    match format {
+        "json" => {
+            for b in &breaks {
+                println!("{}", serde_json::to_string(b)?);
+            }
+        }
+        "csv" => {
+            let mut w = csv::Writer::from_writer(std::io::stdout());
+            w.write_record([
+                "id", "rule", "kind", "key", "side", "field", "expected", "actual", "evidence",
+                "message",
+            ])?;
+            for b in &breaks {
+                let ev: Vec<&str> = b.evidence.iter().map(|e| e.record_id.as_str()).collect();
+                w.write_record([
+                    b.id.to_string(),
+                    b.rule.clone(),
+                    b.kind.as_str().into(),
+                    b.key.clone(),
+                    b.side.clone().unwrap_or_default(),
+                    b.field.clone().unwrap_or_default(),
+                    b.expected.clone().unwrap_or_default(),
+                    b.actual.clone().unwrap_or_default(),
+                    ev.join(" "),
+                    b.message.clone(),
+                ])?;
+            }
+            w.flush()?;
+        }
+        _ => {
+            println!(
+                "{:>6}  {:<20} {:<22} {:<20} MESSAGE",
+                "ID", "RULE", "KIND", "KEY"
+            );
+            for b in &breaks {
+                println!(
+                    "{:>6}  {:<20} {:<22} {:<20} {}",
+                    b.id,
+                    b.rule,
+                    b.kind.as_str(),
+                    b.key,
+                    b.message
+                );
+            }
+        }
+    }
+    if !breaks.is_empty() {
+        std::process::exit(2);
+    }
+    Ok(())
+}
