@@ -47,11 +47,14 @@ pub fn loc(seq: u64, index: usize) -> u64 {
     (seq << 20) | index as u64
 }
 
+/// Answers a submitter once its batch is durable (its WAL sequence number) or failed.
+type Ack = tokio::sync::oneshot::Sender<Result<u64, String>>;
+
 enum Submit {
     Batch {
         at: Millis,
         records: Vec<FundRecord>,
-        ack: tokio::sync::oneshot::Sender<Result<u64, String>>,
+        ack: Ack,
     },
     Tick(Millis),
     Stop,
@@ -383,10 +386,7 @@ fn committer(
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
             }
         }
-        let mut written: Vec<(
-            WalEntry,
-            Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
-        )> = Vec::new();
+        let mut written: Vec<(WalEntry, Option<Ack>)> = Vec::new();
         let mut error: Option<String> = None;
         let mut records = 0usize;
         for item in group {

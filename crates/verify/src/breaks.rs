@@ -109,6 +109,9 @@ impl Break {
     }
 }
 
+// Breaks are rare next to the records that produce them; boxing them would add an
+// allocation for no gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Event {
     Break(Break),

@@ -37,7 +37,6 @@ pub fn verify_batch<'a>(
     let mut out = Vec::new();
     let mut chunk = Vec::with_capacity(CHUNK);
     let mut watermark = steadfast_model::Millis::MIN;
-    let mut loc = 0u64;
     let feed = |engine: &mut Engine,
                 chunk: &mut Vec<(Loc, &'a steadfast_model::FundRecord)>,
                 watermark,
@@ -47,10 +46,9 @@ pub fn verify_batch<'a>(
         engine.tick(watermark, out);
         n
     };
-    for r in records {
+    for (loc, r) in records.into_iter().enumerate() {
         watermark = watermark.max(r.event_time);
-        chunk.push((loc, r));
-        loc += 1;
+        chunk.push((loc as Loc, r));
         if chunk.len() == CHUNK {
             progress(feed(&mut engine, &mut chunk, watermark, &mut out));
         }

@@ -17,9 +17,11 @@ pub struct TestServer {
 }
 
 pub fn config(dir: &std::path::Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.data_dir = dir.to_path_buf();
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    let mut cfg = Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
     cfg.engine.tick_ms = 20;
     cfg
 }

@@ -1,0 +1,141 @@
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_steadfast");
+const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/rules.toml");
+
+fn line(id: &str, source: &str, kind: &str, key: (&str, &str), amount: &str, t: i64) -> String {
+    format!(
+        r#"{{"record_id":"{id}","source":"{source}","kind":"{kind}","keys":{{"{}":"{}"}},"amount":"{amount}","currency":"EUR","status":"SUCCESS","event_time":{t}}}"#,
+        key.0, key.1
+    )
+}
+
+#[test]
+fn verify_reports_the_breaks_of_an_export_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = 1_700_000_000_000i64;
+    let mut lines = Vec::new();
+    for i in 0..500 {
+        let amount = if i == 123 { "9.99" } else { "10.00" };
+        lines.push(line(
+            &format!("p{i}"),
+            "payment-core",
+            "payment",
+            ("order_no", &format!("O{i}")),
+            "10.00",
+            t + i * 10,
+        ));
+        if i != 321 {
+            lines.push(line(
+                &format!("b{i}"),
+                "billing",
+                "bill",
+                ("biz_id", &format!("O{i}")),
+                amount,
+                t + i * 10 + 5,
+            ));
+        }
+    }
+    let path = dir.path().join("yesterday.ndjson");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let out = Command::new(BIN)
+        .args(["verify", "--rules", RULES, "--format", "csv"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    assert!(
+        rows.iter().any(|r| r.contains("amount_mismatch,O123")),
+        "{csv}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("missing_counterpart,O321,right")),
+        "{csv}"
+    );
+
+    // The same export without the faults verifies clean.
+    let clean: Vec<String> = lines
+        .iter()
+        .map(|l| l.replace("\"9.99\"", "\"10.00\""))
+        .collect();
+    let mut clean = clean.join("\n");
+    clean.push('\n');
+    clean.push_str(&line(
+        "b321",
+        "billing",
+        "bill",
+        ("biz_id", "O321"),
+        "10.00",
+        t + 3215,
+    ));
+    std::fs::write(&path, clean).unwrap();
+    let out = Command::new(BIN)
+        .args(["verify", "--rules", RULES])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_bad_input_file_is_refused_with_the_record_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.ndjson");
+    std::fs::write(
+        &path,
+        line(
+            "p1",
+            "payment-core",
+            "payment",
+            ("order_no", "O1"),
+            "1.234",
+            0,
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["verify", "--rules", RULES])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("record 1 (p1)") && err.contains("more decimals than EUR allows"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_rule_file_with_a_typo_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(RULES).unwrap().replacen(
+        "compare = [\"amount\"",
+        "compare = [\"amonut\"",
+        1,
+    );
+    let line_no = text.lines().position(|l| l.contains("amonut")).unwrap() + 1;
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN).arg("rules").arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("line {line_no}")) && err.contains("unknown field `amonut`"),
+        "{err}"
+    );
+}
