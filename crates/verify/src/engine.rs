@@ -209,7 +209,8 @@ struct State {
     started: bool,
     next_break_id: u64,
     seen: HashSet<RecordFp>,
-    seen_order: VecDeque<(Millis, RecordFp)>,
+    /// Arrival order of remembered ids; the fingerprint split in two keeps entries at 24 bytes.
+    seen_order: VecDeque<(Millis, [u64; 2])>,
     rules: Vec<RuleState>,
     sources: Vec<SourceState>,
     stats: EngineStats,
@@ -219,8 +220,10 @@ struct State {
 pub struct Engine {
     rules: Arc<RuleSet>,
     limits: Limits,
-    /// (source, kind) → (rule index, side index) it feeds.
-    routes: HashMap<(String, String), Vec<(usize, u8)>>,
+    /// source → kind → (rule index, side index) it feeds.
+    routes: HashMap<String, HashMap<String, Arc<[(usize, u8)]>>>,
+    /// source name → index in `rules.sources`.
+    source_index: HashMap<String, usize>,
     day: BusinessDayClock,
     s: State,
 }
@@ -294,7 +297,7 @@ use steadfast_model::format_minor;
 
 impl Engine {
     pub fn new(rules: Arc<RuleSet>, limits: Limits) -> Engine {
-        let mut routes: HashMap<(String, String), Vec<(usize, u8)>> = HashMap::new();
+        let mut flat: HashMap<(String, String), Vec<(usize, u8)>> = HashMap::new();
         for (i, rule) in rules.rules.iter().enumerate() {
             let sides: &[u8] = match rule.kind {
                 RuleKind::Conservation { .. } => &[0],
@@ -302,12 +305,21 @@ impl Engine {
             };
             for &s in sides {
                 let side = side_of(rule, s);
-                routes
-                    .entry((side.source.clone(), side.kind.clone()))
+                flat.entry((side.source.clone(), side.kind.clone()))
                     .or_default()
                     .push((i, s));
             }
         }
+        let mut routes: HashMap<String, HashMap<String, Arc<[(usize, u8)]>>> = HashMap::new();
+        for ((source, kind), list) in flat {
+            routes.entry(source).or_default().insert(kind, list.into());
+        }
+        let source_index = rules
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
         let day = BusinessDayClock {
             tz: rules
                 .business_day
@@ -345,6 +357,7 @@ impl Engine {
             rules,
             limits,
             routes,
+            source_index,
             day,
             s,
         }
@@ -448,13 +461,10 @@ impl Engine {
                 self.s.stats.retries_ignored += 1;
                 continue;
             }
-            self.s.seen_order.push_back((self.s.now, fp));
-            if let Some(i) = self
-                .rules
-                .sources
-                .iter()
-                .position(|s| s.name == record.source)
-            {
+            self.s
+                .seen_order
+                .push_back((self.s.now, [fp as u64, (fp >> 64) as u64]));
+            if let Some(&i) = self.source_index.get(record.source.as_str()) {
                 let now = self.s.now;
                 let st = &mut self.s.sources[i];
                 st.last_seen = Some(now);
@@ -467,13 +477,14 @@ impl Engine {
                     });
                 }
             }
-            let Some(routes) = self
+            let routes = self
                 .routes
-                .get(&(record.source.clone(), record.kind.clone()))
-            else {
+                .get(record.source.as_str())
+                .and_then(|k| k.get(record.kind.as_str()));
+            let Some(routes) = routes.cloned() else {
                 continue;
             };
-            for &(rule_index, side) in &routes.clone() {
+            for &(rule_index, side) in routes.iter() {
                 self.apply(rule_index, side, loc, record, out);
             }
         }
@@ -499,7 +510,8 @@ impl Engine {
             .s
             .now
             .saturating_sub(self.limits.record_id_retention_ms);
-        while let Some(&(at, fp)) = self.s.seen_order.front() {
+        while let Some(&(at, [lo, hi])) = self.s.seen_order.front() {
+            let fp = (lo as u128) | ((hi as u128) << 64);
             let over = self.s.seen_order.len() > self.limits.record_ids_max;
             if at >= horizon && !over {
                 break;
@@ -1402,6 +1414,14 @@ fn evaluate(rule: &Rule, ks: &KeyState) -> Vec<Finding> {
                 let (a, b) = (&ks.entries[l[0]], &ks.entries[r[0]]);
                 for (i, pair) in compare.iter().enumerate() {
                     let evidence: SmallVec<[usize; 2]> = smallvec::smallvec![l[0], r[0]];
+                    let same = match pair.left.as_str() {
+                        "amount" => a.amount == b.amount && a.currency == b.currency,
+                        "currency" => a.currency == b.currency,
+                        _ => a.field(i) == b.field(i),
+                    };
+                    if same {
+                        continue;
+                    }
                     let (kind, exp, act) = match pair.left.as_str() {
                         "amount" => (
                             BreakKind::AmountMismatch,

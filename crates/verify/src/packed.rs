@@ -8,8 +8,13 @@ use serde::{Deserialize, Serialize};
 pub struct Packed(Box<[u8]>);
 
 impl Packed {
-    pub fn new<'a>(parts: impl IntoIterator<Item = &'a str>) -> Packed {
-        let mut buf = Vec::new();
+    pub fn new<'a>(parts: impl IntoIterator<Item = &'a str> + Clone) -> Packed {
+        let len: usize = parts
+            .clone()
+            .into_iter()
+            .map(|p| 2 + p.len().min(u16::MAX as usize))
+            .sum();
+        let mut buf = Vec::with_capacity(len);
         for p in parts {
             let bytes = &p.as_bytes()[..p.len().min(u16::MAX as usize)];
             buf.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
