@@ -49,7 +49,10 @@ impl Snapshot {
             .iter()
             .map(|(name, &t)| {
                 let before = earlier.0.get(name).copied().unwrap_or(0);
-                (name.clone(), t.saturating_sub(before) as f64 / TICKS_PER_SEC)
+                (
+                    name.clone(),
+                    t.saturating_sub(before) as f64 / TICKS_PER_SEC,
+                )
             })
             .filter(|(_, s)| *s > 0.0)
             .collect();

@@ -6,14 +6,30 @@
 //!
 //! ```text
 //! cargo run --release -p steadfast-bench -- engine [--open 1000000] [--ops 4000000] [--out FILE]
+//! cargo run --release -p steadfast-bench -- http [--records 2000000] [--batch 1000] [--clients 8]
+//! cargo run --release -p steadfast-bench -- verify [--records 2000000] [--dir DIR]
+//! cargo run --release -p steadfast-bench -- restart [--records 10000000]
 //! ```
 //!
 //! - `engine`: throughput of the verification engine on a 1:1 match rule with a fixed
 //!   number of open records, against a bare hash map doing the same keyed work, and the
 //!   engine's heap bytes per open record.
+//! - `http`: end-to-end ingest through the HTTP API of an in-process server: acknowledged
+//!   records per second, ack latency, records per WAL fsync, detection latency.
+//! - `verify`: `verify_batch` over a generated NDJSON export, reading and parsing
+//!   included, against the same reconciliation in DuckDB (when `python3 -c "import
+//!   duckdb"` works).
+//! - `restart`: time from SIGKILL of a loaded server (run as a child process) to its
+//!   replacement answering `/healthz`.
 
 mod alloc;
+mod cpu;
 mod engine;
+mod http;
+mod ndjson;
+mod prom;
+mod restart;
+mod verify;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -39,6 +55,15 @@ struct Cli {
 enum Command {
     /// Engine ingest throughput against a bare hash map, and heap bytes per open record.
     Engine(engine::Args),
+    /// End-to-end HTTP ingest into an in-process server: records/s, ack and detection latency.
+    Http(http::Args),
+    /// Batch verification of an NDJSON file, against DuckDB when it is installed.
+    Verify(verify::Args),
+    /// Time from a SIGKILLed server to a ready one, after a large ingest.
+    Restart(restart::Args),
+    /// The server the `restart` benchmark runs and kills (internal).
+    #[command(hide = true)]
+    ServeChild(restart::ChildArgs),
 }
 
 impl Command {
@@ -46,6 +71,10 @@ impl Command {
     fn name(&self) -> &'static str {
         match self {
             Command::Engine(_) => "engine",
+            Command::Http(_) => "http",
+            Command::Verify(_) => "verify",
+            Command::Restart(_) => "restart",
+            Command::ServeChild(_) => "serve-child",
         }
     }
 }
@@ -62,6 +91,22 @@ fn main() -> Result<()> {
             print!("{}", report.table());
             write_result(&out, &report)?;
         }
+        Command::Http(args) => {
+            let report = http::run(args)?;
+            print!("{}", report.table());
+            write_result(&out, &report)?;
+        }
+        Command::Verify(args) => {
+            let report = verify::run(args)?;
+            print!("{}", report.table());
+            write_result(&out, &report)?;
+        }
+        Command::Restart(args) => {
+            let report = restart::run(args)?;
+            print!("{}", report.table());
+            write_result(&out, &report)?;
+        }
+        Command::ServeChild(args) => return restart::serve_child(args),
     }
     println!("\nresults written to {}", out.display());
     Ok(())

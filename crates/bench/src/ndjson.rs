@@ -108,6 +108,9 @@ mod tests {
         assert_eq!(b.amount.minor, p.amount.minor + 1);
         assert_eq!(p.event_time, t);
         assert_eq!(b.event_time, 1_700_000_000_123);
-        assert_eq!(p.account.as_deref(), Some(b.attributes["payer_account"].as_str()));
+        assert_eq!(
+            p.account.as_deref(),
+            Some(b.attributes["payer_account"].as_str())
+        );
     }
 }

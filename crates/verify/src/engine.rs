@@ -216,12 +216,15 @@ struct State {
     stats: EngineStats,
 }
 
+/// source → kind → the (rule index, side index) pairs a record feeds.
+type Routes = HashMap<String, HashMap<String, Arc<[(usize, u8)]>>>;
+
 /// The streaming verification engine.
 pub struct Engine {
     rules: Arc<RuleSet>,
     limits: Limits,
     /// source → kind → (rule index, side index) it feeds.
-    routes: HashMap<String, HashMap<String, Arc<[(usize, u8)]>>>,
+    routes: Routes,
     /// source name → index in `rules.sources`.
     source_index: HashMap<String, usize>,
     day: BusinessDayClock,
@@ -310,7 +313,7 @@ impl Engine {
                     .push((i, s));
             }
         }
-        let mut routes: HashMap<String, HashMap<String, Arc<[(usize, u8)]>>> = HashMap::new();
+        let mut routes = Routes::new();
         for ((source, kind), list) in flat {
             routes.entry(source).or_default().insert(kind, list.into());
         }
