@@ -62,7 +62,7 @@ pub struct EngineStats {
 /// record can be found again.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Entry {
-    /// record_id, trace_id, drill, amends, then one value per compared field.
+    /// key, record_id, trace_id, drill, then one value per compared field.
     text: Packed,
     amount: i64,
     event_time: Millis,
@@ -71,10 +71,11 @@ struct Entry {
     side: u8,
 }
 
-const T_RECORD_ID: usize = 0;
-const T_TRACE: usize = 1;
-const T_DRILL: usize = 2;
-const T_FIELDS: usize = 3;
+const T_KEY: usize = 0;
+const T_RECORD_ID: usize = 1;
+const T_TRACE: usize = 2;
+const T_DRILL: usize = 3;
+const T_FIELDS: usize = 4;
 
 impl Entry {
     fn record_id(&self) -> &str {
@@ -92,6 +93,8 @@ impl Entry {
 enum Phase {
     Pending,
     Closed,
+    /// An unused slot.
+    Free,
 }
 
 /// An open break a key still carries, so that re-evaluation can resolve it.
@@ -108,16 +111,29 @@ struct Slot {
     detail: u64,
 }
 
+/// One business key of a keyed rule: its records and where it stands. The key text is
+/// the first string of every entry's packed text, so a key costs no allocation of its own.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct KeyState {
-    key: Box<str>,
-    hash: u64,
     entries: SmallVec<[Entry; 1]>,
-    deadline: Millis,
+    /// The deadline while pending; the time it closed once closed.
+    time: Millis,
     phase: Phase,
-    closed_at: Millis,
-    breaks: Vec<OpenBreak>,
+    /// Whether `KeyedState::breaks` holds open breaks for this key.
+    has_breaks: bool,
 }
+
+impl KeyState {
+    fn key(&self) -> &str {
+        self.entries
+            .first()
+            .map(|e| e.text.get(T_KEY))
+            .unwrap_or("")
+    }
+}
+
+/// Slot index of a key in `KeyedState::slots`.
+type SlotId = u32;
 
 /// A disagreement a rule's evaluation found, before it becomes a break.
 struct Finding {
@@ -130,35 +146,77 @@ struct Finding {
     evidence: SmallVec<[usize; 2]>,
 }
 
+/// The state of one keyed rule. Keys live in a slab (`slots`, reused through `free`) and
+/// are found through `index`, a hash table of slot ids: eight times smaller than a table
+/// of key states, which keeps open records small. Deadline and expiry queues refer to
+/// slots and are checked lazily: an entry whose slot has moved on is skipped.
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 struct KeyedState {
-    #[serde(with = "table_serde")]
-    keys: HashTable<KeyState>,
-    deadlines: BinaryHeap<Reverse<(Millis, u64)>>,
-    closed: VecDeque<(Millis, u64)>,
+    slots: Vec<KeyState>,
+    free: Vec<SlotId>,
+    /// Rebuilt from `slots` after a restore.
+    #[serde(skip)]
+    index: HashTable<SlotId>,
+    deadlines: BinaryHeap<Reverse<(Millis, SlotId)>>,
+    closed: VecDeque<(Millis, SlotId)>,
+    /// Open breaks per key, for the few keys that have any.
+    breaks: BTreeMap<SlotId, Vec<OpenBreak>>,
     open: usize,
     closed_count: usize,
     capacity_break: Option<u64>,
 }
 
-mod table_serde {
-    use super::KeyState;
-    use hashbrown::HashTable;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer>(t: &HashTable<KeyState>, s: S) -> Result<S::Ok, S::Error> {
-        let mut all: Vec<&KeyState> = t.iter().collect();
-        all.sort_by(|a, b| (a.hash, &a.key).cmp(&(b.hash, &b.key)));
-        all.serialize(s)
+impl KeyedState {
+    fn find(&self, hash: u64, key: &str) -> Option<SlotId> {
+        let slots = &self.slots;
+        self.index
+            .find(hash, |&i| slots[i as usize].key() == key)
+            .copied()
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HashTable<KeyState>, D::Error> {
-        let all = Vec::<KeyState>::deserialize(d)?;
-        let mut t = HashTable::with_capacity(all.len());
-        for k in all {
-            t.insert_unique(k.hash, k, |k| k.hash);
+    fn insert(&mut self, hash: u64, state: KeyState) -> SlotId {
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = state;
+                id
+            }
+            None => {
+                self.slots.push(state);
+                (self.slots.len() - 1) as SlotId
+            }
+        };
+        let slots = &self.slots;
+        self.index
+            .insert_unique(hash, id, |&i| key_hash(slots[i as usize].key()));
+        id
+    }
+
+    fn remove(&mut self, id: SlotId) {
+        let hash = key_hash(self.slots[id as usize].key());
+        if let Ok(entry) = self.index.find_entry(hash, |&i| i == id) {
+            entry.remove();
         }
-        Ok(t)
+        self.slots[id as usize] = KeyState {
+            entries: SmallVec::new(),
+            time: 0,
+            phase: Phase::Free,
+            has_breaks: false,
+        };
+        self.breaks.remove(&id);
+        self.free.push(id);
+    }
+
+    fn rebuild_index(&mut self) {
+        let slots = &self.slots;
+        let mut index = HashTable::with_capacity(slots.len());
+        for (i, k) in slots.iter().enumerate() {
+            if k.phase != Phase::Free {
+                index.insert_unique(key_hash(k.key()), i as SlotId, |&i| {
+                    key_hash(slots[i as usize].key())
+                });
+            }
+        }
+        self.index = index;
     }
 }
 
@@ -223,8 +281,9 @@ type Routes = HashMap<String, HashMap<String, Arc<[(usize, u8)]>>>;
 pub struct Engine {
     rules: Arc<RuleSet>,
     limits: Limits,
-    /// source → kind → (rule index, side index) it feeds.
-    routes: Routes,
+    routes: Arc<Routes>,
+    /// Reused for building business keys.
+    key_buf: String,
     /// source name → index in `rules.sources`.
     source_index: HashMap<String, usize>,
     day: BusinessDayClock,
@@ -359,7 +418,8 @@ impl Engine {
         Engine {
             rules,
             limits,
-            routes,
+            routes: Arc::new(routes),
+            key_buf: String::new(),
             source_index,
             day,
             s,
@@ -427,6 +487,9 @@ impl Engine {
             return Err("checkpoint was taken with a different rule set".into());
         }
         e.s = s;
+        for r in &mut e.s.rules {
+            r.keyed.rebuild_index();
+        }
         Ok(e)
     }
 
@@ -457,6 +520,7 @@ impl Engine {
         out: &mut Vec<Event>,
     ) {
         self.advance(now);
+        let (rules, routes) = (self.rules.clone(), self.routes.clone());
         for (loc, record) in records {
             self.s.stats.records_seen += 1;
             let fp = record.fingerprint();
@@ -480,15 +544,11 @@ impl Engine {
                     });
                 }
             }
-            let routes = self
-                .routes
+            let routes = routes
                 .get(record.source.as_str())
                 .and_then(|k| k.get(record.kind.as_str()));
-            let Some(routes) = routes.cloned() else {
-                continue;
-            };
-            for &(rule_index, side) in routes.iter() {
-                self.apply(rule_index, side, loc, record, out);
+            for &(rule_index, side) in routes.iter().flat_map(|r| r.iter()) {
+                self.apply(&rules, rule_index, side, loc, record, out);
             }
         }
         self.expire_ids();
@@ -576,8 +636,9 @@ impl Engine {
     }
 
     fn fire(&mut self, until: Millis, out: &mut Vec<Event>) {
+        let rules = self.rules.clone();
         for i in 0..self.s.rules.len() {
-            self.fire_keyed(i, until, out);
+            self.fire_keyed(&rules, i, until, out);
             if let RuleKind::Balance { .. } = self.rules.rules[i].kind {
                 self.fire_balance(i, until, out);
             }
@@ -637,18 +698,19 @@ impl Engine {
 
     // ---- keyed rules: match, sum_match, conservation ----------------------------------
 
-    fn key_of(side: &Side, record: &FundRecord) -> Result<String, String> {
-        let mut key = String::new();
+    /// Writes the record's business key for `side` into `key`, or names the missing field.
+    fn key_of<'r>(side: &'r Side, record: &FundRecord, key: &mut String) -> Result<(), &'r str> {
+        key.clear();
         for (i, field) in side.key.iter().enumerate() {
             let Some(v) = record.field(field) else {
-                return Err(field.clone());
+                return Err(field);
             };
             if i > 0 {
                 key.push('|');
             }
             key.push_str(v);
         }
-        Ok(key)
+        Ok(())
     }
 
     fn passes(side: &Side, record: &FundRecord) -> bool {
@@ -660,18 +722,17 @@ impl Engine {
         })
     }
 
-    fn entry(rule: &Rule, side: u8, loc: Loc, record: &FundRecord) -> Entry {
-        let compared: Vec<&str> = match &rule.kind {
-            RuleKind::Match { compare, .. } => compare
-                .iter()
-                .map(|p| {
-                    let name = if side == 0 { &p.left } else { &p.right };
-                    record.field(name).unwrap_or("")
-                })
-                .collect(),
-            _ => Vec::new(),
+    fn entry(rule: &Rule, side: u8, loc: Loc, key: &str, record: &FundRecord) -> Entry {
+        let compare: &[crate::rules::FieldPair] = match &rule.kind {
+            RuleKind::Match { compare, .. } => compare,
+            _ => &[],
         };
+        let compared = compare.iter().map(move |p| {
+            let name = if side == 0 { &p.left } else { &p.right };
+            record.field(name).unwrap_or("")
+        });
         let fixed = [
+            key,
             record.record_id.as_str(),
             record.trace_id.as_deref().unwrap_or(""),
             record.drill.as_deref().unwrap_or(""),
@@ -690,8 +751,15 @@ impl Engine {
         }
     }
 
-    fn apply(&mut self, ri: usize, side: u8, loc: Loc, record: &FundRecord, out: &mut Vec<Event>) {
-        let rules = self.rules.clone();
+    fn apply(
+        &mut self,
+        rules: &RuleSet,
+        ri: usize,
+        side: u8,
+        loc: Loc,
+        record: &FundRecord,
+        out: &mut Vec<Event>,
+    ) {
         let rule = &rules.rules[ri];
         let spec = side_of(rule, side);
         if !Self::passes(spec, record) {
@@ -700,8 +768,10 @@ impl Engine {
         if let RuleKind::Balance { .. } = rule.kind {
             return self.apply_balance(ri, side, loc, record, out);
         }
-        let key = match Self::key_of(spec, record) {
-            Ok(k) => k,
+        // The key is built in a reused buffer: most records need no allocation for it.
+        let mut key = std::mem::take(&mut self.key_buf);
+        match Self::key_of(spec, record, &mut key) {
+            Ok(()) => self.apply_keyed(rules, ri, side, loc, record, &key, out),
             Err(field) => {
                 let id = self.next_id();
                 let now = self.s.now;
@@ -713,51 +783,68 @@ impl Engine {
                     kind: BreakKind::MissingKey,
                     key: String::new(),
                     side: Some(side_name(rule, side).into()),
-                    field: Some(field.clone()),
+                    field: Some(field.to_string()),
                     expected: None,
                     actual: None,
                     message: format!("record {} has no key field `{field}`", record.record_id),
-                    evidence: vec![self.evidence_of(rule, &Self::entry(rule, side, loc, record))],
+                    evidence: vec![
+                        self.evidence_of(rule, &Self::entry(rule, side, loc, "", record))
+                    ],
                     drill: record.drill.clone(),
                     complete_at: now,
                     emitted_at: now,
                 }));
-                return;
             }
-        };
-        let daily = matches!(rule.kind, RuleKind::Conservation { daily: true, .. })
-            && record.drill.is_none();
-        if daily {
+        }
+        self.key_buf = key;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_keyed(
+        &mut self,
+        rules: &RuleSet,
+        ri: usize,
+        side: u8,
+        loc: Loc,
+        record: &FundRecord,
+        key: &str,
+        out: &mut Vec<Event>,
+    ) {
+        let rule = &rules.rules[ri];
+        let spec = side_of(rule, side);
+        let hash = key_hash(key);
+        let found = self.s.rules[ri].keyed.find(hash, key);
+        if matches!(rule.kind, RuleKind::Conservation { daily: true, .. }) && record.drill.is_none()
+        {
             // An amendment replaces the amount it supersedes in the day's total.
-            let superseded = record.amends.as_deref().and_then(|target| {
-                let hash = key_hash(&key);
-                let ks = self.s.rules[ri]
-                    .keyed
-                    .keys
-                    .find(hash, |k| k.hash == hash && *k.key == *key)?;
-                ks.entries
-                    .iter()
-                    .find(|e| e.record_id() == target)
-                    .map(|e| (e.event_time, e.currency, e.amount))
-            });
+            let superseded = record
+                .amends
+                .as_deref()
+                .zip(found)
+                .and_then(|(target, id)| {
+                    let ks = &self.s.rules[ri].keyed.slots[id as usize];
+                    ks.entries
+                        .iter()
+                        .find(|e| e.record_id() == target)
+                        .map(|e| (e.event_time, e.currency, e.amount))
+                });
             if let Some((t, cur, amount)) = superseded {
                 self.daily_add(ri, t, cur, -(amount as i128), &record.record_id, out);
             }
+            let signed = record.signed_minor() as i128;
             self.daily_add(
                 ri,
                 record.event_time,
                 record.amount.currency,
-                record.signed_minor() as i128,
+                signed,
                 &record.record_id,
                 out,
             );
         }
-        let entry = Self::entry(rule, side, loc, record);
-        let hash = key_hash(&key);
+        let entry = Self::entry(rule, side, loc, key, record);
         let now = self.s.now;
         let st = &mut self.s.rules[ri].keyed;
-        let found = st.keys.find_mut(hash, |k| k.hash == hash && *k.key == *key);
-        let Some(ks) = found else {
+        let Some(id) = found else {
             let other_lateness = match rule.kind {
                 RuleKind::Match { .. } | RuleKind::SumMatch { .. } => {
                     side_of(rule, 1 - side).lateness_ms
@@ -765,23 +852,20 @@ impl Engine {
                 _ => spec.lateness_ms,
             };
             let deadline = record.event_time.saturating_add(other_lateness);
-            st.deadlines.push(Reverse((deadline, hash)));
-            st.open += 1;
-            st.keys.insert_unique(
+            let id = st.insert(
                 hash,
                 KeyState {
-                    key: key.into_boxed_str(),
-                    hash,
                     entries: smallvec::smallvec![entry],
-                    deadline,
+                    time: deadline,
                     phase: Phase::Pending,
-                    closed_at: 0,
-                    breaks: Vec::new(),
+                    has_breaks: false,
                 },
-                |k| k.hash,
             );
+            st.deadlines.push(Reverse((deadline, id)));
+            st.open += 1;
             return;
         };
+        let ks = &mut st.slots[id as usize];
 
         // An amendment replaces the record it names, on the same side.
         let amended = record.amends.as_deref().and_then(|target| {
@@ -792,7 +876,7 @@ impl Engine {
         if let Some(pos) = amended {
             ks.entries[pos] = entry;
             if ks.phase == Phase::Closed {
-                self.reevaluate(ri, hash, &key, Some(&record.record_id), out);
+                self.reevaluate_at(rules, ri, id, Some(&record.record_id), now, out);
             }
             return;
         }
@@ -806,41 +890,38 @@ impl Engine {
         };
         if is_dup {
             let first = ks.entries.iter().find(|e| e.side == side).cloned();
-            let pending = ks.phase == Phase::Pending;
-            if pending {
+            if ks.phase == Phase::Pending {
                 ks.entries.push(entry.clone());
                 st.open += 1;
             }
-            let id = self.s.next_break_id;
-            self.s.next_break_id += 1;
+            let break_id = self.next_id();
             let st = &mut self.s.rules[ri].keyed;
-            if let Some(ks) = st.keys.find_mut(hash, |k| k.hash == hash && *k.key == *key) {
-                ks.breaks.push(OpenBreak {
-                    id,
-                    slot: Slot {
-                        kind: BreakKind::Duplicate,
-                        detail: 0,
-                    },
-                });
-            }
+            st.slots[id as usize].has_breaks = true;
+            st.breaks.entry(id).or_default().push(OpenBreak {
+                id: break_id,
+                slot: Slot {
+                    kind: BreakKind::Duplicate,
+                    detail: 0,
+                },
+            });
             let mut evidence = Vec::new();
             if let Some(f) = &first {
                 evidence.push(self.evidence_of(rule, f));
             }
             evidence.push(self.evidence_of(rule, &entry));
             out.push(Event::Break(Break {
-                id,
+                id: break_id,
                 rule: rule.name.clone(),
                 rule_version: rules.version.clone(),
                 link: rule.link.clone(),
                 kind: BreakKind::Duplicate,
-                key: key.clone(),
+                key: key.to_string(),
                 side: Some(side_name(rule, side).into()),
                 field: None,
                 expected: first.as_ref().map(|f| f.record_id().to_string()),
                 actual: Some(record.record_id.clone()),
                 message: format!(
-                    "{} {} {key} reported again under a different record id {}",
+                    "{} {} {key} reported again under record id {}",
                     spec.source, spec.kind, record.record_id
                 ),
                 evidence,
@@ -860,68 +941,56 @@ impl Engine {
                 st.open += 1;
                 // A 1:1 match is decided as soon as both sides are present.
                 if matches!(rule.kind, RuleKind::Match { .. }) && other_side > 0 {
-                    self.close(ri, hash, &key, now, out);
+                    self.close(rules, ri, id, now, out);
                 }
             }
-            Phase::Closed => self.reevaluate(ri, hash, &key, Some(&record.record_id), out),
+            Phase::Closed => self.reevaluate_at(rules, ri, id, Some(&record.record_id), now, out),
+            Phase::Free => {}
         }
     }
 
     /// Closes a pending key: evaluates it and turns findings into breaks.
     fn close(
         &mut self,
+        rules: &RuleSet,
         ri: usize,
-        hash: u64,
-        key: &str,
+        id: SlotId,
         complete_at: Millis,
         out: &mut Vec<Event>,
     ) {
+        let now = self.s.now;
         let st = &mut self.s.rules[ri].keyed;
-        let Some(ks) = st.keys.find_mut(hash, |k| k.hash == hash && *k.key == *key) else {
-            return;
-        };
+        let ks = &mut st.slots[id as usize];
         st.open -= ks.entries.len();
         ks.phase = Phase::Closed;
-        ks.closed_at = self.s.now;
-        st.closed.push_back((self.s.now, hash));
+        ks.time = now;
+        st.closed.push_back((now, id));
         st.closed_count += 1;
-        self.reevaluate_at(ri, hash, key, None, complete_at, out);
-    }
-
-    fn reevaluate(
-        &mut self,
-        ri: usize,
-        hash: u64,
-        key: &str,
-        by: Option<&str>,
-        out: &mut Vec<Event>,
-    ) {
-        let now = self.s.now;
-        self.reevaluate_at(ri, hash, key, by, now, out)
+        self.reevaluate_at(rules, ri, id, None, complete_at, out);
     }
 
     /// Compares a key's findings with the breaks it already carries: new findings become
     /// breaks, breaks no longer found are resolved (naming the record that changed it).
     fn reevaluate_at(
         &mut self,
+        rules: &RuleSet,
         ri: usize,
-        hash: u64,
-        key: &str,
+        id: SlotId,
         by: Option<&str>,
         complete_at: Millis,
         out: &mut Vec<Event>,
     ) {
-        let rules = self.rules.clone();
         let rule = &rules.rules[ri];
         let now = self.s.now;
-        let mut next_id = self.s.next_break_id;
         let st = &mut self.s.rules[ri].keyed;
-        let Some(ks) = st.keys.find_mut(hash, |k| k.hash == hash && *k.key == *key) else {
-            return;
-        };
+        let ks = &mut st.slots[id as usize];
         let findings = evaluate(rule, ks);
+        if findings.is_empty() && !ks.has_breaks {
+            return;
+        }
+        let mut next_id = self.s.next_break_id;
         let mut kept = Vec::new();
-        for b in std::mem::take(&mut ks.breaks) {
+        for b in st.breaks.remove(&id).unwrap_or_default() {
             let sticky = matches!(b.slot.kind, BreakKind::Duplicate);
             if sticky || findings.iter().any(|f| f.slot == b.slot) {
                 kept.push(b);
@@ -942,27 +1011,30 @@ impl Engine {
             if kept.iter().any(|b| b.slot == f.slot) {
                 continue;
             }
-            let id = next_id;
+            let break_id = next_id;
             next_id += 1;
-            kept.push(OpenBreak { id, slot: f.slot });
-            let evidence: Vec<&Entry> = f.evidence.iter().map(|&i| &ks.entries[i]).collect();
-            new_breaks.push((
-                id,
-                f,
-                evidence.iter().map(|e| (*e).clone()).collect::<Vec<_>>(),
-            ));
+            kept.push(OpenBreak {
+                id: break_id,
+                slot: f.slot,
+            });
+            let evidence: Vec<Entry> = f.evidence.iter().map(|&i| ks.entries[i].clone()).collect();
+            new_breaks.push((break_id, f, evidence));
         }
-        ks.breaks = kept;
+        ks.has_breaks = !kept.is_empty();
+        let key = ks.key().to_string();
+        if !kept.is_empty() {
+            st.breaks.insert(id, kept);
+        }
         self.s.next_break_id = next_id;
-        for (id, f, evidence) in new_breaks {
+        for (break_id, f, evidence) in new_breaks {
             let drill = evidence.iter().find_map(|e| e.drill()).map(String::from);
             out.push(Event::Break(Break {
-                id,
+                id: break_id,
                 rule: rule.name.clone(),
                 rule_version: rules.version.clone(),
                 link: rule.link.clone(),
                 kind: f.slot.kind,
-                key: key.to_string(),
+                key: key.clone(),
                 side: f.side,
                 field: f.field,
                 expected: f.expected,
@@ -992,27 +1064,23 @@ impl Engine {
         }
     }
 
-    fn fire_keyed(&mut self, ri: usize, until: Millis, out: &mut Vec<Event>) {
+    fn fire_keyed(&mut self, rules: &RuleSet, ri: usize, until: Millis, out: &mut Vec<Event>) {
         loop {
             let st = &mut self.s.rules[ri].keyed;
-            let Some(&Reverse((deadline, hash))) = st.deadlines.peek() else {
+            let Some(&Reverse((deadline, id))) = st.deadlines.peek() else {
                 break;
             };
             if deadline > until {
                 break;
             }
             st.deadlines.pop();
-            let key = st
-                .keys
-                .find(hash, |k| {
-                    k.hash == hash && k.phase == Phase::Pending && k.deadline == deadline
-                })
-                .map(|k| k.key.clone());
-            if let Some(key) = key {
+            let ks = &st.slots[id as usize];
+            // Any pending key whose deadline this is must close now, whichever key it is.
+            if ks.phase == Phase::Pending && ks.time == deadline {
                 if until == Millis::MAX {
                     self.s.now = self.s.now.max(deadline);
                 }
-                self.close(ri, hash, &key, deadline, out);
+                self.close(rules, ri, id, deadline, out);
             }
         }
     }
@@ -1021,17 +1089,15 @@ impl Engine {
         let horizon = self.s.now.saturating_sub(self.limits.closed_retention_ms);
         let max = self.limits.closed_keys_max;
         let st = &mut self.s.rules[ri].keyed;
-        while let Some(&(at, hash)) = st.closed.front() {
+        while let Some(&(at, id)) = st.closed.front() {
             let over = st.closed_count > max;
             if at >= horizon && !over {
                 break;
             }
             st.closed.pop_front();
-            let found = st.keys.find_entry(hash, |k| {
-                k.hash == hash && k.phase == Phase::Closed && k.closed_at == at
-            });
-            if let Ok(entry) = found {
-                entry.remove();
+            let ks = &st.slots[id as usize];
+            if ks.phase == Phase::Closed && ks.time == at {
+                st.remove(id);
                 st.closed_count -= 1;
                 if over && at >= horizon {
                     self.s.stats.closed_keys_evicted += 1;
@@ -1162,7 +1228,8 @@ impl Engine {
             return;
         };
         let spec = side_of(rule, side);
-        let Ok(account) = Self::key_of(spec, record) else {
+        let mut account = String::new();
+        let Ok(()) = Self::key_of(spec, record, &mut account) else {
             let now = self.s.now;
             let id = self.next_id();
             out.push(Event::Break(Break {
@@ -1201,7 +1268,7 @@ impl Engine {
                     rule_version: rules.version.clone(),
                     link: rule.link.clone(),
                     kind: BreakKind::BalanceDiscontinuity,
-                    key: account,
+                    key: account.clone(),
                     side: Some("entries".into()),
                     field: None,
                     expected: None,
@@ -1215,7 +1282,9 @@ impl Engine {
                         steadfast_model::format_millis(record.event_time),
                         steadfast_model::format_millis(last_time)
                     ),
-                    evidence: vec![self.evidence_of(rule, &Self::entry(rule, side, loc, record))],
+                    evidence: vec![
+                        self.evidence_of(rule, &Self::entry(rule, side, loc, &account, record))
+                    ],
                     drill: record.drill.clone(),
                     complete_at: now,
                     emitted_at: now,
@@ -1389,7 +1458,7 @@ fn evaluate(rule: &Rule, ks: &KeyState) -> Vec<Finding> {
             "no {} {} record for key {} within its lateness budget",
             side_of(rule, side).source,
             side_of(rule, side).kind,
-            ks.key
+            ks.key()
         ),
         evidence: present.clone(),
     };
@@ -1410,7 +1479,7 @@ fn evaluate(rule: &Rule, ks: &KeyState) -> Vec<Finding> {
                     field: None,
                     expected: Some("1 record per side".into()),
                     actual: Some(format!("{} left, {} right", l.len(), r.len())),
-                    message: format!("key {} has several candidates; none was picked", ks.key),
+                    message: format!("key {} has several candidates; none was picked", ks.key()),
                     evidence: l.iter().chain(r.iter()).copied().collect(),
                 });
             } else {
@@ -1464,7 +1533,8 @@ fn evaluate(rule: &Rule, ks: &KeyState) -> Vec<Finding> {
                             }),
                             message: format!(
                                 "key {}: {} is {exp} upstream but {act} downstream",
-                                ks.key, pair.left
+                                ks.key(),
+                                pair.left
                             ),
                             expected: Some(exp),
                             actual: Some(act),
@@ -1504,7 +1574,7 @@ fn evaluate(rule: &Rule, ks: &KeyState) -> Vec<Finding> {
                         field: Some("amount".into()),
                         message: format!(
                             "key {}: {} downstream records add up to {actual}, not {expected}",
-                            ks.key,
+                            ks.key(),
                             d.len()
                         ),
                         expected: Some(expected),
@@ -1537,7 +1607,7 @@ fn evaluate(rule: &Rule, ks: &KeyState) -> Vec<Finding> {
                         actual: Some(format!("{} {cur}", format_minor(sum, cur))),
                         message: format!(
                             "transaction {}: entries in {cur} net to {} instead of zero",
-                            ks.key,
+                            ks.key(),
                             format_minor(sum, cur)
                         ),
                         evidence: (0..ks.entries.len())
