@@ -333,11 +333,11 @@ pub fn record_from_csv(
             keys.insert(k.to_string(), v);
         } else if let Some(a) = name.strip_prefix("attr.") {
             attrs.insert(a.to_string(), v);
-        } else if *name == "event_time" && value.bytes().all(|b| b.is_ascii_digit()) {
-            obj.insert(
-                name.to_string(),
-                serde_json::Value::from(value.parse::<i64>().unwrap_or(0)),
-            );
+        } else if let Some(ms) = (*name == "event_time")
+            .then(|| value.parse::<i64>().ok())
+            .flatten()
+        {
+            obj.insert(name.to_string(), serde_json::Value::from(ms));
         } else {
             obj.insert(name.to_string(), v);
         }

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use steadfast_model::{FundRecord, Millis};
-use steadfast_store::{checkpoint, BreakStore, Wal, WalEntry, WalItem};
+use steadfast_store::{checkpoint, BreakStore, Wal, WalEntry, WalError, WalItem};
 use steadfast_verify::{Engine, EngineStats, Event, Limits, RuleSet};
 
 use crate::metrics::Metrics;
@@ -419,6 +419,12 @@ fn committer(
                         },
                         ack,
                     ));
+                }
+                Err(e @ WalError::TooLarge(_)) => {
+                    // Nothing was written: refuse this batch only.
+                    if let Some(ack) = ack {
+                        let _ = ack.send(Err(e.to_string()));
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "WAL append failed; refusing all further writes");

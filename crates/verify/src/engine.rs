@@ -316,6 +316,12 @@ impl BusinessDayClock {
             .unwrap_or(t)
     }
 
+    /// Start of the business day after the one starting at `day_start`. Days are 23 to
+    /// 25 hours long across daylight-saving changes, so 26 hours always land in the next.
+    fn next_day_start(&self, day_start: Millis) -> Millis {
+        self.day_start(day_start.saturating_add(26 * 3600 * 1000))
+    }
+
     fn label(&self, day_start: Millis) -> String {
         chrono::DateTime::from_timestamp_millis(day_start)
             .map(|d| d.with_timezone(&self.tz).format("%Y-%m-%d").to_string())
@@ -1114,7 +1120,8 @@ impl Engine {
             .totals
             .keys()
             .filter(|(day, _)| {
-                until == Millis::MAX || day.saturating_add(DAY_MS + lateness) <= until
+                until == Millis::MAX
+                    || self.day.next_day_start(*day).saturating_add(lateness) <= until
             })
             .filter(|k| !self.s.rules[ri].daily.checked.contains_key(*k))
             .copied()

@@ -12,6 +12,8 @@ use steadfast_model::Millis;
 
 /// Longest lateness budget or completeness deadline a rule may set: one day.
 pub const LATENESS_MS_MAX: i64 = 24 * 3600 * 1000;
+/// Longest silence budget a source may set: one week.
+pub const SILENCE_BUDGET_SECS_MAX: u64 = 7 * 24 * 3600;
 /// Most rules one file may hold.
 pub const RULES_MAX: usize = 256;
 
@@ -385,14 +387,31 @@ pub fn parse_rules(text: &str) -> Result<RuleSet, RuleError> {
             fields.extend(k.fields.iter().cloned());
             ctx.known.insert((name.clone(), k.kind.clone()), fields);
         }
+        if s.kinds.is_empty() {
+            return Err(ctx.err(s.name.span(), format!("source `{name}` declares no record kinds (`kinds = [{{ kind = ..., keys = [...] }}]`)")));
+        }
+        if let Some(secs) = s.silence_budget_secs {
+            if !(1..=SILENCE_BUDGET_SECS_MAX).contains(&secs) {
+                return Err(ctx.err(
+                    s.name.span(),
+                    format!("source `{name}`: silence_budget_secs must be between 1 and {SILENCE_BUDGET_SECS_MAX}"),
+                ));
+            }
+        }
         sources.push(SourceSpec {
             name: name.clone(),
             silence_budget_ms: s.silence_budget_secs.map(|v| v as i64 * 1000),
         });
     }
 
-    let mut links = Vec::new();
+    let mut links: Vec<Link> = Vec::new();
     for l in &file.links {
+        if links.iter().any(|x| &x.name == l.name.get_ref()) {
+            return Err(ctx.err(
+                l.name.span(),
+                format!("link `{}` is declared twice", l.name.get_ref()),
+            ));
+        }
         for member in &l.chain {
             if !sources.iter().any(|s| &s.name == member.get_ref()) {
                 return Err(ctx.err(
@@ -561,6 +580,18 @@ mod tests {
 
         let e = error_of("link = \"pay-to-bill\"", "link = \"pay-to-bil\"");
         assert!(e.message.contains("unknown fund link"), "{e}");
+
+        let e = error_of("silence_budget_secs = 60 ", "silence_budget_secs = 0 ");
+        assert!(e.message.contains("silence_budget_secs must be between"), "{e}");
+
+        let e = error_of("name = \"wallet\"\nchain", "name = \"pay-to-bill\"\nchain");
+        assert!(e.message.contains("link `pay-to-bill` is declared twice"), "{e}");
+
+        let e = error_of("kinds = [{ kind = \"entry\", keys = [\"txn_id\"] }]", "");
+        assert!(e.message.contains("declares no record kinds"), "{e}");
+
+        let e = error_of("key = [\"order_no\"]", "key = [\"amount\"]");
+        assert!(e.message.contains("`amount` cannot be a key"), "{e}");
 
         let e = error_of("[[rules]]", "[[rules]");
         assert!(e.line >= 1 && !e.message.is_empty());
