@@ -139,3 +139,100 @@ fn a_rule_file_with_a_typo_names_the_line() {
         "{err}"
     );
 }
+
+#[test]
+fn ingest_then_list_and_work_breaks_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--server", &server, "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let csv = format!(
+        "record_id,source,kind,key.order_no,key.biz_id,amount,currency,status,event_time\n\
+         p1,payment-core,payment,CSV-1,,25.00,EUR,SUCCESS,{now}\n\
+         b1,billing,bill,,CSV-1,25.50,EUR,,{now}\n"
+    );
+    let file = dir.path().join("export.csv");
+    std::fs::write(&file, csv).unwrap();
+
+    let mut ingested = None;
+    for _ in 0..100 {
+        let out = cli(&["ingest", file.to_str().unwrap()]);
+        if out.status.success() {
+            ingested = Some(out);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = ingested.expect("the server never accepted the file");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 records acknowledged"));
+
+    let mut listed = String::new();
+    for _ in 0..100 {
+        let out = cli(&["breaks", "--format", "csv"]);
+        listed = String::from_utf8(out.stdout).unwrap();
+        if listed.contains("amount_mismatch") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let row = listed
+        .lines()
+        .find(|l| l.contains("amount_mismatch"))
+        .unwrap_or_else(|| panic!("no break listed: {listed}"));
+    assert!(
+        row.contains("CSV-1") && row.contains("25.00 EUR") && row.contains("25.50 EUR"),
+        "{row}"
+    );
+    let id = row.split(',').next().unwrap().to_string();
+
+    let out = cli(&[
+        "break-status",
+        &id,
+        "--status",
+        "acknowledged",
+        "--owner",
+        "ops",
+        "--reason",
+        "checking the bill",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("acknowledged, owned by ops"));
+    let out = cli(&["break-status", &id, "--status", "open", "--reason", "x"]);
+    assert!(!out.status.success(), "a break cannot go back to open");
+
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success(), "a clean shutdown exits 0");
+}
