@@ -456,4 +456,25 @@ mod tests {
         assert_eq!((r.amount.minor, r.event_time), (1250, 1_700_000_000_000));
         assert_eq!(r.attributes["channel"], "app");
     }
+
+    proptest::proptest! {
+        /// Any bytes at all: an answer, never a panic.
+        #[test]
+        fn arbitrary_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = parse_body(&body, 100);
+        }
+
+        /// Valid records with one field replaced by random JSON text: each is either
+        /// accepted or refused with a message, never a panic.
+        #[test]
+        fn mangled_records_are_answered(field in 0usize..8, junk in "[ -~]{0,24}") {
+            let names = ["record_id", "source", "kind", "keys", "amount", "currency", "event_time", "attributes"];
+            let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+            v[names[field]] = serde_json::from_str(&junk).unwrap_or(serde_json::Value::String(junk.clone()));
+            match parse_record(0, &v.to_string()) {
+                Ok(r) => proptest::prop_assert!(!r.record_id.is_empty()),
+                Err(e) => proptest::prop_assert!(!e.message.is_empty()),
+            }
+        }
+    }
 }

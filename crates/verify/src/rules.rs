@@ -582,10 +582,16 @@ mod tests {
         assert!(e.message.contains("unknown fund link"), "{e}");
 
         let e = error_of("silence_budget_secs = 60 ", "silence_budget_secs = 0 ");
-        assert!(e.message.contains("silence_budget_secs must be between"), "{e}");
+        assert!(
+            e.message.contains("silence_budget_secs must be between"),
+            "{e}"
+        );
 
         let e = error_of("name = \"wallet\"\nchain", "name = \"pay-to-bill\"\nchain");
-        assert!(e.message.contains("link `pay-to-bill` is declared twice"), "{e}");
+        assert!(
+            e.message.contains("link `pay-to-bill` is declared twice"),
+            "{e}"
+        );
 
         let e = error_of("kinds = [{ kind = \"entry\", keys = [\"txn_id\"] }]", "");
         assert!(e.message.contains("declares no record kinds"), "{e}");
@@ -595,5 +601,23 @@ mod tests {
 
         let e = error_of("[[rules]]", "[[rules]");
         assert!(e.line >= 1 && !e.message.is_empty());
+    }
+
+    proptest::proptest! {
+        /// A rule file with a random slice removed or replaced: parsed or refused with a
+        /// line inside the file, never a panic.
+        #[test]
+        fn mangled_rule_files_are_answered(at in 0usize..4000, len in 0usize..40, junk in "[ -~\n]{0,12}") {
+            let at = at.min(EXAMPLE.len());
+            let end = (at + len).min(EXAMPLE.len());
+            if !EXAMPLE.is_char_boundary(at) || !EXAMPLE.is_char_boundary(end) {
+                return Ok(());
+            }
+            let text = format!("{}{}{}", &EXAMPLE[..at], junk, &EXAMPLE[end..]);
+            if let Err(e) = parse_rules(&text) {
+                proptest::prop_assert!(e.line >= 1 && e.line <= text.lines().count() + 1, "{e}");
+                proptest::prop_assert!(!e.message.is_empty());
+            }
+        }
     }
 }
