@@ -48,6 +48,9 @@ pub struct EngineConfig {
     pub checkpoint_every_records: u64,
     /// ...or this many seconds, whichever comes first.
     pub checkpoint_every_secs: u64,
+    /// WAL segments (up to 256 MiB each) kept after a checkpoint covers them, so that
+    /// `steadfast verify --rules NEW DATA_DIR/wal` can backtest a rule change on past data.
+    pub wal_segments_kept: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -105,6 +108,7 @@ impl Default for EngineConfig {
             tick_ms: 100,
             checkpoint_every_records: 1_000_000,
             checkpoint_every_secs: 60,
+            wal_segments_kept: 4,
         }
     }
 }

@@ -90,6 +90,7 @@ impl Server {
             wal_queue_batches_max: cfg.limits.wal_queue_batches_max,
             checkpoint_every_records: cfg.engine.checkpoint_every_records,
             checkpoint_every_secs: cfg.engine.checkpoint_every_secs,
+            wal_segments_kept: cfg.engine.wal_segments_kept,
             webhooks: cfg.webhook.url.is_some(),
             accept_new_rules,
         };

@@ -99,6 +99,8 @@ pub struct PipelineConfig {
     pub wal_queue_batches_max: usize,
     pub checkpoint_every_records: u64,
     pub checkpoint_every_secs: u64,
+    /// WAL segments kept after a checkpoint covers them, for backtests.
+    pub wal_segments_kept: usize,
     pub webhooks: bool,
     /// Start a fresh engine when the rule file differs from the checkpoint's.
     pub accept_new_rules: bool,
@@ -238,6 +240,7 @@ impl Pipeline {
         {
             let (failed, metrics, checkpointed) =
                 (failed.clone(), metrics.clone(), checkpointed.clone());
+            let segments_kept = cfg.wal_segments_kept;
             threads.push(
                 std::thread::Builder::new()
                     .name("wal-committer".into())
@@ -249,6 +252,7 @@ impl Pipeline {
                             &failed,
                             &metrics,
                             &checkpointed,
+                            segments_kept,
                         )
                     })?,
             );
@@ -374,6 +378,7 @@ fn committer(
     failed: &AtomicBool,
     metrics: &Metrics,
     checkpointed: &AtomicU64,
+    segments_kept: usize,
 ) {
     let mut removed_through = 0;
     let mut stopping = false;
@@ -464,7 +469,7 @@ fn committer(
         }
         let through = checkpointed.load(Ordering::Acquire);
         if through > removed_through {
-            match wal.remove_through(through) {
+            match wal.remove_through(through, segments_kept) {
                 Ok(_) => removed_through = through,
                 Err(e) => tracing::warn!(error = %e, "failed to remove old WAL segments"),
             }

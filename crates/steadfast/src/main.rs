@@ -55,6 +55,8 @@ enum Command {
     Verify {
         #[arg(long)]
         rules: PathBuf,
+        /// NDJSON or CSV files, or a server's WAL directory (DATA_DIR/wal) to backtest a
+        /// rule change on the records it was sent.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         /// table, json or csv.
@@ -270,6 +272,24 @@ fn verify(
     }
     let mut records = Vec::new();
     for path in inputs {
+        if path.is_dir() {
+            // A server's WAL directory: backtest on the records it was sent.
+            let before = records.len();
+            let mut batches = 0usize;
+            steadfast_store::Wal::read_all(path, |entry| {
+                if let steadfast_store::WalItem::Batch(mut rs) = entry.item {
+                    batches += 1;
+                    records.append(&mut rs);
+                }
+            })
+            .with_context(|| format!("failed to read the WAL in {}", path.display()))?;
+            eprintln!(
+                "{}: {} records from {batches} WAL batches",
+                path.display(),
+                records.len() - before
+            );
+            continue;
+        }
         let len = std::fs::metadata(path)
             .with_context(|| format!("failed to read {}", path.display()))?
             .len();

@@ -270,12 +270,14 @@ impl Wal {
         Ok(())
     }
 
-    /// Deletes segments whose entries are all at or below `seq` (covered by a checkpoint).
-    pub fn remove_through(&mut self, seq: u64) -> Result<usize, WalError> {
+    /// Deletes segments whose entries are all at or below `seq` (covered by a checkpoint),
+    /// except the newest `keep` of those, which stay for backtests (`steadfast verify`).
+    pub fn remove_through(&mut self, seq: u64, keep: usize) -> Result<usize, WalError> {
         let segs = segments(&self.dir)?;
+        let covered = segs.windows(2).filter(|w| w[1].0 <= seq + 1).count();
         let mut removed = 0;
-        for w in segs.windows(2) {
-            if w[1].0 <= seq + 1 {
+        for w in segs.windows(2).take(covered.saturating_sub(keep)) {
+            {
                 fs::remove_file(&w[0].1).map_err(io_err("remove", &w[0].1))?;
                 removed += 1;
             }
@@ -318,6 +320,28 @@ mod tests {
         let mut all = Vec::new();
         Wal::read_all(dir.path(), |e| all.push(e.seq)).unwrap();
         assert_eq!(all, [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn checkpointed_segments_are_removed_but_the_newest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        for first in [1u64, 10, 20, 30] {
+            let mut f = fs::File::create(dir.path().join(segment_name(first))).unwrap();
+            f.write_all(b"").unwrap();
+        }
+        let mut wal = Wal::open(dir.path(), 0, |_| {}).unwrap();
+        assert_eq!(
+            wal.remove_through(25, 1).unwrap(),
+            1,
+            "segments 1 and 10 are covered; one is kept"
+        );
+        let left: Vec<u64> = segments(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(left, [10, 20, 30]);
+        assert_eq!(wal.remove_through(35, 0).unwrap(), 2);
     }
 
     #[test]

@@ -77,6 +77,26 @@ async fn a_mismatch_becomes_a_break_that_people_can_work() {
     assert!(csv.contains("amount_mismatch,O1"), "{csv}");
     let (code, v) = s.get("/api/v1/breaks?status=sideways").await;
     assert_eq!((code, v["code"].as_str()), (400, Some("bad_query")));
+
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "steadfast_records_ingested_total 2",
+        "steadfast_breaks_total{rule=\"payment-bill\",kind=\"amount_mismatch\"} 1",
+        "steadfast_detection_latency_seconds_count 1",
+        "steadfast_open_records 0",
+        "steadfast_wal_fsync_seconds_count",
+        "steadfast_records_per_fsync_sum",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
+    }
     s.stop().await;
 }
 
@@ -317,6 +337,59 @@ async fn new_breaks_reach_the_webhook_but_drill_breaks_do_not() {
     );
     let drill = s.wait_breaks("drill=drill-1", |r| !r.is_empty()).await;
     assert_eq!(drill[0]["kind"], "amount_mismatch");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_deliveries_are_retried_until_the_receiver_takes_them() {
+    let calls: Arc<Mutex<u32>> = Arc::default();
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let (c, sink) = (calls.clone(), received.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let (c, sink) = (c.clone(), sink.clone());
+            async move {
+                let mut n = c.lock().unwrap();
+                *n += 1;
+                if *n <= 2 {
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                sink.lock()
+                    .unwrap()
+                    .extend(v["breaks"].as_array().cloned().unwrap_or_default());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.webhook.url = Some(hook);
+    let mut s = TestServer::start_with(cfg).await;
+    assert_eq!(
+        s.post(
+            "/api/v1/records",
+            body(&[payment("p1", "O1", "1.00"), bill("b1", "O1", "1.50")])
+        )
+        .await
+        .0,
+        200
+    );
+    for _ in 0..400 {
+        if !received.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        received.lock().unwrap().len(),
+        1,
+        "delivered once the receiver recovered"
+    );
+    assert_eq!(*calls.lock().unwrap(), 3, "two refusals, then a delivery");
     s.stop().await;
 }
 

@@ -231,6 +231,20 @@ fn ingest_then_list_and_work_breaks_through_the_cli() {
     let out = cli(&["break-status", &id, "--status", "open", "--reason", "x"]);
     assert!(!out.status.success(), "a break cannot go back to open");
 
+    // Backtest: the server's own WAL run through the rules in batch finds the same break.
+    let out = Command::new(BIN)
+        .args(["verify", "--rules", RULES, "--format", "csv"])
+        .arg(dir.path().join("wal"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("amount_mismatch,CSV-1"));
+
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
