@@ -336,10 +336,12 @@ fn line_of(text: &str, offset: usize) -> usize {
 pub fn parse_rules(text: &str) -> Result<RuleSet, RuleError> {
     let file: FileDef = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
-        RuleError {
-            line,
-            message: e.message().to_string(),
-        }
+        let message = match e.message().trim() {
+            // The parser has no words for some errors (a value cut off at the end).
+            "" => "not valid TOML: a value is malformed or cut off".to_string(),
+            m => m.to_string(),
+        };
+        RuleError { line, message }
     })?;
     let mut ctx = Ctx {
         text,
