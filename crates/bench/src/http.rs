@@ -328,6 +328,8 @@ pub struct Report {
     /// CPU seconds of this process's threads during the ingest (clients and server share
     /// the process), busiest first.
     pub cpu_seconds_by_thread: Vec<(String, f64)>,
+    /// Machine CPU from the first request until the breaks were stored.
+    pub machine_load: cpu::LoadDelta,
     pub targets: Targets,
 }
 
@@ -350,6 +352,19 @@ pub struct Detection {
     pub mean: Option<f64>,
     pub p50: Option<Bounds>,
     pub p99: Option<Bounds>,
+    /// The same latency computed exactly from every stored break (`detected_at -
+    /// complete_at`, both in milliseconds, as `GET /api/v1/breaks` reports them).
+    pub stored: Option<StoredLatency>,
+}
+
+#[derive(Serialize)]
+pub struct StoredLatency {
+    pub breaks: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    /// The slowest breaks: (latency s, seconds after the first request it was stored).
+    pub slowest: Vec<(f64, f64)>,
 }
 
 #[derive(Serialize)]
@@ -446,6 +461,7 @@ async fn run_async(args: &Args, plan: Arc<Plan>, build_seconds: f64) -> Result<R
         args.clients
     );
     let cpu_before = cpu::Snapshot::take(None);
+    let load_before = cpu::Load::take();
     let start = Instant::now();
     let ingest = ingest(&base, &token, plan.clone(), args.clients, "http").await?;
     let cpu_seconds_by_thread = cpu::Snapshot::take(None).since(&cpu_before);
@@ -478,7 +494,10 @@ async fn run_async(args: &Args, plan: Arc<Plan>, build_seconds: f64) -> Result<R
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    let machine_load = cpu::Load::take().since(&load_before, start.elapsed());
     let m = Scrape::fetch(&http, &base).await?;
+    let started_ms = wall_ms() - start.elapsed().as_millis() as i64;
+    let stored_latency = stored_latency(&http, &base, &token, started_ms).await?;
     server.shutdown().await;
     drop(dir);
 
@@ -532,11 +551,13 @@ async fn run_async(args: &Args, plan: Arc<Plan>, build_seconds: f64) -> Result<R
             mean: det.mean,
             p50: det.quantile(0.5),
             p99,
+            stored: stored_latency,
         },
         breaks,
         refused,
         open_records_after: m.sum("steadfast_open_records", &[]) as u64,
         cpu_seconds_by_thread,
+        machine_load,
         targets: Targets {
             records_per_sec: Target {
                 value: rps,
@@ -546,6 +567,54 @@ async fn run_async(args: &Args, plan: Arc<Plan>, build_seconds: f64) -> Result<R
             detection_p99_seconds: UpperTarget::of(p99, DETECTION_P99_TARGET),
         },
     })
+}
+
+/// Every stored break's detection latency, read back through the API.
+async fn stored_latency(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    started_ms: i64,
+) -> Result<Option<StoredLatency>> {
+    let mut lat: Vec<(f64, f64)> = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let page: Vec<serde_json::Value> = http
+            .get(format!(
+                "{base}/api/v1/breaks?drill=include&limit=1000&after_id={after}"
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .context("GET /api/v1/breaks")?
+            .error_for_status()
+            .context("GET /api/v1/breaks")?
+            .json()
+            .await
+            .context("reading breaks")?;
+        let Some(last) = page.last() else { break };
+        after = last["id"].as_u64().context("a break without an id")?;
+        for b in &page {
+            let detected = b["detected_at"].as_i64().context("detected_at")?;
+            let complete = b["complete_at"].as_i64().context("complete_at")?;
+            lat.push((
+                (detected - complete).max(0) as f64 / 1e3,
+                (detected - started_ms) as f64 / 1e3,
+            ));
+        }
+    }
+    if lat.is_empty() {
+        return Ok(None);
+    }
+    lat.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let q = |p: f64| lat[((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1].0;
+    Ok(Some(StoredLatency {
+        breaks: lat.len(),
+        p50: q(0.5),
+        p99: q(0.99),
+        max: lat[lat.len() - 1].0,
+        slowest: lat.iter().rev().take(10).copied().collect(),
+    }))
 }
 
 pub fn verdict(met: Option<bool>) -> &'static str {
@@ -640,6 +709,24 @@ impl Report {
             d.mean.unwrap_or(f64::NAN) * 1e3,
             d.breaks
         );
+        if let Some(st) = &d.stored {
+            let slow: Vec<String> = st
+                .slowest
+                .iter()
+                .take(5)
+                .map(|(l, at)| format!("{:.0} ms at {at:.1} s", l * 1e3))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {:<30} exact from {} stored breaks: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; slowest: {}",
+                "",
+                st.breaks,
+                st.p50 * 1e3,
+                st.p99 * 1e3,
+                st.max * 1e3,
+                slow.join(", ")
+            );
+        }
         let dt = &self.targets.detection_p99_seconds;
         let _ = writeln!(
             s,
@@ -665,6 +752,7 @@ impl Report {
             busy.join(", "),
             i.seconds
         );
+        let _ = writeln!(s, "  {:<30} {}", "machine", self.machine_load.line());
         s
     }
 }

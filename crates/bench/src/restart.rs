@@ -54,6 +54,12 @@ pub struct ChildArgs {
 
 /// The child: a server with the default configuration on `127.0.0.1:PORT`, until killed.
 pub fn serve_child(args: &ChildArgs) -> Result<()> {
+    // The server's own log (recovery reports how much it replayed and how long it took).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,8 +83,11 @@ pub fn serve_child(args: &ChildArgs) -> Result<()> {
 struct ChildServer(Child);
 
 impl ChildServer {
-    fn spawn(data_dir: &Path, port: u16) -> Result<ChildServer> {
+    /// Starts a child; its log goes to `log`.
+    fn spawn(data_dir: &Path, port: u16, log: &Path) -> Result<ChildServer> {
         let exe = std::env::current_exe().context("locating this executable")?;
+        let log =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(exe)
             .arg("serve-child")
             .arg("--data-dir")
@@ -86,9 +95,14 @@ impl ChildServer {
             .arg("--port")
             .arg(port.to_string())
             .stdin(Stdio::null())
+            .stderr(log)
             .spawn()
             .context("spawning the server child")?;
         Ok(ChildServer(child))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
     }
 
     /// SIGKILL, then reap.
@@ -144,6 +158,21 @@ pub struct Report {
     pub wal: WalContents,
     pub restart: Restart,
     pub ready_seconds: Target,
+    /// Machine CPU during the ingest, and from the second spawn until the child was killed.
+    pub machine_load_ingest: crate::cpu::LoadDelta,
+    pub machine_load_restart: crate::cpu::LoadDelta,
+    /// CPU seconds of the first server's threads over its life (the ingest), busiest first.
+    pub server_cpu_seconds_by_thread: Vec<(String, f64)>,
+    /// CPU seconds of the restarted server's threads when it became ready (recovery).
+    pub recovery_cpu_seconds_by_thread: Vec<(String, f64)>,
+    /// The restarted server's own report of its WAL replay ("replayed the WAL tail").
+    pub replay_log: Option<ReplayLog>,
+}
+
+#[derive(Serialize)]
+pub struct ReplayLog {
+    pub records: u64,
+    pub seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -213,8 +242,10 @@ async fn run_async(args: &Args, plan: Arc<Plan>) -> Result<Report> {
     };
     let base = format!("http://127.0.0.1:{port}");
 
+    let first_log = dir.path().join("server-1.log");
+    let second_log = dir.path().join("server-2.log");
     let t = Instant::now();
-    let mut child = ChildServer::spawn(&data, port)?;
+    let mut child = ChildServer::spawn(&data, port, &first_log)?;
     child.wait_ready(&base).await?;
     let first_start_seconds = t.elapsed().as_secs_f64();
 
@@ -223,12 +254,17 @@ async fn run_async(args: &Args, plan: Arc<Plan>) -> Result<Report> {
         group(plan.records as u64),
         args.clients
     );
+    let load = crate::cpu::Load::take_with(&[child.pid()]);
+    let t = Instant::now();
     let ingest = http::ingest(&base, &token, plan.clone(), args.clients, "restart").await?;
+    let machine_load_ingest = crate::cpu::Load::take_with(&[child.pid()]).since(&load, t.elapsed());
     drop(plan);
     let http = reqwest::Client::new();
     let applied = Scrape::fetch(&http, &base)
         .await?
         .sum("steadfast_records_ingested_total", &[]) as u64;
+    let server_cpu_seconds_by_thread =
+        crate::cpu::Snapshot::take(Some(child.pid())).since(&crate::cpu::Snapshot::default());
     child.kill()?;
     drop(http);
 
@@ -240,10 +276,13 @@ async fn run_async(args: &Args, plan: Arc<Plan>) -> Result<Report> {
     let checkpoint_bytes = std::fs::metadata(&ckpt).map(|m| m.len()).unwrap_or(0);
 
     eprintln!("restart: killed the server; starting it again...");
+    let load = crate::cpu::Load::take();
     let t = Instant::now();
-    let mut child = ChildServer::spawn(&data, port)?;
+    let mut child = ChildServer::spawn(&data, port, &second_log)?;
     child.wait_ready(&base).await?;
     let ready = t.elapsed().as_secs_f64();
+    let recovery_cpu_seconds_by_thread =
+        crate::cpu::Snapshot::take(Some(child.pid())).since(&crate::cpu::Snapshot::default());
 
     let http = reqwest::Client::new();
     let status: serde_json::Value = http
@@ -255,6 +294,7 @@ async fn run_async(args: &Args, plan: Arc<Plan>) -> Result<Report> {
         .json()
         .await?;
     child.kill()?;
+    let machine_load_restart = crate::cpu::Load::take().since(&load, t.elapsed());
     let records_seen = status["records_seen"].as_u64().unwrap_or(0);
     let wal_seq_applied = status["wal_seq_applied"].as_u64().unwrap_or(0);
 
@@ -278,6 +318,22 @@ async fn run_async(args: &Args, plan: Arc<Plan>) -> Result<Report> {
         }
     })
     .context("reading the WAL")?;
+    let log = std::fs::read_to_string(&second_log).unwrap_or_default();
+    let replay_log = replay_line(&log);
+    if let Ok(first) = std::fs::read_to_string(&first_log) {
+        for line in first
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        {
+            eprintln!("restart: first server: {line}");
+        }
+    }
+    for line in log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+    {
+        eprintln!("restart: restarted server: {line}");
+    }
     ensure!(
         wal_seq_applied > 0,
         "the restarted server reports no applied WAL entry"
@@ -313,6 +369,28 @@ async fn run_async(args: &Args, plan: Arc<Plan>) -> Result<Report> {
             target: READY_TARGET_SECS,
             met: ready <= READY_TARGET_SECS,
         },
+        machine_load_ingest,
+        machine_load_restart,
+        server_cpu_seconds_by_thread,
+        recovery_cpu_seconds_by_thread,
+        replay_log,
+    })
+}
+
+/// `... replayed the WAL tail records=N ms=M` from the server's log.
+fn replay_line(log: &str) -> Option<ReplayLog> {
+    let line = log.lines().find(|l| l.contains("replayed the WAL tail"))?;
+    let field = |name: &str| -> Option<u64> {
+        let at = line.find(&format!("{name}="))? + name.len() + 1;
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some(ReplayLog {
+        records: field("records")?,
+        seconds: field("ms")? as f64 / 1e3,
     })
 }
 
@@ -372,6 +450,9 @@ impl Report {
             group(i.records_per_sec as u64),
             latency_line(&i.batch_ack_latency_ms)
         );
+        if !i.retries.is_empty() {
+            let _ = writeln!(s, "  {:<30} {:?}", "retried answers by status", i.retries);
+        }
         let _ = writeln!(
             s,
             "  {:<30} engine had applied {} records; WAL {} segments, {:.0} MiB; checkpoint at seq {}, {:.0} MiB",
@@ -405,6 +486,35 @@ impl Report {
                 "NOT MET"
             }
         );
+        if let Some(l) = &self.replay_log {
+            let _ = writeln!(
+                s,
+                "  {:<30} the server replayed {} records in {:.2} s; the other {:.2} s: process start, checkpoint read and restore, break store",
+                "of which",
+                group(l.records),
+                l.seconds,
+                self.ready_seconds.value - l.seconds
+            );
+        }
+        let threads = |v: &[(String, f64)]| {
+            v.iter()
+                .take(5)
+                .map(|(n, c)| format!("{n} {c:.1} s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "  {:<30} ingest: {}",
+            "server CPU by thread",
+            threads(&self.server_cpu_seconds_by_thread)
+        );
+        let _ = writeln!(
+            s,
+            "  {:<30} recovery: {}",
+            "",
+            threads(&self.recovery_cpu_seconds_by_thread)
+        );
         let _ = writeln!(
             s,
             "  {:<30} records_seen {} (acknowledged {}): {}; wal_seq_applied {}",
@@ -422,6 +532,18 @@ impl Report {
             s,
             "  {:<30} {:.2} s",
             "first start (empty dir)", self.first_start_seconds
+        );
+        let _ = writeln!(
+            s,
+            "  {:<30} ingest: {}",
+            "machine",
+            self.machine_load_ingest.line()
+        );
+        let _ = writeln!(
+            s,
+            "  {:<30} restart: {}",
+            "",
+            self.machine_load_restart.line()
         );
         s
     }

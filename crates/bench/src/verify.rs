@@ -104,6 +104,7 @@ pub struct Steadfast {
     pub parse_records_per_sec: f64,
     pub engine_records_per_sec: f64,
     pub counts: Counts,
+    pub machine_load: crate::cpu::LoadDelta,
     /// Open breaks of other rules or kinds, as `rule/kind` (none expected).
     pub other_breaks: BTreeMap<String, u64>,
     pub matches_generated: bool,
@@ -112,6 +113,8 @@ pub struct Steadfast {
 #[derive(Serialize, Deserialize)]
 pub struct DuckDb {
     pub version: String,
+    #[serde(default, skip_deserializing)]
+    pub machine_load: Option<crate::cpu::LoadDelta>,
     pub threads: u64,
     /// The query from reading the file to the counts, timed in Python.
     pub seconds: f64,
@@ -161,6 +164,8 @@ pub fn run(args: &Args) -> Result<Report> {
         ..Limits::default()
     };
     eprintln!("verify: steadfast (read, parse, verify_batch)...");
+    let load = crate::cpu::Load::take();
+    let started = Instant::now();
     let t = Instant::now();
     let records = read_ndjson(&path)?;
     let parse_seconds = t.elapsed().as_secs_f64();
@@ -168,6 +173,7 @@ pub fn run(args: &Args) -> Result<Report> {
     let events = verify_batch(rules, limits, records.iter(), |_| {});
     let engine_seconds = t.elapsed().as_secs_f64();
     let total_seconds = parse_seconds + engine_seconds;
+    let machine_load = crate::cpu::Load::take().since(&load, started.elapsed());
     let n = records.len() as u64;
     ensure!(
         n == generated.records,
@@ -185,6 +191,7 @@ pub fn run(args: &Args) -> Result<Report> {
         parse_records_per_sec: n as f64 / parse_seconds,
         engine_records_per_sec: n as f64 / engine_seconds,
         counts,
+        machine_load,
         other_breaks,
         matches_generated: counts == generated.expected,
     };
@@ -192,7 +199,10 @@ pub fn run(args: &Args) -> Result<Report> {
     let (duckdb, duckdb_skipped) = match duckdb_available() {
         Ok(()) => {
             eprintln!("verify: duckdb (read_ndjson, FULL OUTER JOIN)...");
+            let load = crate::cpu::Load::take();
+            let t = Instant::now();
             let mut d = run_duckdb(&path)?;
+            d.machine_load = Some(crate::cpu::Load::take().since(&load, t.elapsed()));
             d.records_per_sec = n as f64 / d.seconds;
             (Some(d), None)
         }
@@ -245,9 +255,16 @@ fn generate(path: &Path, orders: usize) -> Result<Generated> {
         bills: 0,
         expected: Counts::default(),
     };
-    for i in 0..orders {
+    // Exactly `orders` payments and `orders` bills: one-sided orders are made up for by
+    // a few more orders at the end.
+    let target = orders as u64;
+    for i in 0.. {
+        if g.payments >= target && g.bills >= target {
+            break;
+        }
+        let p = has_payment(i) && g.payments < target;
+        let b = has_bill(i) && g.bills < target;
         let t = pay_time(i);
-        let (p, b) = (has_payment(i), has_bill(i));
         if p {
             events.push((t, false, i as u32));
             g.payments += 1;
@@ -523,6 +540,20 @@ impl Report {
         }
         if let Some(d) = &self.duckdb {
             let _ = writeln!(s, "  {:<12} {}", "duckdb", counts_line(&d.counts));
+        }
+        let _ = writeln!(
+            s,
+            "  {:<12} steadfast run: {}",
+            "machine",
+            st.machine_load.line()
+        );
+        if let Some(l) = self.duckdb.as_ref().and_then(|d| d.machine_load) {
+            let _ = writeln!(
+                s,
+                "  {:<12} duckdb run (python start included): {}",
+                "",
+                l.line()
+            );
         }
         let _ = writeln!(
             s,
