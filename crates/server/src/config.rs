@@ -31,6 +31,11 @@ pub struct LimitsConfig {
     pub batch_records_max: usize,
     /// Batches waiting for the WAL; past this, 429 with Retry-After.
     pub wal_queue_batches_max: usize,
+    /// Records acknowledged but not yet verified. A batch waits up to `backlog_wait_ms`
+    /// for room, then gets 429 with Retry-After. This bounds detection latency: the
+    /// engine is never more than this many records behind the acknowledgements.
+    pub backlog_records_max: usize,
+    pub backlog_wait_ms: u64,
     /// Pending records per rule; near it, 503 with Retry-After and a `capacity` break.
     pub open_records_max: usize,
     pub record_ids_max: usize,
@@ -93,6 +98,8 @@ impl Default for LimitsConfig {
             body_bytes_max: 16 * 1024 * 1024,
             batch_records_max: l.batch_records_max,
             wal_queue_batches_max: 256,
+            backlog_records_max: 20_000,
+            backlog_wait_ms: 2_000,
             open_records_max: l.open_records_max,
             record_ids_max: l.record_ids_max,
             record_id_retention_secs: (l.record_id_retention_ms / 1000) as u64,

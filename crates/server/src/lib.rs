@@ -80,6 +80,9 @@ impl Server {
                 cfg.listen
             );
         }
+        if cfg.limits.backlog_records_max < cfg.limits.batch_records_max {
+            bail!("limits.backlog_records_max must be at least limits.batch_records_max, or a full batch could never be admitted");
+        }
         if cfg.limits.batch_records_max.saturating_mul(10) > cfg.limits.open_records_max {
             bail!("limits.batch_records_max must be at most a tenth of limits.open_records_max");
         }
@@ -91,6 +94,8 @@ impl Server {
             checkpoint_every_records: cfg.engine.checkpoint_every_records,
             checkpoint_every_secs: cfg.engine.checkpoint_every_secs,
             wal_segments_kept: cfg.engine.wal_segments_kept,
+            backlog_records_max: cfg.limits.backlog_records_max,
+            backlog_wait_ms: cfg.limits.backlog_wait_ms,
             webhooks: cfg.webhook.url.is_some(),
             accept_new_rules,
         };

@@ -37,7 +37,7 @@ impl Metrics {
         let records_ingested = Counter::default();
         registry.register(
             "records_ingested",
-            "Records acknowledged by ingest",
+            "Records applied by the engine (acknowledged first, then verified)",
             records_ingested.clone(),
         );
         let batches_refused = Family::<RefusalLabels, Counter>::default();

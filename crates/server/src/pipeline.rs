@@ -32,6 +32,12 @@ const GROUP_ENTRIES_MAX: usize = 512;
 const ENGINE_QUEUE_MAX: usize = 1024;
 /// Event groups waiting for the store.
 const STORE_QUEUE_MAX: usize = 1024;
+/// Batches that may wait for backlog room at once; each holds a parsed body in memory.
+const WAITING_BATCHES_MAX: usize = 64;
+/// How often the engine thread publishes statistics.
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Decoded WAL entries waiting to be applied during recovery.
+const REPLAY_QUEUE_MAX: usize = 64;
 /// Records replayed between break-store commits during recovery.
 const REPLAY_COMMIT_EVERY: usize = 50_000;
 
@@ -67,7 +73,11 @@ enum ToEngine {
 
 enum ToStore {
     Events(Vec<Event>),
-    Checkpoint { seq: u64, state: Vec<u8> },
+    /// Serialized and written by the store thread, so the engine does not pause for it.
+    Checkpoint {
+        seq: u64,
+        state: steadfast_verify::StateCopy,
+    },
     Stop,
 }
 
@@ -86,6 +96,12 @@ pub struct Pipeline {
     submit: SyncSender<Submit>,
     headroom: Arc<AtomicUsize>,
     inflight: Arc<AtomicUsize>,
+    /// Permits for records acknowledged-to-be but not yet applied by the engine; a batch
+    /// waits (up to `backlog_wait`) for its permits, which bounds detection latency.
+    backlog: Arc<tokio::sync::Semaphore>,
+    backlog_wait: std::time::Duration,
+    /// Batches waiting for backlog permits; past `WAITING_BATCHES_MAX`, refused at once.
+    waiting: AtomicUsize,
     pub store: Arc<Mutex<BreakStore>>,
     stats: Arc<Mutex<(EngineStats, u64)>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -101,6 +117,8 @@ pub struct PipelineConfig {
     pub checkpoint_every_secs: u64,
     /// WAL segments kept after a checkpoint covers them, for backtests.
     pub wal_segments_kept: usize,
+    pub backlog_records_max: usize,
+    pub backlog_wait_ms: u64,
     pub webhooks: bool,
     /// Start a fresh engine when the rule file differs from the checkpoint's.
     pub accept_new_rules: bool,
@@ -183,32 +201,45 @@ impl Pipeline {
         };
 
         // Replay the WAL tail through the engine; the store keeps what it already has.
+        // Reading and decoding run on this thread, applying on another, so replay uses
+        // both cores.
         let started = Instant::now();
-        let mut events = Vec::new();
-        let mut replayed = 0usize;
-        let mut since_commit = 0usize;
-        let mut store_err = None;
-        let mut last_seq = replay_from;
-        let mut wal = Wal::open(&wal_dir, replay_from, |entry| {
-            last_seq = entry.seq;
-            let n = apply_entry(&mut engine, &entry, &mut events);
-            replayed += n;
-            since_commit += n;
-            if since_commit >= REPLAY_COMMIT_EVERY && store_err.is_none() {
-                since_commit = 0;
-                if let Err(e) = store.apply(&events, wall_ms(), cfg.webhooks) {
-                    store_err = Some(e);
+        let (replay_tx, replay_rx) = sync_channel::<WalEntry>(REPLAY_QUEUE_MAX);
+        let webhooks = cfg.webhooks;
+        let (opened, applied) = std::thread::scope(|scope| {
+            let applier = scope.spawn(|| -> anyhow::Result<(usize, u64)> {
+                let mut events = Vec::new();
+                let (mut replayed, mut since_commit, mut last_seq) = (0usize, 0usize, replay_from);
+                for entry in replay_rx {
+                    last_seq = entry.seq;
+                    let n = apply_entry(&mut engine, &entry, &mut events);
+                    replayed += n;
+                    since_commit += n;
+                    if since_commit >= REPLAY_COMMIT_EVERY {
+                        since_commit = 0;
+                        store
+                            .apply(&events, wall_ms(), webhooks)
+                            .context("failed to store replayed breaks")?;
+                        events.clear();
+                    }
                 }
-                events.clear();
-            }
-        })
-        .context("failed to open the write-ahead log")?;
-        if let Some(e) = store_err {
-            return Err(e).context("failed to store replayed breaks");
-        }
-        store
-            .apply(&events, wall_ms(), cfg.webhooks)
-            .context("failed to store replayed breaks")?;
+                store
+                    .apply(&events, wall_ms(), webhooks)
+                    .context("failed to store replayed breaks")?;
+                Ok((replayed, last_seq))
+            });
+            let opened = Wal::open(&wal_dir, replay_from, |entry| {
+                // A failed applier drops the receiver; its error is reported below.
+                let _ = replay_tx.send(entry);
+            });
+            drop(replay_tx);
+            let applied = applier
+                .join()
+                .map_err(|_| anyhow::anyhow!("WAL replay thread panicked"));
+            (opened, applied)
+        });
+        let mut wal = opened.context("failed to open the write-ahead log")?;
+        let (replayed, last_seq) = applied??;
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
@@ -216,6 +247,7 @@ impl Pipeline {
                 "replayed the WAL tail"
             );
         }
+        engine.reserve_record_ids(cfg.limits.record_ids_max);
         if fresh_checkpoint {
             checkpoint::write(
                 &ckpt_dir,
@@ -228,6 +260,7 @@ impl Pipeline {
 
         let headroom = Arc::new(AtomicUsize::new(engine.headroom()));
         let inflight = Arc::new(AtomicUsize::new(0));
+        let backlog = Arc::new(tokio::sync::Semaphore::new(cfg.backlog_records_max));
         let failed = Arc::new(AtomicBool::new(false));
         let checkpointed = Arc::new(AtomicU64::new(0));
         let stats = Arc::new(Mutex::new((engine.stats(), wal.next_seq() - 1)));
@@ -258,22 +291,18 @@ impl Pipeline {
             );
         }
         {
-            let (headroom, inflight, stats, metrics) = (
-                headroom.clone(),
-                inflight.clone(),
-                stats.clone(),
-                metrics.clone(),
-            );
+            let shared = EngineShared {
+                headroom: headroom.clone(),
+                inflight: inflight.clone(),
+                backlog: backlog.clone(),
+                stats: stats.clone(),
+                metrics: metrics.clone(),
+            };
             let every = (cfg.checkpoint_every_records, cfg.checkpoint_every_secs);
             threads.push(
                 std::thread::Builder::new()
                     .name("engine".into())
-                    .spawn(move || {
-                        engine_loop(
-                            engine, engine_rx, store_tx, &headroom, &inflight, &stats, &metrics,
-                            every,
-                        )
-                    })?,
+                    .spawn(move || engine_loop(engine, engine_rx, store_tx, &shared, every))?,
             );
         }
         {
@@ -299,6 +328,9 @@ impl Pipeline {
             submit: submit_tx,
             headroom,
             inflight,
+            backlog,
+            backlog_wait: std::time::Duration::from_millis(cfg.backlog_wait_ms),
+            waiting: AtomicUsize::new(0),
             store,
             stats,
             threads: Mutex::new(threads),
@@ -308,6 +340,12 @@ impl Pipeline {
     }
 
     /// Submits a validated batch; resolves once it is durable (its WAL sequence number).
+    ///
+    /// Admission has two bounds. Open state: a batch that could push a rule past
+    /// `open_records_max` is refused (`Capacity`). Backlog: records acknowledged but not
+    /// yet applied hold permits; a batch waits for its permits up to `backlog_wait`, then
+    /// is refused (`Overloaded`). The backlog bound keeps the engine close behind the
+    /// acknowledgements, so that breaks are found soon after their evidence is durable.
     pub async fn submit(&self, at: Millis, records: Vec<FundRecord>) -> Result<u64, Refusal> {
         if self.failed.load(Ordering::Acquire) {
             return Err(Refusal::Unavailable(
@@ -320,28 +358,39 @@ impl Pipeline {
             self.inflight.fetch_sub(n, Ordering::AcqRel);
             return Err(Refusal::Capacity);
         }
-        let (ack, done) = tokio::sync::oneshot::channel();
-        let refused = match self.submit.try_send(Submit::Batch { at, records, ack }) {
-            Ok(()) => None,
-            Err(TrySendError::Full(_)) => Some(Refusal::Overloaded),
-            Err(TrySendError::Disconnected(_)) => {
-                Some(Refusal::Unavailable("the server is stopping".into()))
-            }
-        };
-        if let Some(r) = refused {
+        let refuse = |r: Refusal| {
             self.inflight.fetch_sub(n, Ordering::AcqRel);
-            return Err(r);
+            Err(r)
+        };
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= WAITING_BATCHES_MAX {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return refuse(Refusal::Overloaded);
+        }
+        let permits =
+            tokio::time::timeout(self.backlog_wait, self.backlog.acquire_many(n as u32)).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match permits {
+            // The engine thread returns the permits once it has applied the batch.
+            Ok(Ok(p)) => p.forget(),
+            Ok(Err(_)) => return refuse(Refusal::Unavailable("the server is stopping".into())),
+            Err(_) => return refuse(Refusal::Overloaded),
+        }
+        let give_back = |r: Refusal| {
+            self.backlog.add_permits(n);
+            refuse(r)
+        };
+        let (ack, done) = tokio::sync::oneshot::channel();
+        match self.submit.try_send(Submit::Batch { at, records, ack }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return give_back(Refusal::Overloaded),
+            Err(TrySendError::Disconnected(_)) => {
+                return give_back(Refusal::Unavailable("the server is stopping".into()))
+            }
         }
         match done.await {
             Ok(Ok(seq)) => Ok(seq),
-            Ok(Err(e)) => {
-                self.inflight.fetch_sub(n, Ordering::AcqRel);
-                Err(Refusal::Unavailable(e))
-            }
-            Err(_) => {
-                self.inflight.fetch_sub(n, Ordering::AcqRel);
-                Err(Refusal::Unavailable("the server is stopping".into()))
-            }
+            Ok(Err(e)) => give_back(Refusal::Unavailable(e)),
+            Err(_) => give_back(Refusal::Unavailable("the server is stopping".into())),
         }
     }
 
@@ -478,30 +527,39 @@ fn committer(
     let _ = engine.send(ToEngine::Stop);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the engine thread shares with the HTTP side.
+struct EngineShared {
+    headroom: Arc<AtomicUsize>,
+    inflight: Arc<AtomicUsize>,
+    backlog: Arc<tokio::sync::Semaphore>,
+    stats: Arc<Mutex<(EngineStats, u64)>>,
+    metrics: Arc<Metrics>,
+}
+
 fn engine_loop(
     mut engine: Engine,
     rx: Receiver<ToEngine>,
     store: SyncSender<ToStore>,
-    headroom: &AtomicUsize,
-    inflight: &AtomicUsize,
-    stats: &Mutex<(EngineStats, u64)>,
-    metrics: &Metrics,
+    shared: &EngineShared,
     (every_records, every_secs): (u64, u64),
 ) {
     let mut out = Vec::new();
     let mut since_records = 0u64;
     let mut since = Instant::now();
+    let mut stats_at = Instant::now();
     let mut last_seq = 0;
     let mut dirty = false;
     while let Ok(ToEngine::Entry(entry)) = rx.recv() {
         let n = apply_entry(&mut engine, &entry, &mut out);
         last_seq = entry.seq;
         dirty = true;
-        headroom.store(engine.headroom(), Ordering::Release);
-        inflight.fetch_sub(n.min(inflight.load(Ordering::Acquire)), Ordering::AcqRel);
-        metrics.open_records.set(engine.open_records() as i64);
-        metrics.records_ingested.inc_by(n as u64);
+        shared.headroom.store(engine.headroom(), Ordering::Release);
+        shared.inflight.fetch_sub(
+            n.min(shared.inflight.load(Ordering::Acquire)),
+            Ordering::AcqRel,
+        );
+        shared.backlog.add_permits(n);
+        shared.metrics.records_ingested.inc_by(n as u64);
         since_records += n as u64;
         if !out.is_empty()
             && store
@@ -510,8 +568,13 @@ fn engine_loop(
         {
             return;
         }
-        if n > 0 || since.elapsed().as_secs() >= 1 {
-            *stats.lock().expect("stats lock") = (engine.stats(), last_seq);
+        if stats_at.elapsed() >= STATS_EVERY {
+            stats_at = Instant::now();
+            shared
+                .metrics
+                .open_records
+                .set(engine.open_records() as i64);
+            *shared.stats.lock().expect("stats lock") = (engine.stats(), last_seq);
         }
         if since_records >= every_records || since.elapsed().as_secs() >= every_secs {
             since_records = 0;
@@ -520,7 +583,7 @@ fn engine_loop(
             if store
                 .send(ToStore::Checkpoint {
                     seq: last_seq,
-                    state: engine.snapshot(),
+                    state: engine.copy_state(),
                 })
                 .is_err()
             {
@@ -528,11 +591,15 @@ fn engine_loop(
             }
         }
     }
-    *stats.lock().expect("stats lock") = (engine.stats(), last_seq);
+    shared
+        .metrics
+        .open_records
+        .set(engine.open_records() as i64);
+    *shared.stats.lock().expect("stats lock") = (engine.stats(), last_seq);
     if dirty && last_seq > 0 {
         let _ = store.send(ToStore::Checkpoint {
             seq: last_seq,
-            state: engine.snapshot(),
+            state: engine.copy_state(),
         });
     }
     let _ = store.send(ToStore::Stop);
@@ -586,7 +653,7 @@ fn store_loop(
             }
         }
         if let Some((seq, state)) = checkpoint {
-            match checkpoint::write(ckpt_dir, seq, version, &state) {
+            match checkpoint::write(ckpt_dir, seq, version, &state.to_bytes()) {
                 Ok(()) => checkpointed.store(seq, Ordering::Release),
                 Err(e) => tracing::warn!(error = %e, "failed to write a checkpoint"),
             }

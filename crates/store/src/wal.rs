@@ -89,8 +89,12 @@ fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
 
 /// Reads frames from one segment; stops at the first torn or corrupt frame and reports
 /// its offset, so the caller can decide whether that is a tail to cut.
+/// Entries with `seq <= skip_through` are checked but not decoded (a checkpoint covers
+/// them); `last_seq` is the last sequence number read.
 fn read_segment(
     path: &Path,
+    skip_through: u64,
+    last_seq: &mut u64,
     mut visit: impl FnMut(WalEntry),
 ) -> Result<(u64, Option<String>), WalError> {
     let file = File::open(path).map_err(io_err("open", path))?;
@@ -140,9 +144,16 @@ fn read_segment(
             }
             return Ok((offset, Some("checksum mismatch".into())));
         }
-        match postcard::from_bytes::<WalEntry>(&buf) {
-            Ok(entry) => visit(entry),
-            Err(e) => return Ok((offset, Some(format!("undecodable frame: {e}")))),
+        // The sequence number leads the payload, so covered entries are skipped cheaply.
+        match postcard::take_from_bytes::<u64>(&buf) {
+            Ok((seq, _)) if seq <= skip_through => *last_seq = seq,
+            _ => match postcard::from_bytes::<WalEntry>(&buf) {
+                Ok(entry) => {
+                    *last_seq = entry.seq;
+                    visit(entry)
+                }
+                Err(e) => return Ok((offset, Some(format!("undecodable frame: {e}")))),
+            },
         }
         offset += 8 + len as u64;
     }
@@ -166,12 +177,11 @@ impl Wal {
                 }
             }
             let _ = first;
-            let (good, damage) = read_segment(path, |e| {
-                next_seq = e.seq + 1;
-                if e.seq > after {
-                    visit(e);
-                }
-            })?;
+            let mut last = 0;
+            let (good, damage) = read_segment(path, after, &mut last, &mut visit)?;
+            if last > 0 {
+                next_seq = last + 1;
+            }
             if let Some(reason) = damage {
                 if i + 1 != count {
                     return Err(WalError::Corrupt {
@@ -288,7 +298,7 @@ impl Wal {
     /// Reads every entry of a WAL directory (for backtests and inspection).
     pub fn read_all(dir: &Path, mut visit: impl FnMut(WalEntry)) -> Result<(), WalError> {
         for (_, path) in segments(dir)? {
-            read_segment(&path, &mut visit)?;
+            read_segment(&path, 0, &mut 0, &mut visit)?;
         }
         Ok(())
     }

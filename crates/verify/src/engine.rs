@@ -237,6 +237,9 @@ struct Account {
 struct BalanceState {
     accounts: BTreeMap<String, Account>,
     deadlines: BinaryHeap<Reverse<(Millis, String)>>,
+    /// Movements and snapshots waiting, over all accounts (kept, not counted, because
+    /// admission control asks after every batch).
+    pending: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
@@ -276,6 +279,15 @@ struct State {
 
 /// source → kind → the (rule index, side index) pairs a record feeds.
 type Routes = HashMap<String, HashMap<String, Arc<[(usize, u8)]>>>;
+
+/// A copy of the engine's state, for a checkpoint.
+pub struct StateCopy(State);
+
+impl StateCopy {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(&self.0).expect("engine state serializes")
+    }
+}
 
 /// The streaming verification engine.
 pub struct Engine {
@@ -482,7 +494,23 @@ impl Engine {
 
     /// Serializes the engine's state for a checkpoint.
     pub fn snapshot(&self) -> Vec<u8> {
-        postcard::to_allocvec(&self.s).expect("engine state serializes")
+        self.copy_state().to_bytes()
+    }
+
+    /// A copy of the engine's state. Record text is shared, so the copy is quick and the
+    /// slow part, serializing it, can happen on another thread.
+    pub fn copy_state(&self) -> StateCopy {
+        StateCopy(self.s.clone())
+    }
+
+    /// Makes room for `n` remembered record ids up front, so that the id set never stops
+    /// the engine to grow (growing a table of millions takes a noticeable pause).
+    pub fn reserve_record_ids(&mut self, n: usize) {
+        let n = n.min(self.limits.record_ids_max);
+        self.s.seen.reserve(n.saturating_sub(self.s.seen.len()));
+        self.s
+            .seen_order
+            .reserve(n.saturating_sub(self.s.seen_order.len()));
     }
 
     /// Restores a checkpoint taken with the same rule set.
@@ -1298,6 +1326,7 @@ impl Engine {
                 }));
                 return;
             }
+            st.pending += 1;
             acc.movements.push((
                 record.event_time,
                 record.signed_minor(),
@@ -1305,6 +1334,7 @@ impl Engine {
                 loc,
             ));
         } else {
+            st.pending += 1;
             acc.snapshots.push((
                 record.event_time,
                 record.amount.minor,
@@ -1353,6 +1383,7 @@ impl Engine {
                 .cloned()
                 .collect();
             acc.snapshots.retain(|s| s.0 > horizon);
+            let mut checked = ready.len();
             for (t, balance, cur, rid, loc) in ready {
                 let between: i128 = acc
                     .movements
@@ -1362,6 +1393,7 @@ impl Engine {
                     .sum();
                 let used: Vec<_> = acc.movements.iter().filter(|m| m.0 <= t).cloned().collect();
                 acc.movements.retain(|m| m.0 > t);
+                checked += used.len();
                 if let Some((prev_t, prev_balance, prev_cur, prev_id)) = acc.last.take() {
                     let expected = prev_balance as i128 + between;
                     if expected != balance as i128 || prev_cur != cur {
@@ -1421,6 +1453,7 @@ impl Engine {
                 acc.last = Some((t, balance, cur, rid));
             }
             let st = &mut self.s.rules[ri].balance;
+            st.pending -= checked;
             if let Some(acc) = st.accounts.get(&account) {
                 if acc.snapshots.is_empty() && acc.movements.is_empty() && acc.last.is_none() {
                     st.accounts.remove(&account);
@@ -1432,11 +1465,7 @@ impl Engine {
 
 impl RuleState {
     fn balance_open(&self) -> usize {
-        self.balance
-            .accounts
-            .values()
-            .map(|a| a.movements.len() + a.snapshots.len())
-            .sum()
+        self.balance.pending
     }
 }
 

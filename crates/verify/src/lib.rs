@@ -19,7 +19,7 @@ pub mod reference;
 pub mod rules;
 
 pub use breaks::{Break, BreakKind, Event, Evidence};
-pub use engine::{Engine, EngineStats, Limits, Loc};
+pub use engine::{Engine, EngineStats, Limits, Loc, StateCopy};
 pub use rules::{parse_rules, RuleError, RuleSet};
 
 /// Runs records through the engine in batch (the T1 backstop over exported files): the

@@ -265,6 +265,11 @@ fn balance_snapshots_must_follow_from_movements() {
         ),
         (Some("116.00"), Some("117.00"))
     );
+    assert_eq!(
+        h.engine.open_records(),
+        0,
+        "every movement and snapshot was checked"
+    );
 }
 
 #[test]
