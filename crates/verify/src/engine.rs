@@ -269,8 +269,8 @@ struct State {
     now: Millis,
     started: bool,
     next_break_id: u64,
-    seen: HashSet<RecordFp>,
-    /// Arrival order of remembered ids; the fingerprint split in two keeps entries at 24 bytes.
+    /// Arrival order of remembered ids; the fingerprint split in two keeps entries at 24
+    /// bytes. The set of ids (`Engine::seen`) is rebuilt from it on restore.
     seen_order: VecDeque<(Millis, [u64; 2])>,
     rules: Vec<RuleState>,
     sources: Vec<SourceState>,
@@ -296,6 +296,9 @@ pub struct Engine {
     routes: Arc<Routes>,
     /// Reused for building business keys.
     key_buf: String,
+    /// The remembered record ids: derived from `s.seen_order`, so neither copied for a
+    /// checkpoint nor serialized.
+    seen: HashSet<RecordFp>,
     /// source name → index in `rules.sources`.
     source_index: HashMap<String, usize>,
     day: BusinessDayClock,
@@ -412,7 +415,6 @@ impl Engine {
             now: Millis::MIN,
             started: false,
             next_break_id: 1,
-            seen: HashSet::new(),
             seen_order: VecDeque::new(),
             rules: rules
                 .rules
@@ -438,6 +440,7 @@ impl Engine {
             limits,
             routes: Arc::new(routes),
             key_buf: String::new(),
+            seen: HashSet::new(),
             source_index,
             day,
             s,
@@ -507,7 +510,7 @@ impl Engine {
     /// the engine to grow (growing a table of millions takes a noticeable pause).
     pub fn reserve_record_ids(&mut self, n: usize) {
         let n = n.min(self.limits.record_ids_max);
-        self.s.seen.reserve(n.saturating_sub(self.s.seen.len()));
+        self.seen.reserve(n.saturating_sub(self.seen.len()));
         self.s
             .seen_order
             .reserve(n.saturating_sub(self.s.seen_order.len()));
@@ -524,6 +527,11 @@ impl Engine {
         for r in &mut e.s.rules {
             r.keyed.rebuild_index();
         }
+        e.seen =
+            e.s.seen_order
+                .iter()
+                .map(|&(_, [lo, hi])| (lo as u128) | ((hi as u128) << 64))
+                .collect();
         Ok(e)
     }
 
@@ -558,7 +566,7 @@ impl Engine {
         for (loc, record) in records {
             self.s.stats.records_seen += 1;
             let fp = record.fingerprint();
-            if !self.s.seen.insert(fp) {
+            if !self.seen.insert(fp) {
                 self.s.stats.retries_ignored += 1;
                 continue;
             }
@@ -617,7 +625,7 @@ impl Engine {
                 self.s.stats.record_ids_evicted += 1;
             }
             self.s.seen_order.pop_front();
-            self.s.seen.remove(&fp);
+            self.seen.remove(&fp);
         }
     }
 

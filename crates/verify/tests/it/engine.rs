@@ -366,4 +366,7 @@ fn a_restored_checkpoint_continues_exactly_like_the_original() {
     after.loc = 50;
     after.feed(T + 100, &second).tick(T + 10_000);
     assert_eq!(after.events, straight.events);
+    // Record ids remembered before the checkpoint are still recognised after it.
+    after.feed(T + 10_001, &first[..1]);
+    assert_eq!(after.engine.stats().retries_ignored, 1);
 }
