@@ -98,7 +98,7 @@ impl Default for LimitsConfig {
             body_bytes_max: 16 * 1024 * 1024,
             batch_records_max: l.batch_records_max,
             wal_queue_batches_max: 256,
-            backlog_records_max: 20_000,
+            backlog_records_max: 10_000,
             backlog_wait_ms: 2_000,
             open_records_max: l.open_records_max,
             record_ids_max: l.record_ids_max,
