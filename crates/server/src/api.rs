@@ -430,15 +430,7 @@ async fn list_breaks(
     let status = q
         .status
         .as_deref()
-        .map(|t| {
-            Status::parse(t).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_query",
-                    format!("unknown status {t:?}"),
-                )
-            })
-        })
+        .map(|t| parse_status(t, "bad_query"))
         .transpose()?;
     if let Some(k) = &q.kind {
         if steadfast_verify::BreakKind::parse(k).is_none() {
@@ -484,7 +476,18 @@ async fn list_breaks(
     }
 }
 
-fn view(s: &AppState, row: BreakRow, now: i64) -> BreakView {
+fn parse_status(text: &str, code: &str) -> Result<Status, ApiError> {
+    Status::parse(text).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!("unknown status {text:?} (open, acknowledged or resolved)"),
+        )
+    })
+}
+
+/// A stored break as every output shows it: masked as configured, with age and SLA.
+pub(crate) fn view(s: &AppState, row: BreakRow, now: i64) -> BreakView {
     let sla = s
         .pipeline
         .rules
@@ -567,15 +570,7 @@ async fn change_status(
     let to = change
         .status
         .as_deref()
-        .map(|t| {
-            Status::parse(t).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
-                    format!("unknown status {t:?}"),
-                )
-            })
-        })
+        .map(|t| parse_status(t, "bad_body"))
         .transpose()?;
     if to.is_none() && change.owner.is_none() {
         return Err(ApiError::new(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::api::AppState;
 use crate::pipeline::wall_ms;
-use crate::view::{mask_row, BreakView};
+use crate::view::BreakView;
 
 /// How often the outbox is polled when idle.
 const POLL_MS: u64 = 250;
@@ -61,21 +61,7 @@ async fn deliver_once(state: &Arc<AppState>, client: &reqwest::Client, url: &str
     }
     let views: Vec<BreakView> = rows
         .into_iter()
-        .map(|r| {
-            let sla = state
-                .pipeline
-                .rules
-                .rules
-                .iter()
-                .find(|x| x.name == r.brk.rule)
-                .and_then(|x| x.sla_secs);
-            let r = if state.cfg.masking.enabled {
-                mask_row(r, &state.cfg.masking.fields, &state.pipeline.rules)
-            } else {
-                r
-            };
-            BreakView::new(r, sla, now)
-        })
+        .map(|r| crate::api::view(state, r, now))
         .collect();
     let ok = match client
         .post(url)

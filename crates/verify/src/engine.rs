@@ -807,12 +807,12 @@ impl Engine {
         if !Self::passes(spec, record) {
             return;
         }
-        if let RuleKind::Balance { .. } = rule.kind {
-            return self.apply_balance(ri, side, loc, record, out);
-        }
         // The key is built in a reused buffer: most records need no allocation for it.
         let mut key = std::mem::take(&mut self.key_buf);
         match Self::key_of(spec, record, &mut key) {
+            Ok(()) if matches!(rule.kind, RuleKind::Balance { .. }) => {
+                self.apply_balance(ri, side, loc, record, &key, out)
+            }
             Ok(()) => self.apply_keyed(rules, ri, side, loc, record, &key, out),
             Err(field) => {
                 let id = self.next_id();
@@ -1263,6 +1263,7 @@ impl Engine {
         side: u8,
         loc: Loc,
         record: &FundRecord,
+        account: &str,
         out: &mut Vec<Event>,
     ) {
         let rules = self.rules.clone();
@@ -1270,30 +1271,7 @@ impl Engine {
         let RuleKind::Balance { lateness_ms, .. } = rule.kind else {
             return;
         };
-        let spec = side_of(rule, side);
-        let mut account = String::new();
-        let Ok(()) = Self::key_of(spec, record, &mut account) else {
-            let now = self.s.now;
-            let id = self.next_id();
-            out.push(Event::Break(Break {
-                id,
-                rule: rule.name.clone(),
-                rule_version: rules.version.clone(),
-                link: rule.link.clone(),
-                kind: BreakKind::MissingKey,
-                key: String::new(),
-                side: Some(side_name(rule, side).into()),
-                field: spec.key.first().cloned(),
-                expected: None,
-                actual: None,
-                message: format!("record {} names no account", record.record_id),
-                evidence: vec![],
-                drill: record.drill.clone(),
-                complete_at: now,
-                emitted_at: now,
-            }));
-            return;
-        };
+        let account = account.to_string();
         let st = &mut self.s.rules[ri].balance;
         let acc = st.accounts.entry(account.clone()).or_default();
         if record.drill.is_some() {
