@@ -29,13 +29,20 @@ fn cut(p: &str) -> &str {
 impl Packed {
     pub fn new<'a>(parts: impl IntoIterator<Item = &'a str> + Clone) -> Packed {
         let len: usize = parts.clone().into_iter().map(|p| 2 + cut(p).len()).sum();
-        let mut buf = Vec::with_capacity(len);
+        // Written straight into the shared allocation: one allocation per entry.
+        let mut arc = Arc::<[u8]>::new_uninit_slice(len);
+        let dst = Arc::get_mut(&mut arc).expect("a new Arc is unique");
+        let mut at = 0;
         for p in parts {
             let bytes = cut(p).as_bytes();
-            buf.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
-            buf.extend_from_slice(bytes);
+            for b in (bytes.len() as u16).to_le_bytes().iter().chain(bytes) {
+                dst[at].write(*b);
+                at += 1;
+            }
         }
-        Packed(buf.into())
+        assert_eq!(at, len, "parts yield the same strings twice");
+        // SAFETY: the loop above wrote all `len` bytes (checked just before).
+        Packed(unsafe { arc.assume_init() })
     }
 
     fn parts(&self) -> impl Iterator<Item = &[u8]> {
