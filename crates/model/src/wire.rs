@@ -314,6 +314,67 @@ pub fn parse_body(
         .collect())
 }
 
+/// Parses NDJSON text (one record per line, blank lines skipped) on up to `threads`
+/// threads. Records come back in file order; an error's `index` counts non-blank lines
+/// from zero, as for a request body.
+pub fn parse_ndjson(text: &str, threads: usize) -> (Vec<FundRecord>, Vec<RecordError>) {
+    let threads = threads.clamp(1, 64);
+    // Cut the text into about equal chunks at line ends.
+    let mut chunks = Vec::with_capacity(threads);
+    let mut start = 0;
+    for i in 1..=threads {
+        let mut end = if i == threads {
+            text.len()
+        } else {
+            (text.len() * i / threads).max(start)
+        };
+        while end > start && end < text.len() && text.as_bytes()[end - 1] != b'\n' {
+            end += 1;
+        }
+        chunks.push(&text[start..end]);
+        start = end;
+    }
+    let parse_chunk = |chunk: &str| {
+        let mut records = Vec::new();
+        let mut errors = Vec::new();
+        let mut index = 0;
+        for line in chunk.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            match parse_record(index, line) {
+                Ok(r) => records.push(r),
+                Err(e) => errors.push(e),
+            }
+            index += 1;
+        }
+        (records, errors, index)
+    };
+    let parts: Vec<(Vec<FundRecord>, Vec<RecordError>, usize)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .skip(1)
+            .map(|c| scope.spawn(move || parse_chunk(c)))
+            .collect();
+        let mut parts = vec![parse_chunk(chunks[0])];
+        parts.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a parser thread panicked")),
+        );
+        parts
+    });
+    let mut records = Vec::with_capacity(parts.iter().map(|p| p.0.len()).sum());
+    let mut errors = Vec::new();
+    let mut offset = 0;
+    for (mut r, e, lines) in parts {
+        records.append(&mut r);
+        errors.extend(e.into_iter().map(|mut e| {
+            e.index += offset;
+            e
+        }));
+        offset += lines;
+    }
+    (records, errors)
+}
+
 /// Builds a record from one CSV row. Columns: the record's field names, plus
 /// `key.NAME` for business keys and `attr.NAME` for attributes; empty cells are absent.
 pub fn record_from_csv(
@@ -428,6 +489,37 @@ mod tests {
             .unwrap_err()
             .message
             .contains("malformed JSON"));
+    }
+
+    #[test]
+    fn parses_ndjson_in_parallel_in_file_order() {
+        let lines: Vec<String> = (0..1000)
+            .map(|i| {
+                let amount = if i % 97 == 5 { "1.001" } else { "1.00" };
+                GOOD.replace("\"r1\"", &format!("\"r{i}\""))
+                    .replace("\"100.5\"", &format!("\"{amount}\""))
+            })
+            .collect();
+        let text = lines.join("\n\n");
+        for threads in [1, 2, 3, 7] {
+            let (records, errors) = parse_ndjson(&text, threads);
+            let ids: Vec<usize> = records
+                .iter()
+                .map(|r| r.record_id[1..].parse().unwrap())
+                .collect();
+            let expected: Vec<usize> = (0..1000).filter(|i| i % 97 != 5).collect();
+            assert_eq!(ids, expected, "{threads} threads");
+            let bad: Vec<usize> = errors.iter().map(|e| e.index).collect();
+            assert_eq!(bad, (0..1000).filter(|i| i % 97 == 5).collect::<Vec<_>>());
+        }
+        assert_eq!(parse_ndjson("", 2).0.len(), 0);
+        assert_eq!(parse_ndjson(GOOD, 7).0.len(), 1, "more threads than lines");
+        let short = format!("{GOOD}\né");
+        assert_eq!(
+            parse_ndjson(&short, 64).1.len(),
+            1,
+            "chunks cut only at line ends"
+        );
     }
 
     #[test]

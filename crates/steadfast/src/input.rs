@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use steadfast_model::wire::{parse_record, record_from_csv, RecordError};
+use steadfast_model::wire::{record_from_csv, RecordError};
 use steadfast_model::FundRecord;
 
 /// Most invalid records listed before reading stops.
@@ -58,20 +58,13 @@ pub fn read_file(
                 }
             }
         } else {
-            let reader = std::io::BufReader::with_capacity(1 << 20, file);
-            let mut index = 0;
-            for line in reader.lines() {
-                let line = line.with_context(|| format!("failed to read {}", path.display()))?;
-                on_bytes(line.len() as u64 + 1);
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match parse_record(index, &line) {
-                    Ok(r) => records.push(r),
-                    Err(e) => errors.push(e),
-                }
-                index += 1;
-            }
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read {}", path.display()))?;
+            on_bytes(text.len() as u64);
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            (records, errors) = steadfast_model::wire::parse_ndjson(&text, threads);
         }
     }
     Ok((records, errors))
