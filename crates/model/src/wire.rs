@@ -35,37 +35,87 @@ pub enum BodyError {
     Empty,
 }
 
-/// A JSON scalar accepted where text is expected; numbers and booleans keep their text.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Scalar {
-    Text(String),
-    Number(serde_json::Number),
-    Bool(bool),
-}
+/// A JSON scalar accepted where text is expected; numbers and booleans become text.
+/// Hand-written visitors (rather than untagged enums, which buffer every value and
+/// build an error per variant tried) keep parsing cheap.
+struct Scalar(String);
 
-impl Scalar {
-    fn into_text(self) -> String {
-        match self {
-            Scalar::Text(s) => s,
-            Scalar::Number(n) => n.to_string(),
-            Scalar::Bool(b) => b.to_string(),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// `amount` as sent: text, or a JSON number that is refused with a clear message.
 enum WireAmount {
     Text(String),
-    Number(serde_json::Number),
+    Number(String),
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// `event_time` as sent: RFC 3339 text or epoch milliseconds.
 enum WireTime {
     Text(String),
     Millis(i64),
+}
+
+macro_rules! scalar_visitor {
+    ($ty:ident, $expecting:literal, str: $str:expr, int: $int:expr, float: $float:expr, bool: $bool:expr) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
+                        #[allow(clippy::redundant_closure_call)]
+                        Ok(($str)(v))
+                    }
+                    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<$ty, E> {
+                        #[allow(clippy::redundant_closure_call)]
+                        ($int)(v)
+                            .ok_or_else(|| E::invalid_type(serde::de::Unexpected::Signed(v), &self))
+                    }
+                    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<$ty, E> {
+                        match i64::try_from(v) {
+                            Ok(v) => self.visit_i64(v),
+                            Err(_) => {
+                                Err(E::invalid_type(serde::de::Unexpected::Unsigned(v), &self))
+                            }
+                        }
+                    }
+                    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<$ty, E> {
+                        #[allow(clippy::redundant_closure_call)]
+                        ($float)(v)
+                            .ok_or_else(|| E::invalid_type(serde::de::Unexpected::Float(v), &self))
+                    }
+                    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<$ty, E> {
+                        #[allow(clippy::redundant_closure_call)]
+                        ($bool)(v)
+                            .ok_or_else(|| E::invalid_type(serde::de::Unexpected::Bool(v), &self))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+    };
+}
+
+scalar_visitor!(Scalar, "a string, number or boolean",
+    str: |v: &str| Scalar(v.to_string()),
+    int: |v: i64| Some(Scalar(v.to_string())),
+    float: |v: f64| Some(Scalar(v.to_string())),
+    bool: |v: bool| Some(Scalar(v.to_string())));
+scalar_visitor!(WireAmount, "a decimal string such as \"12.50\"",
+    str: |v: &str| WireAmount::Text(v.to_string()),
+    int: |v: i64| Some(WireAmount::Number(v.to_string())),
+    float: |v: f64| Some(WireAmount::Number(v.to_string())),
+    bool: |_| None);
+scalar_visitor!(WireTime, "RFC 3339 text or epoch milliseconds",
+    str: |v: &str| WireTime::Text(v.to_string()),
+    int: |v: i64| Some(WireTime::Millis(v)),
+    float: |_| None,
+    bool: |_| None);
+
+impl Scalar {
+    fn into_text(self) -> String {
+        self.0
+    }
 }
 
 #[derive(Deserialize)]
@@ -251,7 +301,7 @@ pub fn parse_record(index: usize, json: &str) -> Result<FundRecord, RecordError>
                 .ok()
                 .map(|r| r.record_id);
             let message = match e.classify() {
-                serde_json::error::Category::Data => explain_serde(&e),
+                serde_json::error::Category::Data => e.to_string(),
                 _ => format!("malformed JSON: {e}"),
             };
             Err(RecordError {
@@ -261,21 +311,6 @@ pub fn parse_record(index: usize, json: &str) -> Result<FundRecord, RecordError>
             })
         }
     }
-}
-
-fn explain_serde(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    // Untagged enums hide the field name; say what was expected instead.
-    if text.contains("did not match any variant of untagged enum WireAmount") {
-        return "field `amount` must be a decimal string such as \"12.50\"".into();
-    }
-    if text.contains("did not match any variant of untagged enum WireTime") {
-        return "field `event_time` must be RFC 3339 text or epoch milliseconds".into();
-    }
-    if text.contains("untagged enum Scalar") {
-        return "`keys` and `attributes` values must be strings, numbers or booleans".into();
-    }
-    text
 }
 
 /// Splits a body into records and validates each. The outer error means nothing in the
@@ -454,6 +489,18 @@ mod tests {
             (GOOD.replace("\"kind\"", "\"knid\""), "unknown field `knid`"),
             (GOOD.replace("\"payment-core\"", "7"), "invalid type"),
             (GOOD.replace("\"O1\"", "\"\""), "must not be empty"),
+            (
+                GOOD.replace("\"100.5\"", "true"),
+                "expected a decimal string",
+            ),
+            (
+                GOOD.replace("\"2026-11-22T10:00:00Z\"", "1.5"),
+                "expected RFC 3339 text or epoch milliseconds",
+            ),
+            (
+                GOOD.replace("\"O1\"", "{}"),
+                "expected a string, number or boolean",
+            ),
         ];
         for (json, fragment) in cases {
             let msg = err_of(&json);
