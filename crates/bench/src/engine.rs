@@ -56,6 +56,20 @@ pub struct Report {
     pub bare: Throughput,
     pub ratio: Target,
     pub memory: Memory,
+    pub checkpoint: Checkpoint,
+}
+
+#[derive(Serialize)]
+pub struct Checkpoint {
+    pub open_keys: usize,
+    /// Matched keys still held (the run keeps every one; the server keeps up to
+    /// `closed_keys_max`).
+    pub closed_keys: usize,
+    /// How long `Engine::copy_state` holds the engine thread.
+    pub copy_ms: f64,
+    /// How long serializing the copy takes (on the store thread in the server).
+    pub serialize_ms: f64,
+    pub bytes: usize,
 }
 
 #[derive(Serialize)]
@@ -211,6 +225,26 @@ pub fn run(args: &Args) -> Result<Report> {
         feeder.events
     );
     let probe_records = probe.len() as f64;
+    // 3. A checkpoint of the state the run left: the pause the engine takes to copy it,
+    // and the serialization that then runs on the store thread.
+    progress(format_args!(
+        "copying and serializing the state for a checkpoint"
+    ));
+    let closed_keys = ops + probe_ops;
+    let t = Instant::now();
+    let copy = engine.copy_state();
+    let copy_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let bytes = copy.to_bytes().len();
+    let serialize_ms = t.elapsed().as_secs_f64() * 1e3;
+    drop(copy);
+    let checkpoint = Checkpoint {
+        open_keys: n,
+        closed_keys,
+        copy_ms,
+        serialize_ms,
+        bytes,
+    };
     drop(engine);
     drop(records);
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1e3;
@@ -254,6 +288,7 @@ pub fn run(args: &Args) -> Result<Report> {
             met: ratio >= RATIO_TARGET,
         },
         memory,
+        checkpoint,
     })
 }
 
@@ -474,6 +509,17 @@ impl Report {
             m.bytes_per_open_record.value,
             m.bytes_per_open_record.target,
             verdict(&m.bytes_per_open_record)
+        );
+        let c = &self.checkpoint;
+        let _ = writeln!(
+            s,
+            "  {:<26} copy {:.0} ms (engine paused), serialize {:.0} ms, {:.1} MiB, for {} open and {} closed keys",
+            "checkpoint",
+            c.copy_ms,
+            c.serialize_ms,
+            mib(c.bytes as f64),
+            group(c.open_keys as u64),
+            group(c.closed_keys as u64)
         );
         let _ = writeln!(
             s,
