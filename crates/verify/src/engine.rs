@@ -337,8 +337,10 @@ impl BusinessDayClock {
         self.day_start(day_start.saturating_add(26 * 3600 * 1000))
     }
 
+    /// The business date: the local date on which the day ends, so that with a 22:00
+    /// cut-off the evening's late transactions count for the next date.
     fn label(&self, day_start: Millis) -> String {
-        chrono::DateTime::from_timestamp_millis(day_start)
+        chrono::DateTime::from_timestamp_millis(self.next_day_start(day_start) - 1)
             .map(|d| d.with_timezone(&self.tz).format("%Y-%m-%d").to_string())
             .unwrap_or_default()
     }
@@ -1642,4 +1644,49 @@ fn evaluate(rule: &Rule, ks: &KeyState) -> Vec<Finding> {
         RuleKind::Balance { .. } => {}
     }
     findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BusinessDayClock;
+
+    fn ms(rfc3339: &str) -> i64 {
+        steadfast_model::parse_millis(rfc3339).unwrap()
+    }
+
+    #[test]
+    fn business_days_follow_the_zone_and_cut_off_across_daylight_saving() {
+        let ny = BusinessDayClock {
+            tz: "America/New_York".parse().unwrap(),
+            cutoff_minutes: 0,
+        };
+        // 8 March 2026: clocks spring forward, so the business day is 23 hours long.
+        let day = ny.day_start(ms("2026-03-08T12:00:00Z"));
+        assert_eq!(day, ms("2026-03-08T05:00:00Z"));
+        assert_eq!(ny.next_day_start(day), ms("2026-03-09T04:00:00Z"));
+        assert_eq!(ny.label(day), "2026-03-08");
+        // 1 November 2026: clocks fall back, a 25-hour day.
+        let day = ny.day_start(ms("2026-11-01T12:00:00Z"));
+        assert_eq!(ny.next_day_start(day) - day, 25 * 3600 * 1000);
+
+        // A 22:00 cut-off in Shanghai: 21:59 local belongs to the day that began at 22:00
+        // the evening before.
+        let sh = BusinessDayClock {
+            tz: "Asia/Shanghai".parse().unwrap(),
+            cutoff_minutes: 22 * 60,
+        };
+        assert_eq!(
+            sh.day_start(ms("2026-11-22T13:59:00Z")),
+            ms("2026-11-21T14:00:00Z")
+        );
+        assert_eq!(
+            sh.day_start(ms("2026-11-22T14:00:00Z")),
+            ms("2026-11-22T14:00:00Z")
+        );
+        assert_eq!(
+            sh.label(ms("2026-11-21T14:00:00Z")),
+            "2026-11-22",
+            "after 22:00 counts for the next date"
+        );
+    }
 }
