@@ -220,12 +220,12 @@ pub async fn breaks(conn: &Conn, f: &BreakFilterArgs, format: &str) -> anyhow::R
         };
         println!(
             "{:>6}  {:<18} {:<20} {:<16} {:<12} {:>7}s  {}{overdue}",
-            r["id"],
+            r["id"].as_u64().unwrap_or(0),
             r["rule"].as_str().unwrap_or(""),
             r["kind"].as_str().unwrap_or(""),
             r["key"].as_str().unwrap_or(""),
             r["status"].as_str().unwrap_or(""),
-            r["age_secs"],
+            r["age_secs"].as_i64().unwrap_or(0),
             r["message"].as_str().unwrap_or("")
         );
     }
