@@ -226,3 +226,124 @@ fn kill_9_at_seeded_moments_loses_no_acknowledged_record_and_no_break() {
         status["records_seen"]
     );
 }
+
+/// A break whose webhook could not be delivered before a `kill -9` is delivered after the
+/// restart: the outbox is durable.
+#[test]
+fn webhook_deliveries_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // The receiver's port is reserved now but nothing listens until after the crash.
+    let hook_port = free_port();
+    let config = dir.path().join("steadfast.toml");
+    std::fs::write(
+        &config,
+        format!("[webhook]\nurl = \"http://127.0.0.1:{hook_port}/hook\"\n"),
+    )
+    .unwrap();
+    let start_with_config = |port: u16| {
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--config",
+            ])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = start_with_config(port);
+    rt.block_on(async {
+        wait_ready(&http, &base).await;
+        let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+        let (body, tampered) = batch("hook", 25);
+        assert_eq!(tampered.len(), 1);
+        let r = http
+            .post(format!("{base}/api/v1/records"))
+            .bearer_auth(&token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        // Wait until the break is stored (and so its delivery is in the outbox).
+        for _ in 0..200 {
+            let rows: Vec<serde_json::Value> = http
+                .get(format!("{base}/api/v1/breaks?kind=amount_mismatch"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if !rows.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the break was never stored");
+    });
+    // Let a delivery attempt fail first (nothing listens yet), so the restarted server
+    // also has to honour the recorded backoff.
+    std::thread::sleep(Duration::from_millis(700));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock()
+                    .unwrap()
+                    .extend(v["breaks"].as_array().cloned().unwrap_or_default());
+                "ok"
+            }
+        }),
+    );
+    rt.spawn(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", hook_port))
+            .await
+            .unwrap();
+        axum::serve(listener, app).await.unwrap();
+    });
+    let port = free_port();
+    let mut child = start_with_config(port);
+    rt.block_on(async {
+        wait_ready(&http, &format!("http://127.0.0.1:{port}")).await;
+        // Backoff after failed attempts is at most a few seconds at this point.
+        for _ in 0..400 {
+            if !received.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    child.wait().unwrap();
+    let got = received.lock().unwrap().clone();
+    assert!(!got.is_empty(), "the outbox was lost with the process");
+    assert!(
+        got.iter()
+            .all(|b| b["kind"] == "amount_mismatch" && b["key"] == "hook-7"),
+        "{got:?}"
+    );
+}
