@@ -50,6 +50,10 @@ pub struct Args {
     /// Concurrent HTTP clients, one request in flight each.
     #[arg(long, default_value_t = 8)]
     clients: usize,
+    /// Offered load in records/s: batch `j` is sent no earlier than `j * batch / rate`
+    /// seconds after the start. Without it, clients send as fast as they are answered.
+    #[arg(long)]
+    rate: Option<u64>,
 }
 
 /// Order `i`'s bill is one cent off: 0.1% of the bills.
@@ -172,9 +176,11 @@ pub async fn ingest(
     token: &str,
     plan: Arc<Plan>,
     clients: usize,
+    rate: Option<u64>,
     label: &'static str,
 ) -> Result<Ingested> {
     ensure!(clients >= 1, "--clients must be at least 1");
+    ensure!(rate != Some(0), "--rate must be above 0");
     let next = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(AtomicU64::new(0));
     let url = Arc::new(format!("{base}/api/v1/records"));
@@ -189,8 +195,9 @@ pub async fn ingest(
             token.clone(),
             plan.clone(),
         );
+        let pace = rate.map(|r| (start, r));
         tasks.push(tokio::spawn(async move {
-            client(&url, &token, &plan, &next, &acked, label).await
+            client(&url, &token, &plan, &next, &acked, pace, label).await
         }));
     }
     let mut hist = latency_histogram()?;
@@ -242,6 +249,7 @@ async fn client(
     plan: &Plan,
     next: &AtomicUsize,
     acked: &AtomicU64,
+    pace: Option<(Instant, u64)>,
     label: &'static str,
 ) -> Result<ClientResult> {
     let http = reqwest::Client::new();
@@ -254,6 +262,10 @@ async fn client(
         let Some(body) = plan.bodies.get(j) else {
             break;
         };
+        if let Some((start, rate)) = pace {
+            let due = start + Duration::from_secs_f64((j * body.records()) as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
         let sent = Instant::now();
         let mut attempt = 0u32;
         loop {
@@ -311,6 +323,8 @@ pub struct Report {
     pub records: usize,
     pub batch_records: usize,
     pub clients: usize,
+    /// `--rate`, when the load was paced.
+    pub offered_records_per_sec: Option<u64>,
     pub tampered_keys: usize,
     pub build_seconds: f64,
     pub ingest: Ingested,
@@ -463,7 +477,7 @@ async fn run_async(args: &Args, plan: Arc<Plan>, build_seconds: f64) -> Result<R
     let cpu_before = cpu::Snapshot::take(None);
     let load_before = cpu::Load::take();
     let start = Instant::now();
-    let ingest = ingest(&base, &token, plan.clone(), args.clients, "http").await?;
+    let ingest = ingest(&base, &token, plan.clone(), args.clients, args.rate, "http").await?;
     let cpu_seconds_by_thread = cpu::Snapshot::take(None).since(&cpu_before);
 
     // The engine and the break store run behind the acknowledgement: wait for both.
@@ -534,6 +548,7 @@ async fn run_async(args: &Args, plan: Arc<Plan>, build_seconds: f64) -> Result<R
         records: plan.records,
         batch_records: args.batch,
         clients: args.clients,
+        offered_records_per_sec: args.rate,
         tampered_keys: plan.tampered,
         build_seconds,
         ingest,
@@ -656,6 +671,9 @@ impl Report {
             self.batch_records,
             self.clients
         );
+        if let Some(rate) = self.offered_records_per_sec {
+            let _ = writeln!(s, "offered load paced at {} records/s", group(rate));
+        }
         let _ = writeln!(s);
         let _ = writeln!(
             s,

@@ -256,7 +256,7 @@ async fn run_async(args: &Args, plan: Arc<Plan>) -> Result<Report> {
     );
     let load = crate::cpu::Load::take_with(&[child.pid()]);
     let t = Instant::now();
-    let ingest = http::ingest(&base, &token, plan.clone(), args.clients, "restart").await?;
+    let ingest = http::ingest(&base, &token, plan.clone(), args.clients, None, "restart").await?;
     let machine_load_ingest = crate::cpu::Load::take_with(&[child.pid()]).since(&load, t.elapsed());
     drop(plan);
     let http = reqwest::Client::new();
