@@ -147,16 +147,18 @@ struct Finding {
 }
 
 /// The state of one keyed rule. Keys live in a slab (`slots`, reused through `free`) and
-/// are found through `index`, a hash table of slot ids: eight times smaller than a table
-/// of key states, which keeps open records small. Deadline and expiry queues refer to
-/// slots and are checked lazily: an entry whose slot has moved on is skipped.
+/// are found through `index`, a hash table of (hash fragment, slot id): nine times smaller
+/// than a table of key states, which keeps open records small, and it grows without
+/// touching the slots because each bucket carries the hash it was placed by. Deadline and
+/// expiry queues refer to slots and are checked lazily: an entry whose slot has moved on
+/// is skipped.
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 struct KeyedState {
     slots: Vec<KeyState>,
     free: Vec<SlotId>,
     /// Rebuilt from `slots` after a restore.
     #[serde(skip)]
-    index: HashTable<SlotId>,
+    index: HashTable<(HashFragment, SlotId)>,
     deadlines: BinaryHeap<Reverse<(Millis, SlotId)>>,
     closed: VecDeque<(Millis, SlotId)>,
     /// Open breaks per key, for the few keys that have any.
@@ -168,10 +170,10 @@ struct KeyedState {
 
 impl KeyedState {
     fn find(&self, hash: u64, key: &str) -> Option<SlotId> {
-        let slots = &self.slots;
+        let (slots, frag) = (&self.slots, fragment(hash));
         self.index
-            .find(hash, |&i| slots[i as usize].key() == key)
-            .copied()
+            .find(hash, |&(f, i)| f == frag && slots[i as usize].key() == key)
+            .map(|&(_, i)| i)
     }
 
     fn insert(&mut self, hash: u64, state: KeyState) -> SlotId {
@@ -185,15 +187,14 @@ impl KeyedState {
                 (self.slots.len() - 1) as SlotId
             }
         };
-        let slots = &self.slots;
         self.index
-            .insert_unique(hash, id, |&i| key_hash(slots[i as usize].key()));
+            .insert_unique(hash, (fragment(hash), id), |&(f, _)| spread(f));
         id
     }
 
     fn remove(&mut self, id: SlotId) {
         let hash = key_hash(self.slots[id as usize].key());
-        if let Ok(entry) = self.index.find_entry(hash, |&i| i == id) {
+        if let Ok(entry) = self.index.find_entry(hash, |&(_, i)| i == id) {
             entry.remove();
         }
         self.slots[id as usize] = KeyState {
@@ -211,9 +212,8 @@ impl KeyedState {
         let mut index = HashTable::with_capacity(slots.len());
         for (i, k) in slots.iter().enumerate() {
             if k.phase != Phase::Free {
-                index.insert_unique(key_hash(k.key()), i as SlotId, |&i| {
-                    key_hash(slots[i as usize].key())
-                });
+                let hash = key_hash(k.key());
+                index.insert_unique(hash, (fragment(hash), i as SlotId), |&(f, _)| spread(f));
             }
         }
         self.index = index;
@@ -350,9 +350,29 @@ const DAY_MS: Millis = 24 * 3600 * 1000;
 /// How long a business day stays open to late entries after it was checked.
 const DAILY_HORIZON_MS: Millis = 7 * DAY_MS;
 
+/// The 32 bits of a key's hash that its index bucket keeps.
+type HashFragment = u32;
+
+/// A key's hash as the index uses it: made from 32 bits alone, so that the index can
+/// rehash from what its buckets hold.
 fn key_hash(key: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+    spread((xxhash_rust::xxh3::xxh3_64(key.as_bytes()) >> 32) as HashFragment)
 }
+
+/// Spreads a fragment over 64 bits: hashbrown takes its control byte from the top bits
+/// and the bucket from the low bits. Multiplying by an odd constant is invertible, so
+/// `fragment` recovers the fragment from the spread hash.
+fn spread(f: HashFragment) -> u64 {
+    (f as u64).wrapping_mul(SPREAD)
+}
+
+fn fragment(hash: u64) -> HashFragment {
+    hash.wrapping_mul(SPREAD_INVERSE) as HashFragment
+}
+
+const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
+const SPREAD_INVERSE: u64 = 0xF1DE_83E1_9937_733D;
+const _: () = assert!(SPREAD.wrapping_mul(SPREAD_INVERSE) == 1);
 
 fn side_of(rule: &Rule, side: u8) -> &Side {
     match (&rule.kind, side) {
@@ -1687,6 +1707,22 @@ mod tests {
             sh.label(ms("2026-11-21T14:00:00Z")),
             "2026-11-22",
             "after 22:00 counts for the next date"
+        );
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    #[test]
+    fn a_fragment_survives_spreading() {
+        for f in [0u32, 1, 7, 0xDEAD_BEEF, u32::MAX] {
+            assert_eq!(super::fragment(super::spread(f)), f);
+        }
+        let h = super::key_hash("ORD-1");
+        assert_eq!(
+            super::spread(super::fragment(h)),
+            h,
+            "the index rehashes to the same buckets"
         );
     }
 }
