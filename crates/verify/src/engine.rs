@@ -132,6 +132,159 @@ impl KeyState {
     }
 }
 
+/// Key states in chunks shared behind `Arc`: copying the slab for a checkpoint copies
+/// only the chunk pointers, and the engine copies a chunk the first time it changes one
+/// that a checkpoint still reads (copy on write). A whole-slab copy would pause the engine
+/// for a time proportional to the keys held.
+#[derive(Clone, Debug, Default)]
+struct Slab {
+    chunks: Vec<Arc<Vec<KeyState>>>,
+    len: usize,
+}
+
+/// Key states per slab chunk: small, so that a write after a checkpoint copies little.
+const SLAB_CHUNK: usize = 64;
+
+impl Slab {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, state: KeyState) {
+        if self.len % SLAB_CHUNK == 0 {
+            self.chunks.push(Arc::new(Vec::with_capacity(SLAB_CHUNK)));
+        }
+        let last = self.chunks.last_mut().expect("a chunk was just ensured");
+        Arc::make_mut(last).push(state);
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &KeyState> {
+        self.chunks.iter().flat_map(|c| c.iter())
+    }
+}
+
+impl std::ops::Index<usize> for Slab {
+    type Output = KeyState;
+    fn index(&self, i: usize) -> &KeyState {
+        &self.chunks[i / SLAB_CHUNK][i % SLAB_CHUNK]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Slab {
+    fn index_mut(&mut self, i: usize) -> &mut KeyState {
+        &mut Arc::make_mut(&mut self.chunks[i / SLAB_CHUNK])[i % SLAB_CHUNK]
+    }
+}
+
+/// Serialized as a plain sequence of key states.
+impl Serialize for Slab {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        // The length up front: postcard (like most formats) needs it.
+        let mut seq = s.serialize_seq(Some(self.len))?;
+        for state in self.iter() {
+            seq.serialize_element(state)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Slab {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Slab, D::Error> {
+        let mut slab = Slab::default();
+        for state in Vec::<KeyState>::deserialize(d)? {
+            slab.push(state);
+        }
+        Ok(slab)
+    }
+}
+
+/// A first-in first-out queue in chunks shared behind `Arc`, for the same reason as
+/// [`Slab`]: a checkpoint copies chunk pointers, not entries. Pushing copies at most the
+/// last chunk (once, if a checkpoint still reads it); popping never copies.
+#[derive(Clone, Debug)]
+struct ChunkQueue<T: Clone> {
+    chunks: VecDeque<Arc<Vec<T>>>,
+    /// Position of the front entry in the first chunk.
+    head: usize,
+    len: usize,
+}
+
+/// Entries per queue chunk.
+const QUEUE_CHUNK: usize = 1024;
+
+impl<T: Clone> Default for ChunkQueue<T> {
+    fn default() -> Self {
+        ChunkQueue {
+            chunks: VecDeque::new(),
+            head: 0,
+            len: 0,
+        }
+    }
+}
+
+impl<T: Clone> ChunkQueue<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push_back(&mut self, item: T) {
+        if self.chunks.back().is_none_or(|c| c.len() == QUEUE_CHUNK) {
+            self.chunks
+                .push_back(Arc::new(Vec::with_capacity(QUEUE_CHUNK)));
+        }
+        let last = self.chunks.back_mut().expect("a chunk was just ensured");
+        Arc::make_mut(last).push(item);
+        self.len += 1;
+    }
+
+    fn front(&self) -> Option<&T> {
+        self.chunks.front().and_then(|c| c.get(self.head))
+    }
+
+    fn pop_front(&mut self) {
+        let Some(first) = self.chunks.front() else {
+            return;
+        };
+        self.head += 1;
+        self.len -= 1;
+        if self.head == first.len() && (first.len() == QUEUE_CHUNK || self.len == 0) {
+            self.chunks.pop_front();
+            self.head = 0;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        let head = self.head;
+        self.chunks
+            .iter()
+            .enumerate()
+            .flat_map(move |(i, c)| c[if i == 0 { head } else { 0 }..].iter())
+    }
+}
+
+impl<T: Clone + Serialize> Serialize for ChunkQueue<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.len))?;
+        for item in self.iter() {
+            seq.serialize_element(item)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de, T: Clone + Deserialize<'de>> Deserialize<'de> for ChunkQueue<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ChunkQueue<T>, D::Error> {
+        let mut q = ChunkQueue::default();
+        for item in Vec::<T>::deserialize(d)? {
+            q.push_back(item);
+        }
+        Ok(q)
+    }
+}
+
 /// Slot index of a key in `KeyedState::slots`.
 type SlotId = u32;
 
@@ -154,13 +307,13 @@ struct Finding {
 /// is skipped.
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 struct KeyedState {
-    slots: Vec<KeyState>,
+    slots: Slab,
     free: Vec<SlotId>,
     /// Rebuilt from `slots` after a restore.
     #[serde(skip)]
     index: HashTable<(HashFragment, SlotId)>,
     deadlines: BinaryHeap<Reverse<(Millis, SlotId)>>,
-    closed: VecDeque<(Millis, SlotId)>,
+    closed: ChunkQueue<(Millis, SlotId)>,
     /// Open breaks per key, for the few keys that have any.
     breaks: BTreeMap<SlotId, Vec<OpenBreak>>,
     open: usize,
@@ -271,7 +424,7 @@ struct State {
     next_break_id: u64,
     /// Arrival order of remembered ids; the fingerprint split in two keeps entries at 24
     /// bytes. The set of ids (`Engine::seen`) is rebuilt from it on restore.
-    seen_order: VecDeque<(Millis, [u64; 2])>,
+    seen_order: ChunkQueue<(Millis, [u64; 2])>,
     rules: Vec<RuleState>,
     sources: Vec<SourceState>,
     stats: EngineStats,
@@ -437,7 +590,7 @@ impl Engine {
             now: Millis::MIN,
             started: false,
             next_break_id: 1,
-            seen_order: VecDeque::new(),
+            seen_order: ChunkQueue::default(),
             rules: rules
                 .rules
                 .iter()
@@ -533,9 +686,6 @@ impl Engine {
     pub fn reserve_record_ids(&mut self, n: usize) {
         let n = n.min(self.limits.record_ids_max);
         self.seen.reserve(n.saturating_sub(self.seen.len()));
-        self.s
-            .seen_order
-            .reserve(n.saturating_sub(self.s.seen_order.len()));
     }
 
     /// Restores a checkpoint taken with the same rule set.
@@ -1723,6 +1873,67 @@ mod index_tests {
             super::spread(super::fragment(h)),
             h,
             "the index rehashes to the same buckets"
+        );
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::{ChunkQueue, KeyState, Phase, Slab, QUEUE_CHUNK, SLAB_CHUNK};
+
+    #[test]
+    fn a_queue_copy_is_unchanged_by_later_pushes_and_pops() {
+        let mut q = ChunkQueue::default();
+        for i in 0..3 * QUEUE_CHUNK + 7 {
+            q.push_back(i);
+        }
+        for _ in 0..QUEUE_CHUNK + 3 {
+            q.pop_front();
+        }
+        let copy = q.clone();
+        for i in 0..10 {
+            q.push_back(1_000_000 + i);
+        }
+        q.pop_front();
+        let expected: Vec<usize> = (QUEUE_CHUNK + 3..3 * QUEUE_CHUNK + 7).collect();
+        assert_eq!(copy.iter().copied().collect::<Vec<_>>(), expected);
+        assert_eq!(copy.len(), expected.len());
+        assert_eq!(q.front(), Some(&(QUEUE_CHUNK + 4)));
+        let bytes = postcard::to_allocvec(&copy).unwrap();
+        let back: ChunkQueue<usize> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.iter().copied().collect::<Vec<_>>(), expected);
+        // Draining to empty and refilling works.
+        let mut q = ChunkQueue::default();
+        q.push_back(1);
+        q.pop_front();
+        assert_eq!((q.len(), q.front()), (0, None));
+        q.push_back(2);
+        assert_eq!(q.front(), Some(&2));
+    }
+
+    #[test]
+    fn a_slab_copy_is_unchanged_by_later_writes() {
+        let state = |t| KeyState {
+            entries: Default::default(),
+            time: t,
+            phase: Phase::Pending,
+            has_breaks: false,
+        };
+        let mut slab = Slab::default();
+        for t in 0..3 * SLAB_CHUNK as i64 + 5 {
+            slab.push(state(t));
+        }
+        let copy = slab.clone();
+        slab[7].time = -1;
+        slab.push(state(-2));
+        assert_eq!(copy[7].time, 7);
+        assert_eq!(copy.len(), 3 * SLAB_CHUNK + 5);
+        assert_eq!((slab[7].time, slab.len()), (-1, 3 * SLAB_CHUNK + 6));
+        let bytes = postcard::to_allocvec(&copy).unwrap();
+        let back: Slab = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            back.iter().map(|k| k.time).collect::<Vec<_>>(),
+            (0..3 * SLAB_CHUNK as i64 + 5).collect::<Vec<_>>()
         );
     }
 }
