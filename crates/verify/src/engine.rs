@@ -151,7 +151,7 @@ impl Slab {
     }
 
     fn push(&mut self, state: KeyState) {
-        if self.len % SLAB_CHUNK == 0 {
+        if self.len.is_multiple_of(SLAB_CHUNK) {
             self.chunks.push(Arc::new(Vec::with_capacity(SLAB_CHUNK)));
         }
         let last = self.chunks.last_mut().expect("a chunk was just ensured");
@@ -305,7 +305,7 @@ struct Finding {
 /// touching the slots because each bucket carries the hash it was placed by. Deadline and
 /// expiry queues refer to slots and are checked lazily: an entry whose slot has moved on
 /// is skipped.
-#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default)]
 struct KeyedState {
     slots: Slab,
     free: Vec<SlotId>,
@@ -319,6 +319,25 @@ struct KeyedState {
     open: usize,
     closed_count: usize,
     capacity_break: Option<u64>,
+}
+
+/// A copy for a checkpoint: everything but the index, which is derived from the slots,
+/// never serialized, and rebuilt on restore (`rebuild_index`). Copying it would double
+/// the engine's pause for a checkpoint.
+impl Clone for KeyedState {
+    fn clone(&self) -> KeyedState {
+        KeyedState {
+            slots: self.slots.clone(),
+            free: self.free.clone(),
+            index: HashTable::new(),
+            deadlines: self.deadlines.clone(),
+            closed: self.closed.clone(),
+            breaks: self.breaks.clone(),
+            open: self.open,
+            closed_count: self.closed_count,
+            capacity_break: self.capacity_break,
+        }
+    }
 }
 
 impl KeyedState {
