@@ -614,52 +614,73 @@ fn store_loop(
     metrics: &Metrics,
     webhooks: bool,
 ) {
-    loop {
-        let Ok(first) = rx.recv() else { return };
-        let mut events = Vec::new();
-        let mut checkpoint = None;
-        let mut stop = false;
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                ToStore::Events(e) => events.extend(e),
-                ToStore::Checkpoint { seq, state } => {
-                    checkpoint = Some((seq, state));
-                    break;
-                }
-                ToStore::Stop => {
-                    stop = true;
-                    break;
+    // Checkpoints are serialized and written on a thread of their own, so that breaks
+    // keep being stored while a large checkpoint goes to disk. One may be in progress;
+    // a checkpoint that arrives while the writer is busy is skipped (a later one covers
+    // more), except the last one, written at shutdown.
+    std::thread::scope(|scope| {
+        let (ckpt_tx, ckpt_rx) = sync_channel::<(u64, steadfast_verify::StateCopy)>(0);
+        scope.spawn(move || {
+            for (seq, state) in ckpt_rx {
+                match checkpoint::write(ckpt_dir, seq, version, &state.to_bytes()) {
+                    Ok(()) => checkpointed.store(seq, Ordering::Release),
+                    Err(e) => tracing::warn!(error = %e, "failed to write a checkpoint"),
                 }
             }
-            if events.len() < 10_000 {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !events.is_empty() {
-            let now = wall_ms();
-            let result = store
-                .lock()
-                .expect("store lock")
-                .apply(&events, now, webhooks);
-            match result {
-                Ok(_) => record_breaks(metrics, &events, now),
-                Err(e) => {
-                    // The events are in the WAL: a restart replays them. Stop checkpointing
-                    // so that replay starts before them.
-                    tracing::error!(error = %e, "failed to store breaks; they will be replayed from the WAL on restart");
-                    return;
+        });
+        let mut skipped = None;
+        loop {
+            let Ok(first) = rx.recv() else { return };
+            let mut events = Vec::new();
+            let mut checkpoint = None;
+            let mut stop = false;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    ToStore::Events(e) => events.extend(e),
+                    ToStore::Checkpoint { seq, state } => {
+                        checkpoint = Some((seq, state));
+                        break;
+                    }
+                    ToStore::Stop => {
+                        stop = true;
+                        break;
+                    }
+                }
+                if events.len() < 10_000 {
+                    next = rx.try_recv().ok();
                 }
             }
-        }
-        if let Some((seq, state)) = checkpoint {
-            match checkpoint::write(ckpt_dir, seq, version, &state.to_bytes()) {
-                Ok(()) => checkpointed.store(seq, Ordering::Release),
-                Err(e) => tracing::warn!(error = %e, "failed to write a checkpoint"),
+            if !events.is_empty() {
+                let now = wall_ms();
+                let result = store
+                    .lock()
+                    .expect("store lock")
+                    .apply(&events, now, webhooks);
+                match result {
+                    Ok(_) => record_breaks(metrics, &events, now),
+                    Err(e) => {
+                        // The events are in the WAL: a restart replays them. Stop
+                        // checkpointing so that replay starts before them.
+                        tracing::error!(error = %e, "failed to store breaks; they will be replayed from the WAL on restart");
+                        return;
+                    }
+                }
+            }
+            // Every event before this checkpoint is committed now, so it may be written.
+            if let Some(ckpt) = checkpoint {
+                skipped = match ckpt_tx.try_send(ckpt) {
+                    Err(TrySendError::Full(ckpt)) => Some(ckpt),
+                    _ => None,
+                };
+            }
+            if stop {
+                // The newest checkpoint is written even if it has to wait for the writer.
+                if let Some(ckpt) = skipped.take() {
+                    let _ = ckpt_tx.send(ckpt);
+                }
+                return;
             }
         }
-        if stop {
-            return;
-        }
-    }
+    });
 }
