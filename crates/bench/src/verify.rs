@@ -322,20 +322,12 @@ fn read_ndjson(path: &Path) -> Result<Vec<FundRecord>> {
 
 /// Open breaks of `payment-bill` as counts of keys, and every other open break by kind.
 fn count_breaks(events: &[Event]) -> (Counts, BTreeMap<String, u64>) {
-    let resolved: HashSet<u64> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Resolved { break_id, .. } => Some(*break_id),
-            _ => None,
-        })
-        .collect();
     let mut mismatched = HashSet::new();
     let mut missing_bill = HashSet::new();
     let mut missing_payment = HashSet::new();
     let mut other = BTreeMap::new();
-    for e in events {
-        let Event::Break(b) = e else { continue };
-        if resolved.contains(&b.id) {
+    for (b, resolved) in steadfast_verify::breaks_with_resolution(events) {
+        if resolved {
             continue;
         }
         let side = b.side.as_deref();

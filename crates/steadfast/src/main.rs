@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use steadfast_server::{Config, Server, DEFAULT_RULES};
-use steadfast_verify::{parse_rules, Event, Limits, RuleSet};
+use steadfast_verify::{parse_rules, Limits, RuleSet};
 
 #[derive(Parser)]
 #[command(
@@ -328,26 +328,10 @@ fn verify(
     let events =
         steadfast_verify::verify_batch(Arc::new(set), limits, records.iter(), |n| pb.inc(n as u64));
     pb.finish_and_clear();
-    let resolved: std::collections::HashSet<u64> = events
-        .iter()
-        .filter_map(|e| {
-            if let Event::Resolved { break_id, .. } = e {
-                Some(*break_id)
-            } else {
-                None
-            }
-        })
-        .collect();
-    let breaks: Vec<_> = events
-        .iter()
-        .filter_map(|e| {
-            if let Event::Break(b) = e {
-                Some(b)
-            } else {
-                None
-            }
-        })
-        .filter(|b| !resolved.contains(&b.id))
+    let breaks: Vec<_> = steadfast_verify::breaks_with_resolution(&events)
+        .into_iter()
+        .filter(|(_, resolved)| !resolved)
+        .map(|(b, _)| b)
         .collect();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(

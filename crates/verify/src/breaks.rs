@@ -109,6 +109,24 @@ impl Break {
     }
 }
 
+/// The breaks among `events`, each with whether a later event resolved it.
+pub fn breaks_with_resolution(events: &[Event]) -> Vec<(&Break, bool)> {
+    let resolved: std::collections::HashSet<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Resolved { break_id, .. } => Some(*break_id),
+            Event::Break(_) => None,
+        })
+        .collect();
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Break(b) => Some((b, resolved.contains(&b.id))),
+            Event::Resolved { .. } => None,
+        })
+        .collect()
+}
+
 // Breaks are rare next to the records that produce them; boxing them would add an
 // allocation for no gain.
 #[allow(clippy::large_enum_variant)]

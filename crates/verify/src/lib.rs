@@ -18,7 +18,7 @@ mod packed;
 pub mod reference;
 pub mod rules;
 
-pub use breaks::{Break, BreakKind, Event, Evidence};
+pub use breaks::{breaks_with_resolution, Break, BreakKind, Event, Evidence};
 pub use engine::{Engine, EngineStats, Limits, Loc, StateCopy};
 pub use rules::{parse_rules, RuleError, RuleSet};
 

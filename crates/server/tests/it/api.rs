@@ -278,25 +278,38 @@ async fn open_state_at_its_bound_refuses_with_retry_after() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn new_breaks_reach_the_webhook_but_drill_breaks_do_not() {
+/// A webhook receiver on loopback that refuses its first `refusals` calls with 500.
+/// Returns its URL, the breaks it accepted, and how many calls it got.
+async fn webhook_receiver(refusals: u32) -> (String, Arc<Mutex<Vec<Value>>>, Arc<Mutex<u32>>) {
+    let calls: Arc<Mutex<u32>> = Arc::default();
     let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let sink = received.clone();
+    let (c, sink) = (calls.clone(), received.clone());
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
-            let sink = sink.clone();
+            let (c, sink) = (c.clone(), sink.clone());
             async move {
+                let mut n = c.lock().unwrap();
+                *n += 1;
+                if *n <= refusals {
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                }
                 sink.lock()
                     .unwrap()
                     .extend(v["breaks"].as_array().cloned().unwrap_or_default());
-                "ok"
+                axum::http::StatusCode::OK
             }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (hook, received, calls)
+}
+
+#[tokio::test]
+async fn new_breaks_reach_the_webhook_but_drill_breaks_do_not() {
+    let (hook, received, _) = webhook_receiver(0).await;
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
@@ -342,29 +355,7 @@ async fn new_breaks_reach_the_webhook_but_drill_breaks_do_not() {
 
 #[tokio::test]
 async fn webhook_deliveries_are_retried_until_the_receiver_takes_them() {
-    let calls: Arc<Mutex<u32>> = Arc::default();
-    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let (c, sink) = (calls.clone(), received.clone());
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
-            let (c, sink) = (c.clone(), sink.clone());
-            async move {
-                let mut n = c.lock().unwrap();
-                *n += 1;
-                if *n <= 2 {
-                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
-                }
-                sink.lock()
-                    .unwrap()
-                    .extend(v["breaks"].as_array().cloned().unwrap_or_default());
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (hook, received, calls) = webhook_receiver(2).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.webhook.url = Some(hook);

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use steadfast_verify::reference::{reconcile, Input, RefBreak};
-use steadfast_verify::{Event, Limits};
+use steadfast_verify::Limits;
 
 use crate::support::*;
 
@@ -141,28 +141,17 @@ fn run_engine(inputs: &[Input], flushed: bool) -> Vec<RefBreak> {
     if flushed {
         h.engine.flush(&mut h.events);
     }
-    let resolved: Vec<u64> = h
-        .events
-        .iter()
-        .filter_map(|e| {
-            if let Event::Resolved { break_id, .. } = e {
-                Some(*break_id)
-            } else {
-                None
-            }
-        })
-        .collect();
-    let mut out: Vec<RefBreak> = h
-        .breaks()
+
+    let mut out: Vec<RefBreak> = steadfast_verify::breaks_with_resolution(&h.events)
         .into_iter()
-        .filter(|b| b.rule == "payment-bill")
-        .map(|b| RefBreak {
+        .filter(|(b, _)| b.rule == "payment-bill")
+        .map(|(b, resolved)| RefBreak {
             rule: b.rule.clone(),
             kind: b.kind,
             key: b.key.clone(),
             side: b.side.clone(),
             field: b.field.clone(),
-            resolved: resolved.contains(&b.id),
+            resolved,
         })
         .collect();
     out.sort();

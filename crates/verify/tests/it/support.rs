@@ -113,20 +113,10 @@ impl Harness {
 
     /// Breaks not resolved by a later event.
     pub fn open(&self) -> Vec<&Break> {
-        let resolved: Vec<u64> = self
-            .events
-            .iter()
-            .filter_map(|e| {
-                if let Event::Resolved { break_id, .. } = e {
-                    Some(*break_id)
-                } else {
-                    None
-                }
-            })
-            .collect();
-        self.breaks()
+        steadfast_verify::breaks_with_resolution(&self.events)
             .into_iter()
-            .filter(|b| !resolved.contains(&b.id))
+            .filter(|(_, resolved)| !resolved)
+            .map(|(b, _)| b)
             .collect()
     }
 
