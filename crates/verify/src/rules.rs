@@ -525,8 +525,6 @@ pub fn parse_rules(text: &str) -> Result<RuleSet, RuleError> {
             kind,
         });
     }
-    // Keep `ctx` borrowed mutably only while building; silence the unused-mut lint path.
-    let _ = &mut ctx;
     Ok(RuleSet {
         version: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes())),
         business_day,
