@@ -154,14 +154,7 @@ pub fn run(args: &Args) -> Result<Report> {
 
     let rules = Arc::new(parse_rules(RULES).context("examples/rules.toml")?);
     // As `steadfast verify`: no bound is reached on a file.
-    let limits = Limits {
-        open_records_max: usize::MAX / 4,
-        record_ids_max: usize::MAX / 4,
-        closed_keys_max: usize::MAX / 4,
-        record_id_retention_ms: i64::MAX / 4,
-        closed_retention_ms: i64::MAX / 4,
-        ..Limits::default()
-    };
+    let limits = Limits::unbounded_batch();
     eprintln!("verify: steadfast (read, parse, verify_batch)...");
     let load = crate::cpu::Load::take();
     let started = Instant::now();

@@ -312,14 +312,7 @@ fn verify(
     }
     let total = records.len();
     let started = std::time::Instant::now();
-    let limits = Limits {
-        open_records_max: usize::MAX / 4,
-        record_ids_max: usize::MAX / 4,
-        closed_keys_max: usize::MAX / 4,
-        record_id_retention_ms: i64::MAX / 4,
-        closed_retention_ms: i64::MAX / 4,
-        ..Limits::default()
-    };
+    let limits = Limits::unbounded_batch();
     let pb = ProgressBar::new(total as u64);
     pb.set_style(
         ProgressStyle::with_template("verifying [{bar:30}] {pos}/{len} records {per_sec}")

@@ -104,6 +104,36 @@ pub struct Break {
 }
 
 impl Break {
+    /// A break of `rule` with everything else empty: callers fill in what they know with
+    /// struct update syntax (`Break { message, ..Break::of(...) }`).
+    pub(crate) fn of(
+        id: u64,
+        rule: &crate::rules::Rule,
+        rule_version: &str,
+        kind: BreakKind,
+        key: String,
+        complete_at: Millis,
+        emitted_at: Millis,
+    ) -> Break {
+        Break {
+            id,
+            rule: rule.name.clone(),
+            rule_version: rule_version.to_string(),
+            link: rule.link.clone(),
+            kind,
+            key,
+            side: None,
+            field: None,
+            expected: None,
+            actual: None,
+            message: String::new(),
+            evidence: Vec::new(),
+            drill: None,
+            complete_at,
+            emitted_at,
+        }
+    }
+
     pub fn detection_latency_ms(&self) -> Millis {
         (self.emitted_at - self.complete_at).max(0)
     }

@@ -35,6 +35,21 @@ pub struct Limits {
     pub closed_retention_ms: Millis,
 }
 
+impl Limits {
+    /// Limits for a batch run over files (`verify_batch`): the whole input is in memory
+    /// already, nothing is refused, and ids and keys are kept for the whole run.
+    pub fn unbounded_batch() -> Limits {
+        Limits {
+            open_records_max: usize::MAX / 4,
+            record_ids_max: usize::MAX / 4,
+            closed_keys_max: usize::MAX / 4,
+            record_id_retention_ms: i64::MAX / 4,
+            closed_retention_ms: i64::MAX / 4,
+            ..Limits::default()
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
@@ -834,24 +849,13 @@ impl Engine {
                     self.s.rules[i].keyed.capacity_break = Some(id);
                     let rule = &self.rules.rules[i];
                     out.push(Event::Break(Break {
-                        id,
-                        rule: rule.name.clone(),
-                        rule_version: self.rules.version.clone(),
-                        link: rule.link.clone(),
-                        kind: BreakKind::Capacity,
-                        key: String::new(),
-                        side: None,
-                        field: None,
                         expected: Some(self.limits.open_records_max.to_string()),
                         actual: Some(open.to_string()),
                         message: format!(
                             "rule {} holds {open} open records, near its bound of {}; ingest is refused until it drains",
                             rule.name, self.limits.open_records_max
                         ),
-                        evidence: vec![],
-                        drill: None,
-                        complete_at: now,
-                        emitted_at: now,
+                        ..Break::of(id, rule, &self.rules.version, BreakKind::Capacity, String::new(), now, now)
                     }));
                 }
                 Some(id) if open * 10 < self.limits.open_records_max * 9 => {
@@ -1009,23 +1013,22 @@ impl Engine {
                 let id = self.next_id();
                 let now = self.s.now;
                 out.push(Event::Break(Break {
-                    id,
-                    rule: rule.name.clone(),
-                    rule_version: rules.version.clone(),
-                    link: rule.link.clone(),
-                    kind: BreakKind::MissingKey,
-                    key: String::new(),
                     side: Some(side_name(rule, side).into()),
                     field: Some(field.to_string()),
-                    expected: None,
-                    actual: None,
                     message: format!("record {} has no key field `{field}`", record.record_id),
                     evidence: vec![
                         self.evidence_of(rule, &Self::entry(rule, side, loc, "", record))
                     ],
                     drill: record.drill.clone(),
-                    complete_at: now,
-                    emitted_at: now,
+                    ..Break::of(
+                        id,
+                        rule,
+                        &rules.version,
+                        BreakKind::MissingKey,
+                        String::new(),
+                        now,
+                        now,
+                    )
                 }));
             }
         }
@@ -1143,14 +1146,7 @@ impl Engine {
             }
             evidence.push(self.evidence_of(rule, &entry));
             out.push(Event::Break(Break {
-                id: break_id,
-                rule: rule.name.clone(),
-                rule_version: rules.version.clone(),
-                link: rule.link.clone(),
-                kind: BreakKind::Duplicate,
-                key: key.to_string(),
                 side: Some(side_name(rule, side).into()),
-                field: None,
                 expected: first.as_ref().map(|f| f.record_id().to_string()),
                 actual: Some(record.record_id.clone()),
                 message: format!(
@@ -1162,8 +1158,15 @@ impl Engine {
                     .drill()
                     .or(first.as_ref().and_then(|f| f.drill()))
                     .map(String::from),
-                complete_at: now,
-                emitted_at: now,
+                ..Break::of(
+                    break_id,
+                    rule,
+                    &rules.version,
+                    BreakKind::Duplicate,
+                    key.to_string(),
+                    now,
+                    now,
+                )
             }));
             return;
         }
@@ -1262,12 +1265,6 @@ impl Engine {
         for (break_id, f, evidence) in new_breaks {
             let drill = evidence.iter().find_map(|e| e.drill()).map(String::from);
             out.push(Event::Break(Break {
-                id: break_id,
-                rule: rule.name.clone(),
-                rule_version: rules.version.clone(),
-                link: rule.link.clone(),
-                kind: f.slot.kind,
-                key: key.clone(),
                 side: f.side,
                 field: f.field,
                 expected: f.expected,
@@ -1275,8 +1272,15 @@ impl Engine {
                 message: f.message,
                 evidence: evidence.iter().map(|e| self.evidence_of(rule, e)).collect(),
                 drill,
-                complete_at: complete_at.min(now),
-                emitted_at: now,
+                ..Break::of(
+                    break_id,
+                    rule,
+                    &rules.version,
+                    f.slot.kind,
+                    key.clone(),
+                    complete_at.min(now),
+                    now,
+                )
             }));
         }
     }
@@ -1422,24 +1426,21 @@ impl Engine {
                 let rule = &self.rules.rules[ri];
                 let label = self.day.label(day);
                 out.push(Event::Break(Break {
-                    id,
-                    rule: rule.name.clone(),
-                    rule_version: self.rules.version.clone(),
-                    link: rule.link.clone(),
-                    kind: BreakKind::ConservationViolation,
-                    key: format!("day {label} {cur}"),
-                    side: None,
-                    field: None,
                     expected: Some(format_minor(0, cur)),
                     actual: Some(format_minor(total, cur)),
                     message: format!(
                         "business day {label}: entries in {cur} net to {} instead of zero",
                         format_minor(total, cur)
                     ),
-                    evidence: vec![],
-                    drill: None,
-                    complete_at: now,
-                    emitted_at: now,
+                    ..Break::of(
+                        id,
+                        rule,
+                        &self.rules.version,
+                        BreakKind::ConservationViolation,
+                        format!("day {label} {cur}"),
+                        now,
+                        now,
+                    )
                 }));
             }
             _ => {}
@@ -1475,15 +1476,7 @@ impl Engine {
                 let now = self.s.now;
                 let id = self.next_id();
                 out.push(Event::Break(Break {
-                    id,
-                    rule: rule.name.clone(),
-                    rule_version: rules.version.clone(),
-                    link: rule.link.clone(),
-                    kind: BreakKind::BalanceDiscontinuity,
-                    key: account.clone(),
                     side: Some("entries".into()),
-                    field: None,
-                    expected: None,
                     actual: Some(format_minor(
                         record.signed_minor() as i128,
                         record.amount.currency,
@@ -1498,8 +1491,15 @@ impl Engine {
                         self.evidence_of(rule, &Self::entry(rule, side, loc, &account, record))
                     ],
                     drill: record.drill.clone(),
-                    complete_at: now,
-                    emitted_at: now,
+                    ..Break::of(
+                        id,
+                        rule,
+                        &rules.version,
+                        BreakKind::BalanceDiscontinuity,
+                        account.clone(),
+                        now,
+                        now,
+                    )
                 }));
                 return;
             }
@@ -1603,14 +1603,6 @@ impl Engine {
                             });
                         }
                         out.push(Event::Break(Break {
-                            id,
-                            rule: rule.name.clone(),
-                            rule_version: rules.version.clone(),
-                            link: rule.link.clone(),
-                            kind: BreakKind::BalanceDiscontinuity,
-                            key: account.clone(),
-                            side: None,
-                            field: None,
                             expected: Some(format_minor(expected, cur)),
                             actual: Some(format_minor(balance as i128, cur)),
                             message: format!(
@@ -1622,8 +1614,7 @@ impl Engine {
                             ),
                             evidence,
                             drill: acc.drill.clone(),
-                            complete_at: deadline,
-                            emitted_at: now,
+                            ..Break::of(id, rule, &rules.version, BreakKind::BalanceDiscontinuity, account.clone(), deadline, now)
                         }));
                     }
                 }
