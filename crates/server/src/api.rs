@@ -623,8 +623,11 @@ async fn status(
         .zip(stats.open_per_rule.iter())
         .map(|(r, n)| (r.name.clone(), (*n).into()))
         .collect();
+    let (p50, p99, max, n) = s.metrics.recent_detection();
     Ok(Json(serde_json::json!({
         "rules_version": s.pipeline.rules.version,
+        "open_records_total": stats.open_per_rule.iter().sum::<usize>(),
+        "detection_latency_ms": { "breaks": n, "p50": p50, "p99": p99, "max": max },
         "wal_seq_applied": seq,
         "records_seen": stats.records_seen,
         "retries_ignored": stats.retries_ignored,

@@ -13,8 +13,13 @@ pub struct BreakLabels {
     pub kind: String,
 }
 
+/// Detection latencies kept for `/api/v1/status`: the most recent breaks only.
+pub const RECENT_DETECTIONS_MAX: usize = 1024;
+
 pub struct Metrics {
     pub registry: Registry,
+    /// Detection latencies (ms) of the most recent breaks, newest last.
+    pub recent_detection_ms: std::sync::Mutex<std::collections::VecDeque<u64>>,
     pub records_ingested: Counter,
     pub batches_refused: Family<RefusalLabels, Counter>,
     pub breaks: Family<BreakLabels, Counter>,
@@ -86,6 +91,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            recent_detection_ms: Default::default(),
             records_ingested,
             batches_refused,
             breaks,
@@ -96,6 +102,33 @@ impl Metrics {
             webhook_failures,
             outbox_pending,
         }
+    }
+
+    /// Records the detection latency of one break.
+    pub fn observe_detection(&self, latency_ms: u64) {
+        self.detection_latency.observe(latency_ms as f64 / 1000.0);
+        let mut recent = self.recent_detection_ms.lock().expect("metrics lock");
+        if recent.len() == RECENT_DETECTIONS_MAX {
+            recent.pop_front();
+        }
+        recent.push_back(latency_ms);
+    }
+
+    /// p50, p99 and max of the recent detection latencies, and how many there are.
+    pub fn recent_detection(&self) -> (u64, u64, u64, usize) {
+        let mut xs: Vec<u64> = self
+            .recent_detection_ms
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .copied()
+            .collect();
+        if xs.is_empty() {
+            return (0, 0, 0, 0);
+        }
+        xs.sort_unstable();
+        let at = |q: usize| xs[((xs.len() - 1) * q) / 100];
+        (at(50), at(99), xs[xs.len() - 1], xs.len())
     }
 
     pub fn encode(&self) -> String {

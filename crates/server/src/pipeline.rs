@@ -154,9 +154,7 @@ fn record_breaks(metrics: &Metrics, events: &[Event], now: Millis) {
                     kind: b.kind.as_str().into(),
                 })
                 .inc();
-            metrics
-                .detection_latency
-                .observe((now - b.complete_at).max(0) as f64 / 1000.0);
+            metrics.observe_detection((now - b.complete_at).max(0) as u64);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The `steadfast` binary: argument parsing and wiring only.
 
 mod client;
+mod demo;
 mod input;
 
 use std::path::PathBuf;
@@ -25,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run Steadfast on a simulated payment platform: server, services, traffic, live summary.
+    Demo(demo::DemoArgs),
     /// Run the server: ingest API, verification engine, break store.
     Serve {
         /// Configuration file (TOML); every option has a default.
@@ -186,6 +189,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             server.shutdown().await;
             Ok(())
         }
+        Command::Demo(args) => demo::run(args).await,
         Command::Ingest { files, conn, batch } => {
             client::ingest(&conn, &files, batch.clamp(1, 100_000)).await
         }
@@ -233,7 +237,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

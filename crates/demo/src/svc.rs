@@ -1,0 +1,385 @@
+//! What every service of the platform shares: its embedded database, its failure modes,
+//! its telemetry, its reporter, its HTTP client, its admin API, and serving.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
+use opentelemetry::KeyValue;
+use rusqlite::Connection;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use steadfast_model::wire::WireRecord;
+use steadfast_model::{format_millis, format_minor, Currency, Millis, Money};
+
+use crate::faults::{burn, Faults, FaultsView};
+use crate::report::Reporter;
+use crate::telemetry::{Cx, Telemetry};
+
+/// An error a service answers with: a stable code, a message, a status.
+#[derive(Debug)]
+pub struct AppError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl AppError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> AppError {
+        AppError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad(message: impl Into<String>) -> AppError {
+        AppError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    }
+    pub fn conflict(message: impl Into<String>) -> AppError {
+        AppError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> AppError {
+        AppError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn internal(what: &str, e: impl std::fmt::Display) -> AppError {
+        tracing::error!(error = %e, "{what}");
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            what.to_string(),
+        )
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "code": self.code, "message": self.message })),
+        )
+            .into_response()
+    }
+}
+
+impl From<rusqlite::Error> for AppError {
+    fn from(e: rusqlite::Error) -> AppError {
+        AppError::internal("database error", e)
+    }
+}
+
+/// A failed call to another service.
+#[derive(Debug)]
+pub struct CallError {
+    /// The answer's status; none when there was no answer (refused, timed out).
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            Some(s) => write!(f, "HTTP {s}: {}", self.message),
+            None => write!(f, "{}", self.message),
+        }
+    }
+}
+
+/// One service.
+pub struct Svc {
+    pub name: &'static str,
+    pub telemetry: Arc<Telemetry>,
+    pub faults: Arc<Faults>,
+    conn: Arc<Mutex<Connection>>,
+    pub reporter: Reporter,
+    pub client: reqwest::Client,
+    admin_token: String,
+}
+
+impl Svc {
+    pub fn new(
+        name: &'static str,
+        data_dir: &Path,
+        schema: &str,
+        telemetry: Arc<Telemetry>,
+        faults: Arc<Faults>,
+        reporter: Reporter,
+        client: reqwest::Client,
+        admin_token: String,
+    ) -> anyhow::Result<Svc> {
+        let path = data_dir.join(format!("{name}.db"));
+        let conn = Connection::open(&path)
+            .map_err(|e| anyhow::anyhow!("failed to open {}: {e}", path.display()))?;
+        // WAL with NORMAL sync: a committed write survives a process crash, as in the
+        // services this simulates; an fsync per payment would make the demo about disks.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )?;
+        conn.execute_batch(schema)?;
+        Ok(Svc {
+            name,
+            telemetry,
+            faults,
+            conn: Arc::new(Mutex::new(conn)),
+            reporter,
+            client,
+            admin_token,
+        })
+    }
+
+    /// The database connection, for start-up work outside any request.
+    pub fn connection(&self) -> Arc<Mutex<Connection>> {
+        self.conn.clone()
+    }
+
+    /// Runs `f` on the service's database on a blocking thread, as one span named
+    /// `statement`. The slow-database failure mode adds its work inside the same call.
+    pub async fn db<T: Send + 'static>(
+        &self,
+        cx: &Cx,
+        statement: &'static str,
+        f: impl FnOnce(&mut Connection) -> Result<T, AppError> + Send + 'static,
+    ) -> Result<T, AppError> {
+        let conn = self.conn.clone();
+        let telemetry = self.telemetry.clone();
+        let slow = self.faults.slow_db_iterations();
+        let cx = cx.0.clone();
+        tokio::task::spawn_blocking(move || {
+            telemetry.db_span(&cx, statement, || {
+                let mut conn = conn.lock().expect("database lock");
+                if slow > 0 {
+                    burn(&conn, slow)?;
+                }
+                f(&mut conn)
+            })
+        })
+        .await
+        .map_err(|e| AppError::internal("database task failed", e))?
+    }
+
+    /// POSTs `body` as JSON to another service, as a client span under `cx`, with the
+    /// request's `traceparent`.
+    pub async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        cx: &Cx,
+        url: &str,
+        body: &B,
+    ) -> Result<R, CallError> {
+        let span = self.telemetry.span(
+            &cx.0,
+            format!("POST {url}"),
+            SpanKind::Client,
+            vec![
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("url.full", url.to_string()),
+            ],
+        );
+        let mut headers = HeaderMap::new();
+        self.telemetry.inject(&span, &mut headers);
+        let res = self
+            .client
+            .post(url)
+            .headers(headers)
+            .json(body)
+            .send()
+            .await;
+        let out = match res {
+            Ok(r) if r.status().is_success() => r.json::<R>().await.map_err(|e| CallError {
+                status: None,
+                message: format!("bad answer from {url}: {e}"),
+            }),
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let text = r.text().await.unwrap_or_default();
+                Err(CallError {
+                    status: Some(status),
+                    message: text,
+                })
+            }
+            Err(e) => Err(CallError {
+                status: None,
+                message: format!("{url}: {e}"),
+            }),
+        };
+        if let Err(e) = &out {
+            span.span().set_status(Status::error(e.to_string()));
+        }
+        span.span().end();
+        out
+    }
+
+    /// The router of a service: its business routes under telemetry and failure modes,
+    /// `/admin/faults` and `extra_admin` under the admin token.
+    pub fn router(self: &Arc<Svc>, business: Router, extra_admin: Router) -> Router {
+        let admin = Router::new()
+            .route("/admin/faults", get(get_faults).post(set_faults))
+            .with_state(self.clone())
+            .merge(extra_admin)
+            .layer(middleware::from_fn_with_state(self.clone(), require_admin));
+        let business = business
+            .layer(middleware::from_fn_with_state(
+                self.faults.clone(),
+                crate::faults::inject,
+            ))
+            .layer(middleware::from_fn_with_state(
+                self.telemetry.clone(),
+                crate::telemetry::server_span,
+            ));
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .merge(business)
+            .merge(admin)
+    }
+}
+
+async fn require_admin(State(s): State<Arc<Svc>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok = given.len() == s.admin_token.len()
+        && given
+            .bytes()
+            .zip(s.admin_token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !ok {
+        return AppError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin routes need `Authorization: Bearer <admin token>`",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+async fn get_faults(State(s): State<Arc<Svc>>) -> Json<FaultsView> {
+    Json(s.faults.view())
+}
+
+async fn set_faults(
+    State(s): State<Arc<Svc>>,
+    Json(v): Json<FaultsView>,
+) -> Result<Json<FaultsView>, AppError> {
+    s.faults
+        .apply(&v)
+        .map_err(|e| AppError::bad(e.to_string()))?;
+    tracing::info!(service = s.name, faults = ?v, "failure modes changed");
+    Ok(Json(s.faults.view()))
+}
+
+/// Binds a loopback listener (port 0: any free port).
+pub async fn bind(port: u16) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let a = l.local_addr()?;
+    Ok((l, a))
+}
+
+/// Serves `router` until `stop` turns true; in-flight requests finish first.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let shutdown = async move { stopped(&mut stop).await };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "service failed");
+        }
+    })
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The wall clock in epoch milliseconds: the event time of the records a service writes.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// Parses a decimal amount in a currency into minor units, refusing what the currency
+/// cannot hold.
+pub fn parse_amount(amount: &str, currency: &str) -> Result<(i64, Currency), AppError> {
+    let cur = Currency::from_code(currency).map_err(|e| AppError::bad(e.to_string()))?;
+    let m = Money::parse(amount, cur).map_err(|e| AppError::bad(e.to_string()))?;
+    Ok((m.minor, cur))
+}
+
+/// Formats minor units of `currency` as a decimal string.
+pub fn amount_text(minor: i64, currency: &str) -> String {
+    let cur = Currency::from_code(currency).expect("currencies are checked on the way in");
+    format_minor(minor as i128, cur)
+}
+
+/// A fund record as the services report it.
+pub struct Rec<'a> {
+    pub record_id: String,
+    pub source: &'static str,
+    pub kind: &'static str,
+    pub keys: Vec<(&'static str, String)>,
+    pub amount_minor: i64,
+    pub currency: &'a str,
+    pub event_ms: Millis,
+    pub trace_id: &'a str,
+    pub order_id: Option<String>,
+}
+
+impl Rec<'_> {
+    pub fn wire(self) -> WireRecord {
+        WireRecord {
+            record_id: self.record_id,
+            source: self.source.into(),
+            kind: self.kind.into(),
+            keys: self
+                .keys
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            amount: amount_text(self.amount_minor, self.currency),
+            currency: self.currency.into(),
+            account: None,
+            counter_account: None,
+            direction: None,
+            status: None,
+            event_time: format_millis(self.event_ms),
+            trace_id: (!self.trace_id.is_empty()).then(|| self.trace_id.to_string()),
+            order_id: self.order_id,
+            drill: None,
+            amends: None,
+            attributes: Default::default(),
+        }
+    }
+}
+
+/// The background work of a service's failure modes (the leak), until `stop`.
+pub fn fault_ticker(
+    faults: Arc<Faults>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = every.tick() => faults.leak_step(),
+                _ = stopped(&mut stop) => return,
+            }
+        }
+    })
+}

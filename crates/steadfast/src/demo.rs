@@ -1,0 +1,304 @@
+//! `steadfast demo`: wires a server, the demo platform and its load driver together, shows
+//! a live summary, and shuts everything down in order on Ctrl-C or at `--duration`.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use steadfast_demo::driver::{drive, DriverConfig, DriverStats};
+use steadfast_demo::report::ReportTarget;
+use steadfast_demo::telemetry::OtlpConfig;
+use steadfast_demo::traffic::Traffic;
+use steadfast_demo::{Platform, PlatformConfig, DEMO_RULES};
+use steadfast_server::{Config, Server};
+use steadfast_verify::parse_rules;
+
+/// The file that marks a directory as the demo's own, so it may be wiped on the next run.
+const MARKER: &str = ".steadfast-demo";
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Stop after this long (`90s`, `10m`, `2h`); runs until Ctrl-C when absent.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Average operations per second (payments, refunds, top-ups, withdrawals) over a
+    /// simulated week; the actual rate follows the hour and the weekday.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Seed of the population and its traffic: the same seed, the same traffic.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Wall seconds per simulated day (1440: one simulated hour a minute).
+    #[arg(long, default_value_t = 1440)]
+    day_secs: u64,
+    /// Working directory: the server's data and the services' databases. Wiped at start
+    /// (only if an earlier demo created it).
+    #[arg(long, default_value = "steadfast-demo")]
+    data_dir: PathBuf,
+    /// Users in the population (5 % of them VIP).
+    #[arg(long, default_value_t = 10_000)]
+    users: u32,
+    /// The Steadfast API's address.
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    listen: SocketAddr,
+    /// The gateway's port; the other services take the next six. Any free ports when 0.
+    #[arg(long, default_value_t = 0)]
+    platform_port: u16,
+    /// Send the payment core's billing calls here (a fault-injection proxy) instead of
+    /// straight to billing.
+    #[arg(long)]
+    billing_upstream: Option<String>,
+    /// Export the services' traces and metrics over OTLP/HTTP to this base URL.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// Rule file; the shipped demo rules when absent.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+}
+
+/// Empties the demo directory if an earlier demo made it; refuses any other non-empty
+/// directory, so a mistyped `--data-dir` never deletes someone's data.
+fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("failed to read {}", dir.display()))?
+            .next()
+            .is_none();
+        if !empty {
+            if !dir.join(MARKER).exists() {
+                bail!(
+                    "{} exists and was not made by `steadfast demo`; choose another --data-dir",
+                    dir.display()
+                );
+            }
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("failed to clear {}", dir.display()))?;
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    std::fs::write(
+        dir.join(MARKER),
+        "made by steadfast demo; wiped by the next run\n",
+    )?;
+    Ok(())
+}
+
+pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
+    if !(a.rate > 0.0 && a.rate <= 1_000_000.0) {
+        bail!("--rate must be above 0 and at most 1000000");
+    }
+    if a.day_secs == 0 {
+        bail!("--day-secs must be at least 1");
+    }
+    prepare_dir(&a.data_dir)?;
+    let rules_text = match &a.rules {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("failed to read {}", p.display()))?
+        }
+        None => DEMO_RULES.to_string(),
+    };
+    let rules = Arc::new(parse_rules(&rules_text).map_err(|e| anyhow::anyhow!("rules: {e}"))?);
+    let server_dir = a.data_dir.join("steadfast");
+    let cfg = Config {
+        data_dir: server_dir.clone(),
+        listen: a.listen,
+        ..Config::default()
+    };
+    let server = Server::start(cfg, rules.clone(), false).await?;
+    let base = format!("http://{}", server.addr);
+    let token = server.admin_token.clone();
+
+    let traffic = Traffic::new(a.seed, a.users, 50);
+    let wallets: Vec<_> = traffic
+        .users
+        .iter()
+        .map(|u| (u.id.clone(), u.currency, u.wallet_opening_minor))
+        .collect();
+    let mut pcfg = PlatformConfig::new(
+        a.data_dir.join("platform"),
+        ReportTarget {
+            url: base.clone(),
+            token: token.clone(),
+        },
+        token.clone(),
+    );
+    pcfg.base_port = a.platform_port;
+    pcfg.billing_upstream = a.billing_upstream.clone();
+    if let Some(e) = &a.otlp_endpoint {
+        pcfg.otlp = OtlpConfig {
+            enabled: true,
+            endpoint: e.clone(),
+            ..OtlpConfig::default()
+        };
+    }
+    let platform = match Platform::start(pcfg, &wallets).await {
+        Ok(p) => p,
+        Err(e) => {
+            server.shutdown().await;
+            return Err(e);
+        }
+    };
+
+    eprintln!(
+        "Steadfast is verifying the demo payment platform: {} rules (version {}), {} users, seed {}",
+        rules.rules.len(),
+        rules.version,
+        a.users,
+        a.seed
+    );
+    eprintln!("  API:        {base}/api/v1  (OpenAPI: {base}/api/v1/openapi.json)");
+    eprintln!("  metrics:    {base}/metrics");
+    eprintln!(
+        "  token:      {} (owner-only); `steadfast breaks --data-dir {}` lists the breaks",
+        server_dir.join("admin.token").display(),
+        server_dir.display()
+    );
+    for (name, url) in platform.endpoints.list() {
+        eprintln!("  {name:<21} {url}  (admin: {url}/admin/faults)");
+    }
+    eprintln!("Ctrl-C stops the traffic, reports everything written and shuts down.");
+
+    let stats = Arc::new(DriverStats::default());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let driver = tokio::spawn(drive(
+        traffic,
+        platform.endpoints.gateway.clone(),
+        DriverConfig {
+            rate: a.rate,
+            day_secs: a.day_secs,
+            duration: a.duration,
+            ..DriverConfig::default()
+        },
+        stats.clone(),
+        stop_rx,
+    ));
+    let mut summary = Summary::new(&base, &token);
+    let mut driver = driver;
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    let interrupted = loop {
+        tokio::select! {
+            _ = every.tick() => summary.show(&stats, &platform).await,
+            _ = &mut driver => break false,
+            _ = crate::shutdown_signal() => break true,
+        }
+    };
+    if interrupted {
+        summary.clear();
+        eprintln!("stopping: finishing the requests in flight");
+        let _ = stop.send(true);
+        let _ = driver.await;
+    }
+    summary.clear();
+    eprintln!("stopping the platform: reporting every record written");
+    platform.shutdown().await;
+    // Let the engine verify what was just acknowledged before the last look.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let last = summary.status().await;
+    eprintln!("stopping Steadfast: draining the pipeline and writing a checkpoint");
+    server.shutdown().await;
+    let ops = stats.issued.load(Ordering::Relaxed);
+    eprintln!(
+        "done: {ops} operations ({} succeeded, {} declined, {} errors); {} records verified",
+        stats.succeeded.load(Ordering::Relaxed),
+        stats.declined.load(Ordering::Relaxed),
+        stats.errors.load(Ordering::Relaxed),
+        last.as_ref()
+            .map_or(0, |s| s["records_seen"].as_u64().unwrap_or(0)),
+    );
+    if let Some(s) = last {
+        eprintln!("breaks by status: {}", s["breaks"]);
+    }
+    eprintln!("data kept in {} until the next demo", a.data_dir.display());
+    Ok(())
+}
+
+/// The live line: operations, records, open state, breaks, detection latency.
+struct Summary {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    bar: Option<indicatif::ProgressBar>,
+    last: Option<(Instant, u64, u64)>,
+    printed: Instant,
+}
+
+impl Summary {
+    fn new(base: &str, token: &str) -> Summary {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.enable_steady_tick(Duration::from_millis(200));
+            b
+        });
+        Summary {
+            client: reqwest::Client::new(),
+            url: format!("{base}/api/v1/status"),
+            token: token.to_string(),
+            bar,
+            last: None,
+            printed: Instant::now(),
+        }
+    }
+
+    async fn status(&self) -> Option<serde_json::Value> {
+        let r = self
+            .client
+            .get(&self.url)
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    async fn show(&mut self, stats: &DriverStats, platform: &Platform) {
+        let Some(s) = self.status().await else { return };
+        let now = Instant::now();
+        let seen = s["records_seen"].as_u64().unwrap_or(0);
+        let ops = stats.completed();
+        let (ops_rate, rec_rate) = match self.last {
+            Some((t, o, r)) => {
+                let dt = (now - t).as_secs_f64().max(1e-3);
+                ((ops - o) as f64 / dt, (seen.saturating_sub(r)) as f64 / dt)
+            }
+            None => (0.0, 0.0),
+        };
+        self.last = Some((now, ops, seen));
+        let sim = chrono::DateTime::from_timestamp_millis(stats.sim_ms.load(Ordering::Relaxed))
+            .map(|t| t.format("%a %H:%M").to_string())
+            .unwrap_or_default();
+        let open_breaks = s["breaks"]["open"].as_u64().unwrap_or(0);
+        let d = &s["detection_latency_ms"];
+        let detection = if d["breaks"].as_u64().unwrap_or(0) == 0 {
+            "-".to_string()
+        } else {
+            format!("p50 {} ms, p99 {} ms", d["p50"], d["p99"])
+        };
+        let line = format!(
+            "[{sim}] {ops_rate:.0} ops/s ({} errors) | {rec_rate:.0} records/s, {seen} verified, {} acknowledged | open {} | breaks open {open_breaks} | detection {detection}",
+            stats.errors.load(Ordering::Relaxed),
+            platform.records_acknowledged(),
+            s["open_records_total"],
+        );
+        match &self.bar {
+            Some(b) => b.set_message(line),
+            None => {
+                // Not a terminal (a log file): a line every ten seconds.
+                if now - self.printed >= Duration::from_secs(10) {
+                    eprintln!("{line}");
+                    self.printed = now;
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
