@@ -6,10 +6,13 @@
 //! without the allocator's own per-block overhead), so the difference is exactly how much
 //! the live heap grew during the window, whoever allocated what was freed.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+/// The allocator the `steadfast` binary uses, so figures are the product's.
+use mimalloc::MiMalloc as System;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-/// `System`, counting while [`measure`] runs.
+/// mimalloc, counting while [`measure`] runs.
 pub struct Counting;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -28,7 +31,7 @@ fn on_free(size: usize) {
     FREED.fetch_add(size as u64, Relaxed);
 }
 
-// SAFETY: every call is forwarded unchanged to `System`; the counters are side effects.
+// SAFETY: every call is forwarded unchanged to mimalloc; the counters are side effects.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { System.alloc(layout) };

@@ -9,6 +9,7 @@
 //! cargo run --release -p steadfast-bench -- http [--records 2000000] [--batch 1000] [--clients 8]
 //! cargo run --release -p steadfast-bench -- verify [--records 2000000] [--dir DIR]
 //! cargo run --release -p steadfast-bench -- restart [--records 10000000]
+//! cargo run --release -p steadfast-bench -- demo [--rate 2500] [--secs 30]
 //! ```
 //!
 //! - `engine`: throughput of the verification engine on a 1:1 match rule with a fixed
@@ -19,11 +20,14 @@
 //! - `verify`: `verify_batch` over a generated NDJSON export, reading and parsing
 //!   included, against the same reconciliation in DuckDB (when `python3 -c "import
 //!   duckdb"` works).
+//! - `demo`: the demo platform at a flat offered rate while Steadfast verifies it:
+//!   payments completed per second, records verified per second, verification lag.
 //! - `restart`: time from SIGKILL of a loaded server (run as a child process) to its
 //!   replacement answering `/healthz`.
 
 mod alloc;
 mod cpu;
+mod demo;
 mod engine;
 mod http;
 mod ndjson;
@@ -59,6 +63,8 @@ enum Command {
     Http(http::Args),
     /// Batch verification of an NDJSON file, against DuckDB when it is installed.
     Verify(verify::Args),
+    /// The demo platform under load while Steadfast verifies it: payments/s, records/s.
+    Demo(demo::Args),
     /// Time from a SIGKILLed server to a ready one, after a large ingest.
     Restart(restart::Args),
     /// The server the `restart` benchmark runs and kills (internal).
@@ -74,6 +80,7 @@ impl Command {
             Command::Http(_) => "http",
             Command::Verify(_) => "verify",
             Command::Restart(_) => "restart",
+            Command::Demo(_) => "demo",
             Command::ServeChild(_) => "serve-child",
         }
     }
@@ -103,6 +110,11 @@ fn main() -> Result<()> {
         }
         Command::Restart(args) => {
             let report = restart::run(args)?;
+            print!("{}", report.table());
+            write_result(&out, &report)?;
+        }
+        Command::Demo(args) => {
+            let report = demo::run(args)?;
             print!("{}", report.table());
             write_result(&out, &report)?;
         }

@@ -66,10 +66,25 @@ impl Reporter {
 
     /// Queues records from a blocking thread (inside the database call that wrote them,
     /// so a service reports in the order it commits), waiting while the queue is full.
+    ///
+    /// Also callable on a worker of a multi-threaded runtime: when the queue is full it
+    /// waits in `block_in_place`.
     pub fn report_blocking(&self, records: Vec<WireRecord>) {
         for r in records {
             self.stats.queued.fetch_add(1, Ordering::Relaxed);
-            if self.tx.blocking_send(r).is_err() {
+            let sent = match self.tx.try_send(r) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(r)) => {
+                    if tokio::runtime::Handle::try_current().is_ok() {
+                        tokio::task::block_in_place(|| self.tx.blocking_send(r))
+                    } else {
+                        self.tx.blocking_send(r)
+                    }
+                    .map_err(|_| ())
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+            };
+            if sent.is_err() {
                 tracing::error!("reporter stopped; a record was not reported");
             }
         }

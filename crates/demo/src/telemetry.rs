@@ -18,7 +18,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use serde::{Deserialize, Serialize};
 
@@ -72,7 +72,16 @@ impl Telemetry {
             .with_service_name(service.to_string())
             .with_attribute(KeyValue::new("service.namespace", "steadfast-demo"))
             .build();
-        let mut tracer_provider = SdkTracerProvider::builder().with_resource(resource.clone());
+        // With export off nothing would read the spans: they are not recorded, but they
+        // still get trace and span ids and propagate, so records keep their trace ids.
+        let sampler = if otlp.enabled {
+            Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
+        } else {
+            Sampler::AlwaysOff
+        };
+        let mut tracer_provider = SdkTracerProvider::builder()
+            .with_resource(resource.clone())
+            .with_sampler(sampler);
         let mut meter_provider = SdkMeterProvider::builder().with_resource(resource);
         if otlp.enabled {
             use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};

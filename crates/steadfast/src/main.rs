@@ -13,6 +13,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use steadfast_server::{Config, Server, DEFAULT_RULES};
 use steadfast_verify::{parse_rules, Limits, RuleSet};
 
+/// mimalloc: the services, the server and the engine allocate from many threads at once,
+/// where glibc's allocator spends a fifth of the CPU.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "steadfast",

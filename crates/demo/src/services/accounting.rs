@@ -69,6 +69,9 @@ pub struct Entry {
     pub direction: String,
     pub amount: String,
     pub currency: String,
+    /// The trace of the request that booked the entry.
+    #[serde(default)]
+    pub trace_id: Option<String>,
 }
 
 /// A correction: the entry's right amount.
@@ -173,8 +176,7 @@ async fn book(
         .svc
         .db(&cx, "INSERT entries", move |c| {
             let tx = c.transaction()?;
-            let known: i64 = tx.query_row(
-                "SELECT count(*) FROM entries WHERE txn_id = ?1",
+            let known: i64 = tx.prepare_cached("SELECT count(*) FROM entries WHERE txn_id = ?1")?.query_row(
                 [&req.txn_id],
                 |r| r.get(0),
             )?;
@@ -190,6 +192,7 @@ async fn book(
                     direction: if *d == Direction::Debit { "debit" } else { "credit" }.into(),
                     amount: amount_text(*minor, &req.currency),
                     currency: req.currency.clone(),
+                    trace_id: Some(trace_id.clone()),
                 })
                 .collect();
             if known > 0 {
@@ -198,12 +201,10 @@ async fn book(
             }
             let now = now_ms();
             for (e, (_, d, minor)) in entries.iter().zip(&legs) {
-                tx.execute(
-                    "INSERT INTO entries VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)",
+                tx.prepare_cached("INSERT INTO entries VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)")?.execute(
                     rusqlite::params![e.record_id, e.txn_id, e.txn_type, e.leg, e.account, e.direction, minor, e.currency, now, trace_id],
                 )?;
-                tx.execute(
-                    "INSERT INTO accounts VALUES (?1, ?2, ?3) ON CONFLICT (account, currency) DO UPDATE SET balance_minor = balance_minor + ?3",
+                tx.prepare_cached("INSERT INTO accounts VALUES (?1, ?2, ?3) ON CONFLICT (account, currency) DO UPDATE SET balance_minor = balance_minor + ?3")?.execute(
                     rusqlite::params![e.account, e.currency, signed(*d, *minor)],
                 )?;
             }
@@ -229,8 +230,8 @@ async fn get_txn(
     let entries = a
         .svc
         .db(&cx, "SELECT entries", move |c| {
-            let mut st = c.prepare(
-                "SELECT record_id, txn_id, txn_type, leg, account, direction, amount_minor, currency FROM entries WHERE txn_id = ?1 AND superseded_by IS NULL ORDER BY leg",
+            let mut st = c.prepare_cached(
+                "SELECT record_id, txn_id, txn_type, leg, account, direction, amount_minor, currency, trace_id FROM entries WHERE txn_id = ?1 AND superseded_by IS NULL ORDER BY leg",
             )?;
             let rows = st.query_map([&txn_id], |r| {
                 let currency: String = r.get(7)?;
@@ -243,6 +244,7 @@ async fn get_txn(
                     direction: r.get(5)?,
                     amount: amount_text(r.get(6)?, &currency),
                     currency,
+                    trace_id: r.get(8)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -268,7 +270,7 @@ async fn get_account(
 ) -> Result<Json<Vec<Balance>>, AppError> {
     a.svc
         .db(&cx, "SELECT accounts", move |c| {
-            let mut st = c.prepare(
+            let mut st = c.prepare_cached(
                 "SELECT account, currency, balance_minor FROM accounts WHERE account = ?1 ORDER BY currency",
             )?;
             let rows = st.query_map([&account], |r| {
@@ -303,8 +305,7 @@ async fn correct(
         .db(&cx, "UPDATE entries (correction)", move |c| {
             let tx = c.transaction()?;
             let old = tx
-                .query_row(
-                    "SELECT record_id, txn_id, txn_type, leg, account, direction, amount_minor, currency, superseded_by FROM entries WHERE record_id = ?1",
+                .prepare_cached("SELECT record_id, txn_id, txn_type, leg, account, direction, amount_minor, currency, superseded_by FROM entries WHERE record_id = ?1")?.query_row(
                     [&req.record_id],
                     |r| {
                         Ok((
@@ -317,6 +318,7 @@ async fn correct(
                                 direction: r.get(5)?,
                                 amount: String::new(),
                                 currency: r.get(7)?,
+                                trace_id: None,
                             },
                             r.get::<_, i64>(6)?,
                             r.get::<_, Option<String>>(8)?,
@@ -333,27 +335,24 @@ async fn correct(
                 )));
             }
             let (minor, _) = parse_amount(&req.amount, &old.currency)?;
-            let count: i64 = tx.query_row(
-                "SELECT count(*) FROM entries WHERE txn_id = ?1 AND leg = ?2",
+            let count: i64 = tx.prepare_cached("SELECT count(*) FROM entries WHERE txn_id = ?1 AND leg = ?2")?.query_row(
                 rusqlite::params![old.txn_id, old.leg],
                 |r| r.get(0),
             )?;
             let new = Entry {
                 record_id: format!("acc-{}-{}-c{count}", old.txn_id, old.leg),
                 amount: amount_text(minor, &old.currency),
+                trace_id: Some(trace_id.clone()),
                 ..old.clone()
             };
             let d = direction(&old.direction)?;
-            tx.execute(
-                "UPDATE entries SET superseded_by = ?2 WHERE record_id = ?1",
+            tx.prepare_cached("UPDATE entries SET superseded_by = ?2 WHERE record_id = ?1")?.execute(
                 rusqlite::params![old.record_id, new.record_id],
             )?;
-            tx.execute(
-                "INSERT INTO entries VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)",
+            tx.prepare_cached("INSERT INTO entries VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)")?.execute(
                 rusqlite::params![new.record_id, new.txn_id, new.txn_type, new.leg, new.account, new.direction, minor, new.currency, now_ms(), trace_id],
             )?;
-            tx.execute(
-                "UPDATE accounts SET balance_minor = balance_minor + ?3 WHERE account = ?1 AND currency = ?2",
+            tx.prepare_cached("UPDATE accounts SET balance_minor = balance_minor + ?3 WHERE account = ?1 AND currency = ?2")?.execute(
                 rusqlite::params![new.account, new.currency, signed(d, minor - old_minor)],
             )?;
             tx.commit()?;

@@ -190,11 +190,8 @@ async fn create(
         .db(&cx, "INSERT bills", move |c| {
             let tx = c.transaction()?;
             let exists: bool = tx
-                .query_row(
-                    "SELECT 1 FROM bills WHERE biz_id = ?1",
-                    [&req.biz_id],
-                    |_| Ok(()),
-                )
+                .prepare_cached("SELECT 1 FROM bills WHERE biz_id = ?1")?
+                .query_row([&req.biz_id], |_| Ok(()))
                 .optional()?
                 .is_some();
             let status = if req.instalments > 1 {
@@ -212,28 +209,26 @@ async fn create(
                 record_id: format!("bill-{}", req.biz_id),
             };
             if !exists {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO bills VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
-                    rusqlite::params![
-                        stored.biz_id,
-                        stored.user_id,
-                        stored.payer_account,
-                        written,
-                        stored.currency,
-                        status,
-                        req.instalments,
-                        stored.record_id,
-                        now_ms()
-                    ],
-                )?;
+                )?
+                .execute(rusqlite::params![
+                    stored.biz_id,
+                    stored.user_id,
+                    stored.payer_account,
+                    written,
+                    stored.currency,
+                    status,
+                    req.instalments,
+                    stored.record_id,
+                    now_ms()
+                ])?;
                 let mut records = vec![bill_record(&stored, &trace_id, None)];
                 if req.instalments > 1 {
                     for (i, part) in split(written, req.instalments).into_iter().enumerate() {
                         let id = format!("bill-{}-i{}", stored.biz_id, i + 1);
-                        tx.execute(
-                            "INSERT INTO instalments VALUES (?1, ?2, ?3, ?4)",
-                            rusqlite::params![stored.biz_id, i as i64 + 1, part, id],
-                        )?;
+                        tx.prepare_cached("INSERT INTO instalments VALUES (?1, ?2, ?3, ?4)")?
+                            .execute(rusqlite::params![stored.biz_id, i as i64 + 1, part, id])?;
                         records.push(instalment_record(&stored, i + 1, part, id, &trace_id, None));
                     }
                 }
@@ -251,7 +246,7 @@ async fn create(
 fn load(c: &rusqlite::Connection, biz_id: &str) -> Result<Bill, AppError> {
     let (stored, _) = load_stored(c, biz_id)?;
     let mut st =
-        c.prepare("SELECT amount_minor FROM instalments WHERE biz_id = ?1 ORDER BY seq")?;
+        c.prepare_cached("SELECT amount_minor FROM instalments WHERE biz_id = ?1 ORDER BY seq")?;
     let parts = st
         .query_map([biz_id], |r| r.get::<_, i64>(0))?
         .map(|m| m.map(|m| amount_text(m, &stored.currency)))
@@ -269,8 +264,7 @@ fn load(c: &rusqlite::Connection, biz_id: &str) -> Result<Bill, AppError> {
 }
 
 fn load_stored(c: &rusqlite::Connection, biz_id: &str) -> Result<(Stored, i64), AppError> {
-    c.query_row(
-        "SELECT biz_id, user_id, payer_account, amount_minor, currency, status, record_id, corrections FROM bills WHERE biz_id = ?1",
+    c.prepare_cached("SELECT biz_id, user_id, payer_account, amount_minor, currency, status, record_id, corrections FROM bills WHERE biz_id = ?1")?.query_row(
         [biz_id],
         |r| {
             Ok((
@@ -314,11 +308,8 @@ async fn credit_note(
         .db(&cx, "INSERT credit_notes", move |c| {
             let tx = c.transaction()?;
             let exists = tx
-                .query_row(
-                    "SELECT 1 FROM credit_notes WHERE refund_no = ?1",
-                    [&req.refund_no],
-                    |_| Ok(()),
-                )
+                .prepare_cached("SELECT 1 FROM credit_notes WHERE refund_no = ?1")?
+                .query_row([&req.refund_no], |_| Ok(()))
                 .optional()?
                 .is_some();
             if !exists {
@@ -328,10 +319,13 @@ async fn credit_note(
                         "a credit note cannot exceed its bill or change its currency",
                     ));
                 }
-                tx.execute(
-                    "INSERT INTO credit_notes VALUES (?1, ?2, ?3, ?4)",
-                    rusqlite::params![req.refund_no, req.biz_id, minor, now_ms()],
-                )?;
+                tx.prepare_cached("INSERT INTO credit_notes VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(rusqlite::params![
+                        req.refund_no,
+                        req.biz_id,
+                        minor,
+                        now_ms()
+                    ])?;
                 let mut rec = Rec {
                     record_id: format!("cn-{}", req.refund_no),
                     source: SOURCE,
@@ -379,13 +373,12 @@ async fn correct(
                 currency: old.currency.clone(),
                 status: old.status.clone(),
             };
-            tx.execute(
-                "UPDATE bills SET amount_minor = ?2, record_id = ?3, corrections = ?4 WHERE biz_id = ?1",
+            tx.prepare_cached("UPDATE bills SET amount_minor = ?2, record_id = ?3, corrections = ?4 WHERE biz_id = ?1")?.execute(
                 rusqlite::params![new.biz_id, minor, new.record_id, n],
             )?;
             let mut records = vec![bill_record(&new, &trace_id, Some(old.record_id.clone()))];
             let old_parts: Vec<(i64, String)> = {
-                let mut st = tx.prepare("SELECT seq, record_id FROM instalments WHERE biz_id = ?1 ORDER BY seq")?;
+                let mut st = tx.prepare_cached("SELECT seq, record_id FROM instalments WHERE biz_id = ?1 ORDER BY seq")?;
                 let rows = st.query_map([&new.biz_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 rows.collect::<Result<_, _>>()?
             };
@@ -393,8 +386,7 @@ async fn correct(
                 let parts = split(minor, old_parts.len() as u32);
                 for ((seq, old_id), part) in old_parts.into_iter().zip(parts) {
                     let id = format!("bill-{}-i{seq}-c{n}", new.biz_id);
-                    tx.execute(
-                        "UPDATE instalments SET amount_minor = ?3, record_id = ?4 WHERE biz_id = ?1 AND seq = ?2",
+                    tx.prepare_cached("UPDATE instalments SET amount_minor = ?3, record_id = ?4 WHERE biz_id = ?1 AND seq = ?2")?.execute(
                         rusqlite::params![new.biz_id, seq, part, id],
                     )?;
                     records.push(instalment_record(&new, seq as usize, part, id, &trace_id, Some(old_id)));

@@ -164,10 +164,10 @@ impl Core {
         let order_no = p.order_no.clone();
         self.svc
             .db(cx, "UPDATE payments", move |c| {
-                c.execute(
+                c.prepare_cached(
                     "UPDATE payments SET status = ?2, reason = ?3 WHERE order_no = ?1",
-                    rusqlite::params![p.order_no, status, r],
-                )?;
+                )?
+                .execute(rusqlite::params![p.order_no, status, r])?;
                 let mut rec = Rec {
                     record_id: format!("pc-{}", p.order_no),
                     source: SOURCE,
@@ -293,15 +293,13 @@ async fn pay(
         .db(&cx, "INSERT payments", move |c| {
             let tx = c.transaction()?;
             let existing: Option<(String, Option<String>)> = tx
-                .query_row(
-                    "SELECT status, reason FROM payments WHERE order_no = ?1",
+                .prepare_cached("SELECT status, reason FROM payments WHERE order_no = ?1")?.query_row(
                     [&row.order_no],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
             if existing.is_none() {
-                tx.execute(
-                    "INSERT INTO payments VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'PENDING', NULL, ?10)",
+                tx.prepare_cached("INSERT INTO payments VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'PENDING', NULL, ?10)")?.execute(
                     rusqlite::params![
                         row.order_no, row.op, row.user_id, row.account, row.channel,
                         row.merchant, row.amount_minor, row.currency, row.instalments, now_ms()
@@ -428,8 +426,7 @@ async fn refund(
         .db(&cx, "INSERT refunds", move |c| {
             let tx = c.transaction()?;
             if let Some((status, reason)) = tx
-                .query_row(
-                    "SELECT status, reason FROM refunds WHERE refund_no = ?1",
+                .prepare_cached("SELECT status, reason FROM refunds WHERE refund_no = ?1")?.query_row(
                     [&r.refund_no],
                     |x| Ok((x.get::<_, String>(0)?, x.get::<_, Option<String>>(1)?)),
                 )
@@ -438,8 +435,7 @@ async fn refund(
                 return Ok(Err((status, reason)));
             }
             let paid = tx
-                .query_row(
-                    "SELECT order_no, type, user_id, account, channel, merchant, amount_minor, currency, instalments, status, reason FROM payments WHERE order_no = ?1",
+                .prepare_cached("SELECT order_no, type, user_id, account, channel, merchant, amount_minor, currency, instalments, status, reason FROM payments WHERE order_no = ?1")?.query_row(
                     [&r.order_no],
                     row_payment,
                 )
@@ -455,15 +451,14 @@ async fn refund(
                 return Err(AppError::conflict("a refund cannot exceed the payment or change its currency"));
             }
             let done: bool = tx
-                .query_row("SELECT count(*) FROM refunds WHERE order_no = ?1", [&r.order_no], |x| {
+                .prepare_cached("SELECT count(*) FROM refunds WHERE order_no = ?1")?.query_row( [&r.order_no], |x| {
                     x.get::<_, i64>(0)
                 })
                 .map(|n| n > 0)?;
             if done {
                 return Err(AppError::conflict(format!("payment `{}` was already refunded", r.order_no)));
             }
-            tx.execute(
-                "INSERT INTO refunds VALUES (?1, ?2, ?3, ?4, 'PENDING', NULL, ?5)",
+            tx.prepare_cached("INSERT INTO refunds VALUES (?1, ?2, ?3, ?4, 'PENDING', NULL, ?5)")?.execute(
                 rusqlite::params![r.refund_no, r.order_no, amount_minor, r.currency, now_ms()],
             )?;
             tx.commit()?;
@@ -539,10 +534,8 @@ async fn refund(
     let (t, f, r, paid_row) = (trace_id.clone(), failure.clone(), req.clone(), paid.clone());
     core.svc
         .db(&cx, "UPDATE refunds", move |c| {
-            c.execute(
-                "UPDATE refunds SET status = ?2, reason = ?3 WHERE refund_no = ?1",
-                rusqlite::params![r.refund_no, status, f],
-            )?;
+            c.prepare_cached("UPDATE refunds SET status = ?2, reason = ?3 WHERE refund_no = ?1")?
+                .execute(rusqlite::params![r.refund_no, status, f])?;
             let mut rec = Rec {
                 record_id: format!("pc-{}", r.refund_no),
                 source: SOURCE,
@@ -609,8 +602,7 @@ async fn get_payment(
 ) -> Result<Json<Payment>, AppError> {
     core.svc
         .db(&cx, "SELECT payments", move |c| {
-            c.query_row(
-                "SELECT order_no, type, user_id, account, channel, merchant, amount_minor, currency, instalments, status, reason FROM payments WHERE order_no = ?1",
+            c.prepare_cached("SELECT order_no, type, user_id, account, channel, merchant, amount_minor, currency, instalments, status, reason FROM payments WHERE order_no = ?1")?.query_row(
                 [&order_no],
                 row_payment,
             )

@@ -136,24 +136,6 @@ impl Gateway {
     ) -> Result<Json<OrderAnswer>, AppError> {
         let flags = self.flags.lock().expect("flags lock").clone();
         let (core_url, core_name) = self.core();
-        let log = req.clone();
-        self.svc
-            .db(&cx, "INSERT orders", move |c| {
-                c.execute(
-                    "INSERT OR IGNORE INTO orders VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'PENDING', ?7)",
-                    rusqlite::params![
-                        log.order_no,
-                        op,
-                        log.user_id,
-                        log.amount,
-                        log.currency,
-                        core_name,
-                        now_ms()
-                    ],
-                )?;
-                Ok(())
-            })
-            .await?;
         let (path, body) = if op == "refund" {
             let body = serde_json::json!({
                 "refund_no": req.order_no,
@@ -186,14 +168,24 @@ impl Gateway {
             Ok(a) => (a.status.clone(), a.reason.clone()),
             Err(e) => ("ERROR".to_string(), Some(e.to_string())),
         };
-        let order_no = req.order_no.clone();
+        // The order log is written once, with the outcome: one commit per order.
+        let log = req.clone();
         let st = status.clone();
         self.svc
-            .db(&cx, "UPDATE orders", move |c| {
-                c.execute(
-                    "UPDATE orders SET status = ?2 WHERE order_no = ?1",
-                    rusqlite::params![order_no, st],
-                )?;
+            .db(&cx, "INSERT orders", move |c| {
+                c.prepare_cached(
+                    "INSERT OR REPLACE INTO orders VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(rusqlite::params![
+                    log.order_no,
+                    op,
+                    log.user_id,
+                    log.amount,
+                    log.currency,
+                    core_name,
+                    st,
+                    now_ms()
+                ])?;
                 Ok(())
             })
             .await?;

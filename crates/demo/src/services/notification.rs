@@ -67,8 +67,7 @@ async fn notify(
     let id = n
         .svc
         .db(&cx, "INSERT notifications", move |c| {
-            c.execute(
-                "INSERT INTO notifications (user_id, order_no, text, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            c.prepare_cached("INSERT INTO notifications (user_id, order_no, text, created_ms) VALUES (?1, ?2, ?3, ?4)")?.execute(
                 rusqlite::params![req.user_id, req.order_no, req.text, now_ms()],
             )?;
             Ok(c.last_insert_rowid())
@@ -85,7 +84,7 @@ async fn list(
     let limit = q.limit.unwrap_or(20).min(LIST_MAX);
     n.svc
         .db(&cx, "SELECT notifications", move |c| {
-            let mut st = c.prepare(
+            let mut st = c.prepare_cached(
                 "SELECT user_id, order_no, text FROM notifications WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2",
             )?;
             let rows = st.query_map(rusqlite::params![q.user_id, limit], |r| {

@@ -168,7 +168,7 @@ impl Wallet {
         let mut c = conn.lock().expect("database lock");
         let tx = c.transaction()?;
         {
-            let mut st = tx.prepare(
+            let mut st = tx.prepare_cached(
                 "INSERT OR IGNORE INTO wallets (user_id, currency, balance_minor) VALUES (?1, ?2, ?3)",
             )?;
             for (user, currency, opening) in wallets {
@@ -188,7 +188,7 @@ impl Wallet {
             .db(&cx, "SELECT wallets (snapshot)", move |c| {
                 let tx = c.transaction()?;
                 let rows: Vec<(String, String, i64, i64, i64)> = {
-                    let mut st = tx.prepare(
+                    let mut st = tx.prepare_cached(
                         "SELECT user_id, currency, balance_minor, snapshots, last_movement_ms FROM wallets WHERE dirty = 1 ORDER BY last_movement_ms LIMIT ?1",
                     )?;
                     let rows = st.query_map([SNAPSHOT_SWEEP_MAX as i64], |r| {
@@ -200,8 +200,7 @@ impl Wallet {
                 let mut records = Vec::with_capacity(rows.len());
                 for (user, currency, balance, n, last_movement) in &rows {
                     let t = now.max(*last_movement);
-                    tx.execute(
-                        "UPDATE wallets SET dirty = 0, snapshots = ?2, last_snapshot_ms = ?3 WHERE user_id = ?1",
+                    tx.prepare_cached("UPDATE wallets SET dirty = 0, snapshots = ?2, last_snapshot_ms = ?3 WHERE user_id = ?1")?.execute(
                         rusqlite::params![user, n + 1, t],
                     )?;
                     records.push(snapshot_record(user, n + 1, *balance, currency, t));
@@ -238,8 +237,7 @@ async fn move_money(
                 return Ok(m);
             }
             let wallet: Option<(String, i64, i64, i64)> = tx
-                .query_row(
-                    "SELECT currency, balance_minor, snapshots, last_snapshot_ms FROM wallets WHERE user_id = ?1",
+                .prepare_cached("SELECT currency, balance_minor, snapshots, last_snapshot_ms FROM wallets WHERE user_id = ?1")?.query_row(
                     [&req.user_id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
@@ -248,8 +246,7 @@ async fn move_money(
                 Some(x) => x,
                 None => {
                     // A wallet opens with its first movement.
-                    tx.execute(
-                        "INSERT INTO wallets (user_id, currency, balance_minor) VALUES (?1, ?2, 0)",
+                    tx.prepare_cached("INSERT INTO wallets (user_id, currency, balance_minor) VALUES (?1, ?2, 0)")?.execute(
                         rusqlite::params![req.user_id, req.currency],
                     )?;
                     (req.currency.clone(), 0, 0, 0)
@@ -288,12 +285,10 @@ async fn move_money(
                 origin: req.origin.clone(),
                 record_id: format!("wm-{}", req.movement_id),
             };
-            tx.execute(
-                "INSERT INTO movements VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)",
+            tx.prepare_cached("INSERT INTO movements VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)")?.execute(
                 rusqlite::params![m.movement_id, m.user_id, m.direction, minor, m.currency, m.origin, m.record_id, t],
             )?;
-            tx.execute(
-                "UPDATE wallets SET balance_minor = balance_minor + ?2, dirty = 1, last_movement_ms = ?3, snapshots = ?4, last_snapshot_ms = CASE WHEN ?4 > snapshots THEN ?3 - 1 ELSE last_snapshot_ms END WHERE user_id = ?1",
+            tx.prepare_cached("UPDATE wallets SET balance_minor = balance_minor + ?2, dirty = 1, last_movement_ms = ?3, snapshots = ?4, last_snapshot_ms = CASE WHEN ?4 > snapshots THEN ?3 - 1 ELSE last_snapshot_ms END WHERE user_id = ?1")?.execute(
                 rusqlite::params![m.user_id, delta, t, n],
             )?;
             tx.commit()?;
@@ -306,8 +301,7 @@ async fn move_money(
 }
 
 fn load_movement(c: &rusqlite::Connection, id: &str) -> Result<Option<Movement>, AppError> {
-    Ok(c.query_row(
-        "SELECT movement_id, user_id, direction, amount_minor, currency, origin, record_id FROM movements WHERE movement_id = ?1",
+    Ok(c.prepare_cached("SELECT movement_id, user_id, direction, amount_minor, currency, origin, record_id FROM movements WHERE movement_id = ?1")?.query_row(
         [id],
         |r| {
             let currency: String = r.get(4)?;
@@ -332,19 +326,18 @@ async fn get_wallet(
 ) -> Result<Json<WalletView>, AppError> {
     w.svc
         .db(&cx, "SELECT wallets", move |c| {
-            c.query_row(
-                "SELECT currency, balance_minor FROM wallets WHERE user_id = ?1",
-                [&user_id],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
-            )
-            .optional()?
-            .map(|(currency, balance)| WalletView {
-                account: account_of(&user_id),
-                balance: amount_text(balance, &currency),
-                user_id: user_id.clone(),
-                currency,
-            })
-            .ok_or_else(|| AppError::not_found(format!("no wallet for `{user_id}`")))
+            c.prepare_cached("SELECT currency, balance_minor FROM wallets WHERE user_id = ?1")?
+                .query_row([&user_id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .optional()?
+                .map(|(currency, balance)| WalletView {
+                    account: account_of(&user_id),
+                    balance: amount_text(balance, &currency),
+                    user_id: user_id.clone(),
+                    currency,
+                })
+                .ok_or_else(|| AppError::not_found(format!("no wallet for `{user_id}`")))
         })
         .await
         .map(Json)
@@ -365,14 +358,12 @@ async fn correct(
             let tx = c.transaction()?;
             let old = load_movement(&tx, &req.movement_id)?
                 .ok_or_else(|| AppError::not_found(format!("no movement `{}`", req.movement_id)))?;
-            let (old_minor, corrections): (i64, i64) = tx.query_row(
-                "SELECT amount_minor, corrections FROM movements WHERE movement_id = ?1",
+            let (old_minor, corrections): (i64, i64) = tx.prepare_cached("SELECT amount_minor, corrections FROM movements WHERE movement_id = ?1")?.query_row(
                 [&req.movement_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             let (minor, _) = parse_amount(&req.amount, &old.currency)?;
-            let (last_snapshot,): (i64,) = tx.query_row(
-                "SELECT last_snapshot_ms FROM wallets WHERE user_id = ?1",
+            let (last_snapshot,): (i64,) = tx.prepare_cached("SELECT last_snapshot_ms FROM wallets WHERE user_id = ?1")?.query_row(
                 [&old.user_id],
                 |r| Ok((r.get(0)?,)),
             )?;
@@ -383,12 +374,10 @@ async fn correct(
                 ..old.clone()
             };
             let t = now_ms().max(last_snapshot + 1);
-            tx.execute(
-                "UPDATE movements SET amount_minor = ?2, record_id = ?3, corrections = ?4 WHERE movement_id = ?1",
+            tx.prepare_cached("UPDATE movements SET amount_minor = ?2, record_id = ?3, corrections = ?4 WHERE movement_id = ?1")?.execute(
                 rusqlite::params![new.movement_id, minor, new.record_id, n],
             )?;
-            tx.execute(
-                "UPDATE wallets SET balance_minor = balance_minor + ?2, dirty = 1, last_movement_ms = ?3 WHERE user_id = ?1",
+            tx.prepare_cached("UPDATE wallets SET balance_minor = balance_minor + ?2, dirty = 1, last_movement_ms = ?3 WHERE user_id = ?1")?.execute(
                 rusqlite::params![new.user_id, signed(&new.direction, minor - old_minor), t],
             )?;
             tx.commit()?;

@@ -1,0 +1,4 @@
+//! End-to-end tests of the demo platform with a Steadfast server in the same process.
+
+mod platform;
+mod support;

@@ -1,0 +1,192 @@
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use steadfast_demo::driver::{drive, DriverConfig, DriverStats};
+use steadfast_demo::report::ReportTarget;
+use steadfast_demo::traffic::Traffic;
+use steadfast_demo::{Platform, PlatformConfig, DEMO_RULES};
+use steadfast_server::{Config, Server};
+use steadfast_verify::parse_rules;
+
+/// The longest lateness budget in the demo rules, plus the wallet's snapshot interval
+/// and two engine ticks: after this, every key has been evaluated.
+pub const SETTLE_MS: u64 = 5_000 + 1_000 + 200;
+
+/// A server and the platform reporting to it.
+pub struct Rig {
+    pub server: Option<Server>,
+    pub platform: Option<Platform>,
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+    pub seed: u64,
+    pub users: u32,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    pub async fn start(seed: u64, users: u32) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config {
+            data_dir: dir.path().join("steadfast"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        cfg.engine.tick_ms = 50;
+        let rules = Arc::new(parse_rules(DEMO_RULES).unwrap());
+        let server = Server::start(cfg, rules, false).await.unwrap();
+        let base = format!("http://{}", server.addr);
+        let token = server.admin_token.clone();
+        let traffic = Traffic::new(seed, users, 50);
+        let wallets: Vec<_> = traffic
+            .users
+            .iter()
+            .map(|u| (u.id.clone(), u.currency, u.wallet_opening_minor))
+            .collect();
+        let mut pcfg = PlatformConfig::new(
+            dir.path().join("platform"),
+            ReportTarget {
+                url: base.clone(),
+                token: token.clone(),
+            },
+            token.clone(),
+        );
+        pcfg.snapshot_interval_ms = 500;
+        // Debug builds under a loaded CI machine are slow; a timeout here would be a
+        // false failure, not a finding.
+        pcfg.call_timeout_ms = 20_000;
+        let platform = Platform::start(pcfg, &wallets).await.unwrap();
+        Rig {
+            server: Some(server),
+            platform: Some(platform),
+            base,
+            token,
+            http: reqwest::Client::new(),
+            seed,
+            users,
+            _dir: dir,
+        }
+    }
+
+    /// The working directory: `steadfast/` and `platform/` (the services' databases).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    pub fn platform(&self) -> &Platform {
+        self.platform.as_ref().unwrap()
+    }
+
+    /// Plays `ops` operations of the seeded traffic at `rate` per second (flat).
+    pub async fn drive(&self, ops: u64, rate: f64) -> Arc<DriverStats> {
+        let stats = Arc::new(DriverStats::default());
+        let (_stop, rx) = tokio::sync::watch::channel(false);
+        drive(
+            Traffic::new(self.seed, self.users, 50),
+            self.platform().endpoints.gateway.clone(),
+            DriverConfig {
+                rate,
+                seasonal: false,
+                ops_max: Some(ops),
+                in_flight_max: 64,
+                ..DriverConfig::default()
+            },
+            stats.clone(),
+            rx,
+        )
+        .await;
+        assert_eq!(stats.issued.load(Ordering::Relaxed), ops);
+        stats
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    pub async fn status(&self) -> Value {
+        self.get("/api/v1/status").await
+    }
+
+    /// Every break, oldest first.
+    pub async fn breaks(&self) -> Vec<Value> {
+        let v = self.get("/api/v1/breaks?limit=1000").await;
+        let mut list = v.as_array().cloned().unwrap();
+        list.sort_by_key(|b| b["id"].as_u64());
+        list
+    }
+
+    /// Waits until the engine has verified every acknowledged record and every deadline
+    /// has passed.
+    pub async fn settle(&self, acknowledged: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let seen = self.status().await["records_seen"].as_u64().unwrap();
+            if seen >= acknowledged {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "engine stuck at {seen} of {acknowledged}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(SETTLE_MS)).await;
+    }
+
+    /// Admin call to a service.
+    pub async fn admin(&self, url: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(url)
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Stops the platform (reporting everything), and returns how many records the
+    /// services had acknowledged.
+    pub async fn stop_platform(&mut self) -> u64 {
+        let p = self.platform.take().unwrap();
+        let reports: Vec<_> = p.reports.clone();
+        p.shutdown().await;
+        for (name, s) in &reports {
+            assert_eq!(
+                s.refused.load(Ordering::Relaxed),
+                0,
+                "{name}: records refused"
+            );
+            assert_eq!(
+                s.queued.load(Ordering::Relaxed),
+                s.acknowledged.load(Ordering::Relaxed),
+                "{name}: every record written is acknowledged"
+            );
+        }
+        reports
+            .iter()
+            .map(|(_, s)| s.acknowledged.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(p) = self.platform.take() {
+            p.shutdown().await;
+        }
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}
