@@ -196,11 +196,13 @@ impl Platform {
                 name,
                 &cfg.data_dir,
                 schema,
-                telemetry,
-                faults,
-                reporter,
-                call_client.clone(),
-                cfg.admin_token.clone(),
+                svc::SvcParts {
+                    telemetry,
+                    faults,
+                    reporter,
+                    client: call_client.clone(),
+                    admin_token: cfg.admin_token.clone(),
+                },
             )?))
         };
         let upstreams = core::Upstreams {

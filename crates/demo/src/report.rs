@@ -75,12 +75,12 @@ impl Reporter {
             let sent = match self.tx.try_send(r) {
                 Ok(()) => Ok(()),
                 Err(mpsc::error::TrySendError::Full(r)) => {
+                    let send = || self.tx.blocking_send(r).map_err(|_| ());
                     if tokio::runtime::Handle::try_current().is_ok() {
-                        tokio::task::block_in_place(|| self.tx.blocking_send(r))
+                        tokio::task::block_in_place(send)
                     } else {
-                        self.tx.blocking_send(r)
+                        send()
                     }
-                    .map_err(|_| ())
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
             };

@@ -95,6 +95,15 @@ impl std::fmt::Display for CallError {
 /// Prepared statements kept per service connection (more than any service uses).
 pub const STATEMENTS_CACHED_MAX: usize = 64;
 
+/// What a service is built from, besides its name and database.
+pub struct SvcParts {
+    pub telemetry: Arc<Telemetry>,
+    pub faults: Arc<Faults>,
+    pub reporter: Reporter,
+    pub client: reqwest::Client,
+    pub admin_token: String,
+}
+
 /// One service.
 pub struct Svc {
     pub name: &'static str,
@@ -111,12 +120,15 @@ impl Svc {
         name: &'static str,
         data_dir: &Path,
         schema: &str,
-        telemetry: Arc<Telemetry>,
-        faults: Arc<Faults>,
-        reporter: Reporter,
-        client: reqwest::Client,
-        admin_token: String,
+        parts: SvcParts,
     ) -> anyhow::Result<Svc> {
+        let SvcParts {
+            telemetry,
+            faults,
+            reporter,
+            client,
+            admin_token,
+        } = parts;
         let path = data_dir.join(format!("{name}.db"));
         let conn = Connection::open(&path)
             .map_err(|e| anyhow::anyhow!("failed to open {}: {e}", path.display()))?;

@@ -45,8 +45,9 @@ pub struct DemoArgs {
     /// The Steadfast API's address.
     #[arg(long, default_value = "127.0.0.1:7420")]
     listen: SocketAddr,
-    /// The gateway's port; the other services take the next six. Any free ports when 0.
-    #[arg(long, default_value_t = 0)]
+    /// The gateway's port; the other services take the next six (payment core, standby,
+    /// accounting, billing, wallet, notification). Any free ports when 0.
+    #[arg(long, default_value_t = 7430)]
     platform_port: u16,
     /// Send the payment core's billing calls here (a fault-injection proxy) instead of
     /// straight to billing.
@@ -194,7 +195,12 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     }
     summary.clear();
     eprintln!("stopping the platform: reporting every record written");
+    let reports = platform.reports.clone();
     platform.shutdown().await;
+    let acknowledged: u64 = reports
+        .iter()
+        .map(|(_, r)| r.acknowledged.load(Ordering::Relaxed))
+        .sum();
     // Let the engine verify what was just acknowledged before the last look.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let last = summary.status().await;
@@ -202,7 +208,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     server.shutdown().await;
     let ops = stats.issued.load(Ordering::Relaxed);
     eprintln!(
-        "done: {ops} operations ({} succeeded, {} declined, {} errors); {} records verified",
+        "done: {ops} operations ({} succeeded, {} declined, {} errors); {acknowledged} records acknowledged, {} verified",
         stats.succeeded.load(Ordering::Relaxed),
         stats.declined.load(Ordering::Relaxed),
         stats.errors.load(Ordering::Relaxed),

@@ -250,3 +250,117 @@ fn ingest_then_list_and_work_breaks_through_the_cli() {
     }
     assert!(child.wait().unwrap().success(), "a clean shutdown exits 0");
 }
+
+/// `steadfast demo` runs the platform, and Ctrl-C stops everything cleanly: every
+/// acknowledged record verified, nothing left listening, no break on a faultless run.
+#[test]
+fn demo_runs_and_stops_cleanly_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "demo",
+            "--rate",
+            "200",
+            "--users",
+            "500",
+            "--listen",
+            "127.0.0.1:0",
+            "--platform-port",
+            "0",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = child.stderr.take().unwrap();
+    let mut child = KillOnDrop(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let mut gateway = None;
+    while gateway.is_none() {
+        let l = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("no gateway line ({e}) in {lines:#?}"));
+        if let Some(rest) = l.trim_start().strip_prefix("gateway") {
+            gateway = rest
+                .split_whitespace()
+                .next()
+                .map(|u| u.trim_start_matches("http://").to_string());
+        }
+        lines.push(l);
+    }
+    let gateway = gateway.unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
+    let status = child.0.wait().unwrap();
+    lines.extend(rx.iter());
+    let text = lines.join("\n");
+    assert!(status.success(), "{text}");
+    let done = lines
+        .iter()
+        .find(|l| l.starts_with("done:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let number_before = |word: &str| -> u64 {
+        let i = done.find(word).unwrap();
+        done[..i]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let acknowledged = number_before(" records acknowledged");
+    let verified = number_before(" verified");
+    assert!(acknowledged > 500, "{done}");
+    assert_eq!(verified, acknowledged, "{done}");
+    assert!(text.contains("breaks by status: {}"), "{text}");
+    assert!(
+        std::net::TcpStream::connect(&gateway).is_err(),
+        "the gateway still listens"
+    );
+    assert!(data.join("steadfast").join("admin.token").exists());
+
+    // A directory the demo did not make is never wiped.
+    let other = dir.path().join("precious");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("ledger.csv"), "keep me").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "demo",
+            "--duration",
+            "1s",
+            "--listen",
+            "127.0.0.1:0",
+            "--platform-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was not made by `steadfast demo`"));
+    assert_eq!(
+        std::fs::read_to_string(other.join("ledger.csv")).unwrap(),
+        "keep me"
+    );
+}
