@@ -174,6 +174,25 @@ async fn run_async(a: &Args) -> Result<Report> {
         .as_object()
         .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
         .unwrap_or(0);
+    if breaks > 0 {
+        // None is expected without faults: show what they are.
+        let list: serde_json::Value = http
+            .get(format!("{base}/api/v1/breaks?limit=1000"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let mut kinds = std::collections::BTreeMap::<String, (u64, String)>::new();
+        for b in list.as_array().into_iter().flatten() {
+            let k = format!("{} {} {}", b["rule"], b["kind"], b["side"]);
+            let e = kinds.entry(k).or_insert((0, b["message"].to_string()));
+            e.0 += 1;
+        }
+        for (k, (n, example)) in kinds {
+            eprintln!("break {k}: {n} in the first 1000, e.g. {example}");
+        }
+    }
     server.shutdown().await;
     let completed = stats.completed();
     Ok(Report {

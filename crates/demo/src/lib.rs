@@ -220,8 +220,17 @@ impl Platform {
             endpoints.payment_core.clone(),
             endpoints.payment_core_standby.clone(),
         );
-        let core = core::Core::new(make("payment-core", core::SCHEMA)?, upstreams.clone());
-        let standby = core::Core::new(make("payment-core-standby", core::SCHEMA)?, upstreams);
+        let (core, notifier) = core::Core::new(
+            make("payment-core", core::SCHEMA)?,
+            upstreams.clone(),
+            background_rx.clone(),
+        );
+        let (standby, standby_notifier) = core::Core::new(
+            make("payment-core-standby", core::SCHEMA)?,
+            upstreams,
+            background_rx.clone(),
+        );
+        let notifiers = [notifier, standby_notifier];
         let accounting = Arc::new(accounting::Accounting {
             svc: make("accounting", accounting::SCHEMA)?,
         });
@@ -234,6 +243,7 @@ impl Platform {
         let notification = Arc::new(notification::Notification {
             svc: make("notification", notification::SCHEMA)?,
         });
+        background.extend(notifiers);
         {
             let w = wallet.clone();
             let seed = wallets.to_vec();
@@ -329,17 +339,24 @@ impl Platform {
     }
 
     /// Stops the services in call order (the gateway first, so every request in flight
-    /// completes downstream), takes the last wallet snapshots, then reports everything
-    /// still queued. Every record a service wrote has been acknowledged by Steadfast when
+    /// completes downstream; notification after the notifiers have drained), takes the
+    /// last wallet snapshots, then reports everything still queued. Every record a service wrote has been acknowledged by Steadfast when
     /// this returns, unless Steadfast refused it (counted in `refused`).
     pub async fn shutdown(self) {
-        for s in self.servers {
+        let mut servers = self.servers;
+        // Notification is last in call order; it stays up while the notifiers drain.
+        let notification = servers.pop();
+        for s in servers {
             let _ = s.stop.send(true);
             let _ = s.task.await;
         }
         let _ = self.stop_background.send(true);
         for t in self.background {
             let _ = t.await;
+        }
+        if let Some(s) = notification {
+            let _ = s.stop.send(true);
+            let _ = s.task.await;
         }
         for s in [
             &self.gateway.svc,

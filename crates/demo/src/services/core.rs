@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use steadfast_model::Direction;
 
 use super::gateway::OrderAnswer;
+use super::notification::Notice;
 use crate::svc::{now_ms, parse_amount, AppError, Rec, Svc};
 use crate::telemetry::Cx;
 use crate::traffic::Channel;
@@ -66,7 +67,15 @@ pub struct UpstreamChange {
 pub struct Core {
     pub svc: Arc<Svc>,
     upstreams: Mutex<Upstreams>,
+    notices: tokio::sync::mpsc::Sender<Notice>,
 }
+
+/// Notifications waiting to be sent; a full queue makes payments wait.
+pub const NOTICES_QUEUED_MAX: usize = 10_000;
+/// Most notifications in one call to the notification service.
+pub const NOTICES_BATCH_MAX: usize = 500;
+/// How long a notification waits for companions.
+pub const NOTICES_LINGER_MS: u64 = 50;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,11 +134,21 @@ pub struct Payment {
 pub const INSTALMENTS_MAX: u32 = 24;
 
 impl Core {
-    pub fn new(svc: Arc<Svc>, upstreams: Upstreams) -> Arc<Core> {
-        Arc::new(Core {
+    /// The core and its notifier task, which sends queued notifications in batches
+    /// until `stop`, then sends what is left and ends.
+    pub fn new(
+        svc: Arc<Svc>,
+        upstreams: Upstreams,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> (Arc<Core>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(NOTICES_QUEUED_MAX);
+        let core = Arc::new(Core {
             svc,
             upstreams: Mutex::new(upstreams),
-        })
+            notices: tx,
+        });
+        let task = tokio::spawn(notifier(core.clone(), rx, stop));
+        (core, task)
     }
 
     pub fn router(self: &Arc<Core>) -> Router {
@@ -388,26 +407,63 @@ async fn pay(
     if req.notify {
         notify(
             &core,
-            &cx,
-            &up,
             &req.user_id,
             &req.order_no,
-            &format!("{} {} {}", req.op, req.amount, req.currency),
+            format!("{} {} {}", req.op, req.amount, req.currency),
         )
         .await;
     }
     Ok(Json(answer))
 }
 
-async fn notify(core: &Core, cx: &Cx, up: &Upstreams, user: &str, order_no: &str, text: &str) {
-    let body = serde_json::json!({ "user_id": user, "order_no": order_no, "text": text });
-    // A lost notification is no fund problem: the payment stands.
-    let res: Result<serde_json::Value, _> = core
-        .svc
-        .call(cx, &format!("{}/v1/notify", up.notification), &body)
-        .await;
-    if let Err(e) = res {
-        tracing::debug!(error = %e, "notification failed");
+/// Queues a notification. Notifications leave the payment path: they go out in batches
+/// from the notifier, as a payment platform's messaging does; a lost one is no fund
+/// problem.
+async fn notify(core: &Core, user: &str, order_no: &str, text: String) {
+    let notice = Notice {
+        user_id: user.to_string(),
+        order_no: order_no.to_string(),
+        text,
+    };
+    if core.notices.send(notice).await.is_err() {
+        tracing::debug!("notifier stopped; a notification was dropped");
+    }
+}
+
+async fn notifier(
+    core: Arc<Core>,
+    mut rx: tokio::sync::mpsc::Receiver<Notice>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut batch = Vec::with_capacity(NOTICES_BATCH_MAX);
+    loop {
+        batch.clear();
+        let first = tokio::select! {
+            n = rx.recv() => n,
+            _ = crate::svc::stopped(&mut stop) => {
+                rx.close();
+                rx.recv().await
+            }
+        };
+        let Some(first) = first else { return };
+        batch.push(first);
+        let linger = tokio::time::sleep(std::time::Duration::from_millis(NOTICES_LINGER_MS));
+        tokio::pin!(linger);
+        while batch.len() < NOTICES_BATCH_MAX {
+            tokio::select! {
+                n = rx.recv() => match n {
+                    Some(n) => batch.push(n),
+                    None => break,
+                },
+                _ = &mut linger => break,
+            }
+        }
+        let url = format!("{}/v1/notify", core.upstreams().notification);
+        let cx = Cx(opentelemetry::Context::new());
+        let res: Result<serde_json::Value, _> = core.svc.call(&cx, &url, &batch).await;
+        if let Err(e) = res {
+            tracing::debug!(error = %e, dropped = batch.len(), "notifications failed");
+        }
     }
 }
 
@@ -563,11 +619,9 @@ async fn refund(
     if req.notify && failure.is_none() {
         notify(
             &core,
-            &cx,
-            &up,
             &paid.user_id,
             &req.refund_no,
-            &format!("refund {} {}", req.amount, req.currency),
+            format!("refund {} {}", req.amount, req.currency),
         )
         .await;
     }

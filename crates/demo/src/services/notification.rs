@@ -1,6 +1,7 @@
-//! The notification service: stores the messages sent to users after their payments. It
-//! writes no money, so it reports no fund records; it is in the call graph so that a slow
-//! or stuck notifier shows up in traces and root-cause analysis.
+//! The notification service: stores the messages sent to users after their payments
+//! (`POST /v1/notify` takes a batch). It writes no money, so it reports no fund records.
+//! The payment core sends it notifications in batches, off the payment path: a slow or
+//! stuck notifier delays messages, not payments.
 
 use std::sync::Arc;
 
@@ -23,6 +24,8 @@ CREATE TABLE IF NOT EXISTS notifications (
 CREATE INDEX IF NOT EXISTS notifications_user ON notifications (user_id, id);";
 /// Most notifications one query returns.
 pub const LIST_MAX: u32 = 100;
+/// Most notifications in one request.
+pub const BATCH_MAX: usize = 1_000;
 /// Longest notification text.
 pub const TEXT_BYTES_MAX: usize = 1024;
 
@@ -57,23 +60,34 @@ impl Notification {
 async fn notify(
     State(n): State<Arc<Notification>>,
     Extension(cx): Extension<Cx>,
-    Json(req): Json<Notice>,
+    Json(batch): Json<Vec<Notice>>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    if req.text.len() > TEXT_BYTES_MAX {
+    if batch.is_empty() || batch.len() > BATCH_MAX {
+        return Err(AppError::bad(format!(
+            "send 1 to {BATCH_MAX} notifications"
+        )));
+    }
+    if batch.iter().any(|x| x.text.len() > TEXT_BYTES_MAX) {
         return Err(AppError::bad(format!(
             "text is longer than {TEXT_BYTES_MAX} bytes"
         )));
     }
-    let id = n
+    let stored = n
         .svc
         .db(&cx, "INSERT notifications", move |c| {
-            c.prepare_cached("INSERT INTO notifications (user_id, order_no, text, created_ms) VALUES (?1, ?2, ?3, ?4)")?.execute(
-                rusqlite::params![req.user_id, req.order_no, req.text, now_ms()],
-            )?;
-            Ok(c.last_insert_rowid())
+            let tx = c.transaction()?;
+            let now = now_ms();
+            for x in &batch {
+                tx.prepare_cached(
+                    "INSERT INTO notifications (user_id, order_no, text, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(rusqlite::params![x.user_id, x.order_no, x.text, now])?;
+            }
+            tx.commit()?;
+            Ok(batch.len())
         })
         .await?;
-    Ok(Json(serde_json::json!({ "id": id })))
+    Ok(Json(serde_json::json!({ "stored": stored })))
 }
 
 async fn list(

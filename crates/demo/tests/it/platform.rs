@@ -379,7 +379,7 @@ async fn failure_modes_switch_at_run_time() {
     .await;
     let held = tokio::spawn(post(
         format!("{}/v1/notify", e.notification),
-        json!({"user_id": "u-0000003", "order_no": "x", "text": "hello"}),
+        json!([{"user_id": "u-test-3", "order_no": "x", "text": "hello"}]),
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!held.is_finished(), "a stuck service answers nothing");
@@ -468,4 +468,62 @@ async fn failure_modes_switch_at_run_time() {
     let (s, a) = post(format!("{}/v1/pay", e.gateway), plan).await;
     assert_eq!(s, 422, "{a}");
     rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_and_metrics_go_out_over_otlp_when_export_is_on() {
+    use std::sync::{Arc, Mutex};
+    use steadfast_demo::telemetry::{OtlpConfig, Telemetry};
+    // A collector that records the paths and content types it was sent.
+    let seen: Arc<Mutex<Vec<(String, String, usize)>>> = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let s = s.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            let ct = req
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = axum::body::to_bytes(req.into_body(), 1 << 24)
+                .await
+                .unwrap();
+            s.lock().unwrap().push((path, ct, body.len()));
+            ""
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let t = Telemetry::new(
+        "billing",
+        &OtlpConfig {
+            enabled: true,
+            endpoint: format!("http://{addr}"),
+            metrics_interval_secs: 1,
+        },
+    )
+    .unwrap();
+    let root = t.span(
+        &opentelemetry::Context::new(),
+        "POST /v1/bills".into(),
+        opentelemetry::trace::SpanKind::Server,
+        vec![],
+    );
+    t.db_span(&root, "INSERT bills", || ());
+    use opentelemetry::trace::TraceContextExt;
+    root.span().end();
+    tokio::task::spawn_blocking(move || t.shutdown())
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let traces = seen
+        .iter()
+        .find(|(p, _, _)| p == "/v1/traces")
+        .unwrap_or_else(|| panic!("{seen:?}"));
+    assert_eq!(traces.1, "application/x-protobuf");
+    assert!(traces.2 > 0);
+    assert!(seen.iter().any(|(p, _, _)| p == "/v1/metrics"), "{seen:?}");
 }
