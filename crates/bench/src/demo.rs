@@ -90,11 +90,7 @@ async fn run_async(a: &Args) -> Result<Report> {
     let base = format!("http://{}", server.addr);
     let token = server.admin_token.clone();
     let traffic = Traffic::new(a.seed, a.users, 50);
-    let wallets: Vec<_> = traffic
-        .users
-        .iter()
-        .map(|u| (u.id.clone(), u.currency, u.wallet_opening_minor))
-        .collect();
+    let wallets = traffic.wallets();
     let platform = Platform::start(
         PlatformConfig::new(
             dir.path().join("platform"),

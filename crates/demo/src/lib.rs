@@ -343,6 +343,7 @@ impl Platform {
     /// last wallet snapshots, then reports everything still queued. Every record a service wrote has been acknowledged by Steadfast when
     /// this returns, unless Steadfast refused it (counted in `refused`).
     pub async fn shutdown(self) {
+        let svcs: Vec<Arc<Svc>> = self.services().into_iter().cloned().collect();
         let mut servers = self.servers;
         // Notification is last in call order; it stays up while the notifiers drain.
         let notification = servers.pop();
@@ -358,15 +359,7 @@ impl Platform {
             let _ = s.stop.send(true);
             let _ = s.task.await;
         }
-        for s in [
-            &self.gateway.svc,
-            &self.core.svc,
-            &self.standby.svc,
-            &self.accounting.svc,
-            &self.billing.svc,
-            &self.wallet.svc,
-            &self.notification.svc,
-        ] {
+        for s in &svcs {
             s.faults.stop();
         }
         let mut last = self.wallet.sweep().await;
@@ -377,15 +370,7 @@ impl Platform {
         for t in self.reporters {
             let _ = t.await;
         }
-        for s in [
-            &self.gateway.svc,
-            &self.core.svc,
-            &self.standby.svc,
-            &self.accounting.svc,
-            &self.billing.svc,
-            &self.wallet.svc,
-            &self.notification.svc,
-        ] {
+        for s in &svcs {
             s.telemetry.shutdown();
         }
     }

@@ -1,8 +1,10 @@
 //! The reporter: how a service tells Steadfast about the fund records it writes, through
 //! the public ingest API (`POST /api/v1/records`), as any real system would.
 //!
-//! Records wait in a bounded queue ([`REPORT_QUEUE_MAX`]); when it is full the writing
-//! request waits (back-pressure, nothing dropped). One sender per service posts batches
+//! Records wait in a bounded queue ([`REPORT_QUEUE_GROUPS_MAX`]) as groups: the records
+//! of one write (the two legs of a ledger transaction, a bill and its instalments) stay
+//! together in one ingest batch, so Steadfast never sees half a write. When the queue is
+//! full the writing request waits (back-pressure, nothing dropped). One sender per service posts batches
 //! in order, so a service's records reach Steadfast in the order it wrote them. A batch
 //! is retried until acknowledged: 429/503 after `Retry-After`, network errors with
 //! backoff. Record ids are deterministic, so a retried batch has no second effect.
@@ -14,10 +16,18 @@ use std::time::Duration;
 use steadfast_model::wire::WireRecord;
 use tokio::sync::{mpsc, watch};
 
-/// Records waiting to be reported, per service.
-pub const REPORT_QUEUE_MAX: usize = 50_000;
-/// Most records in one ingest request.
+/// Groups of records (one write each) waiting to be reported, per service.
+pub const REPORT_QUEUE_GROUPS_MAX: usize = 20_000;
+/// Most records in one group; larger writes are split (only the wallet's snapshot sweep
+/// writes more, and its snapshots are independent of each other).
+pub const REPORT_GROUP_MAX: usize = 500;
+/// Records in one ingest request: groups are added until this many are reached, so a
+/// request holds at most `REPORT_BATCH_MAX + REPORT_GROUP_MAX - 1` records.
 pub const REPORT_BATCH_MAX: usize = 2_000;
+const _: () = assert!(
+    REPORT_BATCH_MAX + REPORT_GROUP_MAX <= 10_000,
+    "within the server's default batch_records_max"
+);
 /// How long a record may wait for companions before its batch is sent.
 pub const REPORT_LINGER_MS: u64 = 20;
 /// Longest wait between retries of a failed batch.
@@ -45,7 +55,7 @@ pub struct ReportStats {
 /// The sending half; cloned into every handler of a service.
 #[derive(Clone)]
 pub struct Reporter {
-    tx: mpsc::Sender<WireRecord>,
+    tx: mpsc::Sender<Vec<WireRecord>>,
     pub stats: Arc<ReportStats>,
 }
 
@@ -58,7 +68,7 @@ impl Reporter {
         client: reqwest::Client,
         stop: watch::Receiver<bool>,
     ) -> (Reporter, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(REPORT_QUEUE_MAX);
+        let (tx, rx) = mpsc::channel(REPORT_QUEUE_GROUPS_MAX);
         let stats = Arc::new(ReportStats::default());
         let task = tokio::spawn(send_loop(service, target, client, rx, stats.clone(), stop));
         (Reporter { tx, stats }, task)
@@ -69,13 +79,16 @@ impl Reporter {
     ///
     /// Also callable on a worker of a multi-threaded runtime: when the queue is full it
     /// waits in `block_in_place`.
-    pub fn report_blocking(&self, records: Vec<WireRecord>) {
-        for r in records {
-            self.stats.queued.fetch_add(1, Ordering::Relaxed);
-            let sent = match self.tx.try_send(r) {
+    pub fn report_blocking(&self, mut records: Vec<WireRecord>) {
+        while !records.is_empty() {
+            let rest = records.split_off(records.len().min(REPORT_GROUP_MAX));
+            let group = std::mem::replace(&mut records, rest);
+            let n = group.len() as u64;
+            self.stats.queued.fetch_add(n, Ordering::Relaxed);
+            let sent = match self.tx.try_send(group) {
                 Ok(()) => Ok(()),
-                Err(mpsc::error::TrySendError::Full(r)) => {
-                    let send = || self.tx.blocking_send(r).map_err(|_| ());
+                Err(mpsc::error::TrySendError::Full(group)) => {
+                    let send = || self.tx.blocking_send(group).map_err(|_| ());
                     if tokio::runtime::Handle::try_current().is_ok() {
                         tokio::task::block_in_place(send)
                     } else {
@@ -85,7 +98,7 @@ impl Reporter {
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
             };
             if sent.is_err() {
-                tracing::error!("reporter stopped; a record was not reported");
+                tracing::error!(records = n, "reporter stopped; records were not reported");
             }
         }
     }
@@ -95,35 +108,25 @@ async fn send_loop(
     service: &'static str,
     target: ReportTarget,
     client: reqwest::Client,
-    mut rx: mpsc::Receiver<WireRecord>,
+    mut rx: mpsc::Receiver<Vec<WireRecord>>,
     stats: Arc<ReportStats>,
     mut stop: watch::Receiver<bool>,
 ) {
     let url = format!("{}/api/v1/records", target.url.trim_end_matches('/'));
-    let mut batch = Vec::with_capacity(REPORT_BATCH_MAX);
-    loop {
+    let mut groups = Vec::new();
+    let mut batch = Vec::with_capacity(REPORT_BATCH_MAX + REPORT_GROUP_MAX);
+    while crate::svc::next_batch(
+        &mut rx,
+        &mut stop,
+        &mut groups,
+        REPORT_BATCH_MAX,
+        Vec::len,
+        REPORT_LINGER_MS,
+    )
+    .await
+    {
         batch.clear();
-        let first = tokio::select! {
-            r = rx.recv() => r,
-            _ = crate::svc::stopped(&mut stop) => {
-                // Refuse new records; what is queued is still received below.
-                rx.close();
-                rx.recv().await
-            }
-        };
-        let Some(first) = first else { return };
-        batch.push(first);
-        let linger = tokio::time::sleep(Duration::from_millis(REPORT_LINGER_MS));
-        tokio::pin!(linger);
-        while batch.len() < REPORT_BATCH_MAX {
-            tokio::select! {
-                r = rx.recv() => match r {
-                    Some(r) => batch.push(r),
-                    None => break,
-                },
-                _ = &mut linger => break,
-            }
-        }
+        batch.extend(groups.drain(..).flatten());
         send(service, &client, &url, &target.token, &batch, &stats).await;
     }
 }

@@ -337,6 +337,45 @@ pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// Fills `batch` (cleared first) from `rx`: waits for a first item, then takes more for
+/// up to `linger_ms` or until the items' total `weight` reaches `max`. Once `stop` is true the channel is closed to new
+/// items and what is queued is still handed out. Returns false when nothing is left.
+pub async fn next_batch<T>(
+    rx: &mut tokio::sync::mpsc::Receiver<T>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    batch: &mut Vec<T>,
+    max: usize,
+    weight: impl Fn(&T) -> usize,
+    linger_ms: u64,
+) -> bool {
+    batch.clear();
+    let first = tokio::select! {
+        r = rx.recv() => r,
+        _ = stopped(stop) => {
+            rx.close();
+            rx.recv().await
+        }
+    };
+    let Some(first) = first else { return false };
+    let mut total = weight(&first);
+    batch.push(first);
+    let linger = tokio::time::sleep(Duration::from_millis(linger_ms));
+    tokio::pin!(linger);
+    while total < max {
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(r) => {
+                    total += weight(&r);
+                    batch.push(r);
+                }
+                None => break,
+            },
+            _ = &mut linger => break,
+        }
+    }
+    true
+}
+
 /// The wall clock in epoch milliseconds: the event time of the records a service writes.
 pub fn now_ms() -> Millis {
     std::time::SystemTime::now()

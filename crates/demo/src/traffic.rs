@@ -222,6 +222,15 @@ impl Traffic {
         }
     }
 
+    /// The population's wallets as the platform opens them: user id, currency, opening
+    /// balance in minor units.
+    pub fn wallets(&self) -> Vec<(String, &'static str, i64)> {
+        self.users
+            .iter()
+            .map(|u| (u.id.clone(), u.currency, u.wallet_opening_minor))
+            .collect()
+    }
+
     fn pick_user(&mut self) -> usize {
         let total = *self.user_weights.last().expect("at least one user");
         let x = self.rng.gen_range(0..total);

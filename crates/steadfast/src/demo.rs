@@ -114,11 +114,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let token = server.admin_token.clone();
 
     let traffic = Traffic::new(a.seed, a.users, 50);
-    let wallets: Vec<_> = traffic
-        .users
-        .iter()
-        .map(|u| (u.id.clone(), u.currency, u.wallet_opening_minor))
-        .collect();
+    let wallets = traffic.wallets();
     let mut pcfg = PlatformConfig::new(
         a.data_dir.join("platform"),
         ReportTarget {

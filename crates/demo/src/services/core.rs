@@ -436,28 +436,16 @@ async fn notifier(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(NOTICES_BATCH_MAX);
-    loop {
-        batch.clear();
-        let first = tokio::select! {
-            n = rx.recv() => n,
-            _ = crate::svc::stopped(&mut stop) => {
-                rx.close();
-                rx.recv().await
-            }
-        };
-        let Some(first) = first else { return };
-        batch.push(first);
-        let linger = tokio::time::sleep(std::time::Duration::from_millis(NOTICES_LINGER_MS));
-        tokio::pin!(linger);
-        while batch.len() < NOTICES_BATCH_MAX {
-            tokio::select! {
-                n = rx.recv() => match n {
-                    Some(n) => batch.push(n),
-                    None => break,
-                },
-                _ = &mut linger => break,
-            }
-        }
+    while crate::svc::next_batch(
+        &mut rx,
+        &mut stop,
+        &mut batch,
+        NOTICES_BATCH_MAX,
+        |_| 1,
+        NOTICES_LINGER_MS,
+    )
+    .await
+    {
         let url = format!("{}/v1/notify", core.upstreams().notification);
         let cx = Cx(opentelemetry::Context::new());
         let res: Result<serde_json::Value, _> = core.svc.call(&cx, &url, &batch).await;

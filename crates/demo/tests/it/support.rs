@@ -40,11 +40,7 @@ impl Rig {
         let base = format!("http://{}", server.addr);
         let token = server.admin_token.clone();
         let traffic = Traffic::new(seed, users, 50);
-        let wallets: Vec<_> = traffic
-            .users
-            .iter()
-            .map(|u| (u.id.clone(), u.currency, u.wallet_opening_minor))
-            .collect();
+        let wallets = traffic.wallets();
         let mut pcfg = PlatformConfig::new(
             dir.path().join("platform"),
             ReportTarget {
