@@ -176,11 +176,15 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let mut summary = Summary::new(&base, &token);
     let mut driver = driver;
     let mut every = tokio::time::interval(Duration::from_secs(1));
+    // One signal future for the whole run: a Ctrl-C that arrives while the summary is
+    // being drawn must not be lost.
+    let signal = crate::shutdown_signal();
+    tokio::pin!(signal);
     let interrupted = loop {
         tokio::select! {
             _ = every.tick() => summary.show(&stats, &platform).await,
             _ = &mut driver => break false,
-            _ = crate::shutdown_signal() => break true,
+            _ = &mut signal => break true,
         }
     };
     if interrupted {

@@ -265,6 +265,8 @@ fn demo_runs_and_stops_cleanly_on_ctrl_c() {
             "200",
             "--users",
             "500",
+            "--duration",
+            "300s",
             "--listen",
             "127.0.0.1:0",
             "--platform-port",
