@@ -75,6 +75,17 @@ impl PlatformConfig {
     }
 }
 
+/// The services in call order; ports follow this order from `base_port`.
+pub const SERVICES: [&str; 7] = [
+    "gateway",
+    "payment-core",
+    "payment-core-standby",
+    "accounting",
+    "billing",
+    "wallet",
+    "notification",
+];
+
 /// Where each service listens.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Endpoints {
@@ -88,16 +99,17 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    pub fn list(&self) -> [(&'static str, &str); 7] {
-        [
-            ("gateway", &self.gateway),
-            ("payment-core", &self.payment_core),
-            ("payment-core-standby", &self.payment_core_standby),
-            ("accounting", &self.accounting),
-            ("billing", &self.billing),
-            ("wallet", &self.wallet),
-            ("notification", &self.notification),
-        ]
+    pub fn list(&self) -> [(&'static str, &str); SERVICES.len()] {
+        let urls = [
+            &self.gateway,
+            &self.payment_core,
+            &self.payment_core_standby,
+            &self.accounting,
+            &self.billing,
+            &self.wallet,
+            &self.notification,
+        ];
+        std::array::from_fn(|i| (SERVICES[i], urls[i].as_str()))
     }
 }
 
@@ -148,17 +160,8 @@ impl Platform {
         let mut reports = Vec::new();
         let mut background = Vec::new();
 
-        let names = [
-            "gateway",
-            "payment-core",
-            "payment-core-standby",
-            "accounting",
-            "billing",
-            "wallet",
-            "notification",
-        ];
         let mut listeners = Vec::new();
-        for (i, _) in names.iter().enumerate() {
+        for i in 0..SERVICES.len() {
             let port = if cfg.base_port == 0 {
                 0
             } else {
@@ -323,21 +326,6 @@ impl Platform {
             .sum()
     }
 
-    /// Snapshots every wallet that moved, until none is left: after traffic stops, so the
-    /// last movements are covered by a snapshot.
-    pub async fn final_snapshots(&self) {
-        loop {
-            match self.wallet.sweep().await {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = ?e, "final wallet snapshots failed");
-                    return;
-                }
-            }
-        }
-    }
-
     /// Stops the services in call order (the gateway first, so every request in flight
     /// completes downstream; notification after the notifiers have drained), takes the
     /// last wallet snapshots, then reports everything still queued. Every record a service wrote has been acknowledged by Steadfast when
@@ -362,10 +350,8 @@ impl Platform {
         for s in &svcs {
             s.faults.stop();
         }
-        let mut last = self.wallet.sweep().await;
-        while matches!(last, Ok(n) if n > 0) {
-            last = self.wallet.sweep().await;
-        }
+        // The last movements get a snapshot, so their intervals are checked.
+        self.wallet.sweep_all().await;
         let _ = self.stop_reporters.send(true);
         for t in self.reporters {
             let _ = t.await;

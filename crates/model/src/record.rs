@@ -13,6 +13,33 @@ pub enum Direction {
     Credit,
 }
 
+impl Direction {
+    /// `minor` with this direction's sign: a credit adds, a debit subtracts.
+    pub fn sign(self, minor: i64) -> i64 {
+        match self {
+            Direction::Credit => minor,
+            Direction::Debit => -minor,
+        }
+    }
+
+    /// The wire text: `debit` or `credit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Debit => "debit",
+            Direction::Credit => "credit",
+        }
+    }
+
+    /// Parses the wire text.
+    pub fn parse(text: &str) -> Option<Direction> {
+        match text {
+            "debit" => Some(Direction::Debit),
+            "credit" => Some(Direction::Credit),
+            _ => None,
+        }
+    }
+}
+
 /// A 128-bit fingerprint of a record id. The engine remembers fingerprints rather than
 /// ids to keep idempotency state small; a collision needs about 2^64 ids.
 pub type RecordFp = u128;
@@ -79,8 +106,8 @@ impl FundRecord {
     /// direction as given.
     pub fn signed_minor(&self) -> i64 {
         match self.direction {
-            Some(Direction::Debit) => -self.amount.minor,
-            _ => self.amount.minor,
+            Some(d) => d.sign(self.amount.minor),
+            None => self.amount.minor,
         }
     }
 }

@@ -100,22 +100,43 @@ impl Accounting {
     }
 }
 
-fn direction(text: &str) -> Result<Direction, AppError> {
-    match text {
-        "debit" => Ok(Direction::Debit),
-        "credit" => Ok(Direction::Credit),
-        other => Err(AppError::bad(format!(
-            "direction must be `debit` or `credit`, not `{other}`"
-        ))),
-    }
+/// `SELECT` of the columns [`row_entry`] reads, followed by `$tail`.
+macro_rules! select_entries {
+    ($tail:literal) => {
+        concat!(
+            "SELECT record_id, txn_id, txn_type, leg, account, direction, amount_minor, currency, trace_id, superseded_by FROM entries ",
+            $tail
+        )
+    };
 }
 
-/// The balance change of an account: credits increase what the ledger owes.
-fn signed(direction: Direction, minor: i64) -> i64 {
-    match direction {
-        Direction::Credit => minor,
-        Direction::Debit => -minor,
-    }
+/// An entry row: the entry, its amount in minor units, the record that superseded it.
+fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Entry, i64, Option<String>)> {
+    let currency: String = r.get(7)?;
+    let minor: i64 = r.get(6)?;
+    Ok((
+        Entry {
+            record_id: r.get(0)?,
+            txn_id: r.get(1)?,
+            txn_type: r.get(2)?,
+            leg: r.get(3)?,
+            account: r.get(4)?,
+            direction: r.get(5)?,
+            amount: amount_text(minor, &currency),
+            currency,
+            trace_id: r.get(8)?,
+        },
+        minor,
+        r.get(9)?,
+    ))
+}
+
+fn direction(text: &str) -> Result<Direction, AppError> {
+    Direction::parse(text).ok_or_else(|| {
+        AppError::bad(format!(
+            "direction must be `debit` or `credit`, not `{text}`"
+        ))
+    })
 }
 
 fn entry_record(
@@ -159,7 +180,7 @@ async fn book(
     for l in &req.legs {
         let (minor, _) = parse_amount(&l.amount, &req.currency)?;
         let d = direction(&l.direction)?;
-        net += signed(d, minor) as i128;
+        net += d.sign(minor) as i128;
         legs.push((l.account.clone(), d, minor));
     }
     if net != 0 {
@@ -189,7 +210,7 @@ async fn book(
                     txn_type: req.txn_type.clone(),
                     leg: i as u32,
                     account: account.clone(),
-                    direction: if *d == Direction::Debit { "debit" } else { "credit" }.into(),
+                    direction: d.as_str().into(),
                     amount: amount_text(*minor, &req.currency),
                     currency: req.currency.clone(),
                     trace_id: Some(trace_id.clone()),
@@ -205,7 +226,7 @@ async fn book(
                     rusqlite::params![e.record_id, e.txn_id, e.txn_type, e.leg, e.account, e.direction, minor, e.currency, now, trace_id],
                 )?;
                 tx.prepare_cached("INSERT INTO accounts VALUES (?1, ?2, ?3) ON CONFLICT (account, currency) DO UPDATE SET balance_minor = balance_minor + ?3")?.execute(
-                    rusqlite::params![e.account, e.currency, signed(*d, *minor)],
+                    rusqlite::params![e.account, e.currency, d.sign(*minor)],
                 )?;
             }
             tx.commit()?;
@@ -230,23 +251,10 @@ async fn get_txn(
     let entries = a
         .svc
         .db(&cx, "SELECT entries", move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT record_id, txn_id, txn_type, leg, account, direction, amount_minor, currency, trace_id FROM entries WHERE txn_id = ?1 AND superseded_by IS NULL ORDER BY leg",
-            )?;
-            let rows = st.query_map([&txn_id], |r| {
-                let currency: String = r.get(7)?;
-                Ok(Entry {
-                    record_id: r.get(0)?,
-                    txn_id: r.get(1)?,
-                    txn_type: r.get(2)?,
-                    leg: r.get(3)?,
-                    account: r.get(4)?,
-                    direction: r.get(5)?,
-                    amount: amount_text(r.get(6)?, &currency),
-                    currency,
-                    trace_id: r.get(8)?,
-                })
-            })?;
+            let mut st = c.prepare_cached(select_entries!(
+                "WHERE txn_id = ?1 AND superseded_by IS NULL ORDER BY leg"
+            ))?;
+            let rows = st.query_map([&txn_id], |r| row_entry(r).map(|(e, _, _)| e))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await?;
@@ -305,26 +313,8 @@ async fn correct(
         .db(&cx, "UPDATE entries (correction)", move |c| {
             let tx = c.transaction()?;
             let old = tx
-                .prepare_cached("SELECT record_id, txn_id, txn_type, leg, account, direction, amount_minor, currency, superseded_by FROM entries WHERE record_id = ?1")?.query_row(
-                    [&req.record_id],
-                    |r| {
-                        Ok((
-                            Entry {
-                                record_id: r.get(0)?,
-                                txn_id: r.get(1)?,
-                                txn_type: r.get(2)?,
-                                leg: r.get(3)?,
-                                account: r.get(4)?,
-                                direction: r.get(5)?,
-                                amount: String::new(),
-                                currency: r.get(7)?,
-                                trace_id: None,
-                            },
-                            r.get::<_, i64>(6)?,
-                            r.get::<_, Option<String>>(8)?,
-                        ))
-                    },
-                )
+                .prepare_cached(select_entries!("WHERE record_id = ?1"))?
+                .query_row([&req.record_id], row_entry)
                 .optional()?
                 .ok_or_else(|| AppError::not_found(format!("no entry `{}`", req.record_id)))?;
             let (old, old_minor, superseded) = old;
@@ -353,7 +343,7 @@ async fn correct(
                 rusqlite::params![new.record_id, new.txn_id, new.txn_type, new.leg, new.account, new.direction, minor, new.currency, now_ms(), trace_id],
             )?;
             tx.prepare_cached("UPDATE accounts SET balance_minor = balance_minor + ?3 WHERE account = ?1 AND currency = ?2")?.execute(
-                rusqlite::params![new.account, new.currency, signed(d, minor - old_minor)],
+                rusqlite::params![new.account, new.currency, d.sign(minor - old_minor)],
             )?;
             tx.commit()?;
             tracing::info!(entry = %old.record_id, by = %new.record_id, reason = %req.reason, "entry corrected");

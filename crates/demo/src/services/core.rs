@@ -250,7 +250,7 @@ fn legs_json(legs: &[(String, Direction); 2], amount: &str) -> serde_json::Value
             .map(|(a, d)| {
                 serde_json::json!({
                     "account": a,
-                    "direction": if *d == Direction::Debit { "debit" } else { "credit" },
+                    "direction": d.as_str(),
                     "amount": amount,
                 })
             })

@@ -96,12 +96,9 @@ pub fn account_of(user_id: &str) -> String {
     format!("W-{user_id}")
 }
 
+/// A movement's effect on the balance; directions are checked on the way in.
 fn signed(direction: &str, minor: i64) -> i64 {
-    if direction == "debit" {
-        -minor
-    } else {
-        minor
-    }
+    Direction::parse(direction).map_or(minor, |d| d.sign(minor))
 }
 
 fn snapshot_record(user_id: &str, n: i64, balance: i64, currency: &str, t: i64) -> WireRecord {
@@ -141,11 +138,7 @@ fn movement_record(
     }
     .wire();
     rec.account = Some(account_of(&m.user_id));
-    rec.direction = Some(if m.direction == "debit" {
-        Direction::Debit
-    } else {
-        Direction::Credit
-    });
+    rec.direction = Direction::parse(&m.direction);
     rec.amends = amends;
     rec.attributes.insert("origin".into(), m.origin.clone());
     rec.attributes.insert("user_id".into(), m.user_id.clone());
@@ -177,6 +170,20 @@ impl Wallet {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Snapshots every wallet that moved, sweep after sweep, until none is left.
+    pub async fn sweep_all(&self) {
+        loop {
+            match self.sweep().await {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = ?e, "final wallet snapshots failed");
+                    return;
+                }
+            }
+        }
     }
 
     /// Snapshots up to [`SNAPSHOT_SWEEP_MAX`] accounts that moved since their last
@@ -223,7 +230,7 @@ async fn move_money(
     if minor <= 0 {
         return Err(AppError::bad("amount must be positive"));
     }
-    if req.direction != "debit" && req.direction != "credit" {
+    if Direction::parse(&req.direction).is_none() {
         return Err(AppError::bad("direction must be `debit` or `credit`"));
     }
     let trace_id = cx.trace_id();
