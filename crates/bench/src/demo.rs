@@ -86,9 +86,10 @@ async fn run_async(a: &Args) -> Result<Report> {
     };
     let rules =
         Arc::new(steadfast_verify::parse_rules(DEMO_RULES).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let data_dir = cfg.data_dir.clone();
     let server = Server::start(cfg, rules, false).await?;
     let base = format!("http://{}", server.addr);
-    let token = server.admin_token.clone();
+    let token = steadfast_server::bootstrap_admin_token(&data_dir, "bench")?;
     let traffic = Traffic::new(a.seed, a.users, 50);
     let wallets = traffic.wallets();
     let platform = Platform::start(

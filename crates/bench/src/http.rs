@@ -462,11 +462,12 @@ async fn run_async(args: &Args, plan: Arc<Plan>, build_seconds: f64) -> Result<R
         "--batch is larger than the server's batch_records_max"
     );
     let rules = Arc::new(parse_rules(DEFAULT_RULES).context("the default rules")?);
+    let data_dir = cfg.data_dir.clone();
     let server = Server::start(cfg, rules, false)
         .await
         .context("starting the server")?;
     let base = format!("http://{}", server.addr);
-    let token = server.admin_token.clone();
+    let token = steadfast_server::bootstrap_admin_token(&data_dir, "bench")?;
     let http = reqwest::Client::new();
 
     eprintln!(

@@ -235,7 +235,7 @@ async fn run_async(args: &Args, plan: Arc<Plan>) -> Result<Report> {
         .tempdir()
         .context("creating a temporary directory")?;
     let data = dir.path().join("data");
-    let (token, _) = steadfast_server::admin_token(&data)?;
+    let token = steadfast_server::bootstrap_admin_token(&data, "bench")?;
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
         l.local_addr()?.port()

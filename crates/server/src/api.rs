@@ -1,21 +1,27 @@
 //! The HTTP API. Every route is registered through [`Api::route`], which records it in
 //! the route table that the OpenAPI test and access checks walk.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, request::Parts, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use steadfast_model::wire::{parse_body, BodyError, RecordError};
-use steadfast_store::{BreakFilter, BreakRow, HistoryRow, Status, StoreError};
+use steadfast_store::control::AuditRecord;
+use steadfast_store::{BreakFilter, BreakRow, ControlStore, HistoryRow, Status, StoreError};
 use utoipa::{OpenApi, ToSchema};
 
+use crate::auth::{Access, Auth, Caller, Denied, Permission, Scope};
+use crate::control_api as ctl;
 use crate::pipeline::{wall_ms, Pipeline, Refusal};
+use crate::tls::ConnInfo;
 use crate::view::{mask_row, BreakView};
 use crate::Config;
 
@@ -23,18 +29,35 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub cfg: Config,
-    pub admin_token: String,
+    pub control: Arc<Mutex<ControlStore>>,
+    pub auth: Auth,
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 /// One registered route: what the OpenAPI document and the access table must cover.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteInfo {
     pub method: &'static str,
     pub path: &'static str,
-    /// Open without a token (health, metrics, the API description).
-    pub public: bool,
+    /// Who may call it.
+    pub access: Access,
+}
+
+impl RouteInfo {
+    pub fn is_public(&self) -> bool {
+        self.access == Access::Public
+    }
+
+    /// Changes state, so every call is written to the audit log. Ingest is the data
+    /// plane: its own durable record is the write-ahead log.
+    pub fn is_audited(&self) -> bool {
+        self.method != "get"
+            && !matches!(
+                self.access,
+                Access::Need(Permission::Ingest | Permission::Beacon)
+            )
+    }
 }
 
 struct Api {
@@ -47,40 +70,89 @@ impl Api {
         mut self,
         method: &'static str,
         path: &'static str,
-        public: bool,
+        access: Access,
         handler: MethodRouter<Shared>,
     ) -> Api {
         self.routes.push(RouteInfo {
             method,
             path,
-            public,
+            access,
         });
         self.router = self.router.route(path, handler);
         self
     }
 }
 
-/// Every route with its handler; the one place routes are added.
+/// Every route with its handler and access decision; the one place routes are added.
 fn api() -> Api {
-    use axum::routing::{get, post};
+    use axum::routing::{delete, get, post};
+    use Access::{Need, Public};
+    use Permission as P;
     Api {
         router: Router::new(),
         routes: Vec::new(),
     }
-    .route("get", "/healthz", true, get(health))
-    .route("get", "/metrics", true, get(metrics))
-    .route("get", "/api/v1/openapi.json", true, get(openapi))
-    .route("post", "/api/v1/records", false, post(ingest))
-    .route("get", "/api/v1/breaks", false, get(list_breaks))
-    .route("get", "/api/v1/breaks/{id}", false, get(get_break))
+    .route("get", "/healthz", Public, get(health))
+    .route("get", "/metrics", Public, get(metrics))
+    .route("get", "/api/v1/openapi.json", Public, get(openapi))
+    .route("post", "/api/v1/records", Need(P::Ingest), post(ingest))
+    .route("get", "/api/v1/breaks", Need(P::Read), get(list_breaks))
+    .route("get", "/api/v1/breaks/{id}", Need(P::Read), get(get_break))
     .route(
         "post",
         "/api/v1/breaks/{id}/status",
-        false,
+        Need(P::BreakWork),
         post(change_status),
     )
-    .route("get", "/api/v1/rules", false, get(rules))
-    .route("get", "/api/v1/status", false, get(status))
+    .route("get", "/api/v1/rules", Need(P::Read), get(rules))
+    .route("get", "/api/v1/status", Need(P::Read), get(status))
+    .route("post", "/api/v1/sessions", Public, post(ctl::login))
+    .route("delete", "/api/v1/sessions", Need(P::Session), delete(ctl::logout))
+    .route("get", "/api/v1/whoami", Need(P::Session), get(ctl::whoami))
+    .route("get", "/api/v1/tokens", Need(P::Admin), get(ctl::list_tokens))
+    .route("post", "/api/v1/tokens", Need(P::Admin), post(ctl::create_token))
+    .route(
+        "delete",
+        "/api/v1/tokens/{id}",
+        Need(P::Admin),
+        delete(ctl::revoke_token),
+    )
+    .route("get", "/api/v1/users", Need(P::Admin), get(ctl::list_users))
+    .route("post", "/api/v1/users", Need(P::Admin), post(ctl::create_user))
+    .route(
+        "delete",
+        "/api/v1/users/{name}",
+        Need(P::Admin),
+        delete(ctl::disable_user),
+    )
+    .route("get", "/api/v1/approvals", Need(P::Read), get(ctl::list_approvals))
+    .route(
+        "post",
+        "/api/v1/approvals/{id}/approve",
+        Need(P::Approve),
+        post(ctl::approve),
+    )
+    .route(
+        "post",
+        "/api/v1/approvals/{id}/reject",
+        Need(P::Approve),
+        post(ctl::reject),
+    )
+    .route("get", "/api/v1/killswitch", Need(P::Read), get(ctl::killswitch))
+    .route(
+        "post",
+        "/api/v1/killswitch",
+        Need(P::KillSwitchPull),
+        post(ctl::pull_killswitch),
+    )
+    .route(
+        "delete",
+        "/api/v1/killswitch",
+        Need(P::KillSwitchRelease),
+        delete(ctl::release_killswitch),
+    )
+    .route("get", "/api/v1/audit", Need(P::Audit), get(ctl::list_audit))
+    .route("get", "/api/v1/audit/verify", Need(P::Audit), get(ctl::verify_audit))
 }
 
 /// The route table, for checks that walk every route.
@@ -88,11 +160,22 @@ pub fn route_table() -> Vec<RouteInfo> {
     api().routes
 }
 
-/// Builds the router.
+/// Builds the router. Every request to a route passes [`guard`], which applies the route's
+/// access decision and writes the audit entry of state-changing calls.
 pub fn router(state: Shared) -> Router {
     let body_max = state.cfg.limits.body_bytes_max;
-    api()
-        .router
+    let api = api();
+    let table: HashMap<(&'static str, &'static str), RouteInfo> = api
+        .routes
+        .iter()
+        .map(|r| ((r.method, r.path), r.clone()))
+        .collect();
+    let guard_state = Arc::new(GuardState {
+        app: state.clone(),
+        table,
+    });
+    api.router
+        .layer(axum::middleware::from_fn_with_state(guard_state, guard))
         .layer(axum::extract::DefaultBodyLimit::max(body_max))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(state)
@@ -101,8 +184,12 @@ pub fn router(state: Shared) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Steadfast API", description = "Real-time fund verification: ingest fund records, read and work breaks."),
-    paths(health, metrics, openapi, ingest, list_breaks, get_break, change_status, rules, status),
-    components(schemas(IngestAck, ErrorBody, StatusChange, RecordErrorDoc)),
+    paths(health, metrics, openapi, ingest, list_breaks, get_break, change_status, rules, status,
+        ctl::login, ctl::logout, ctl::whoami, ctl::list_tokens, ctl::create_token, ctl::revoke_token,
+        ctl::list_users, ctl::create_user, ctl::disable_user, ctl::list_approvals, ctl::approve, ctl::reject,
+        ctl::killswitch, ctl::pull_killswitch, ctl::release_killswitch, ctl::list_audit, ctl::verify_audit),
+    components(schemas(IngestAck, ErrorBody, StatusChange, RecordErrorDoc, crate::auth::TokenSpec,
+        ctl::Login, ctl::NewUser, ctl::Reason)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -150,7 +237,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             body: ErrorBody {
@@ -162,12 +249,12 @@ impl ApiError {
         }
     }
 
-    fn retry(mut self, secs: u64) -> ApiError {
+    pub(crate) fn retry(mut self, secs: u64) -> ApiError {
         self.retry_after_secs = Some(secs);
         self
     }
 
-    fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
         // The detail goes to the log, never to the client.
         tracing::error!(error = %e, "{what}");
         ApiError::new(
@@ -180,7 +267,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let code = ErrorCode(self.body.code.clone());
         let mut resp = (self.status, Json(self.body)).into_response();
+        resp.extensions_mut().insert(code);
         if let Some(secs) = self.retry_after_secs {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -205,35 +294,205 @@ impl From<StoreError> for ApiError {
     }
 }
 
-// ---- authentication ----------------------------------------------------------------
+// ---- access and audit -------------------------------------------------------------
 
-/// The caller, proven by a bearer token.
-pub struct Caller(pub String);
+/// The error code of an answer, kept for the audit entry.
+#[derive(Clone)]
+struct ErrorCode(String);
+
+/// What a handler adds to the audit entry of its call: a more telling action name and
+/// target than the route's, the detail (what changed, the reason), and the approver.
+#[derive(Clone, Default)]
+pub(crate) struct AuditNote {
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub detail: serde_json::Value,
+    pub approver: Option<String>,
+}
+
+impl AuditNote {
+    pub(crate) fn attach(self, mut resp: Response) -> Response {
+        resp.extensions_mut().insert(self);
+        resp
+    }
+}
+
+struct GuardState {
+    app: Shared,
+    table: HashMap<(&'static str, &'static str), RouteInfo>,
+}
 
 impl FromRequestParts<Shared> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Caller, ApiError> {
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !given.is_empty() && constant_time_eq(given.as_bytes(), state.admin_token.as_bytes()) {
-            Ok(Caller("admin".into()))
-        } else {
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "send `Authorization: Bearer <token>`; the admin token is in the data directory's admin.token",
-            ))
-        }
+    async fn from_request_parts(parts: &mut Parts, _: &Shared) -> Result<Caller, ApiError> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::internal("a route took a caller without an access decision", "no caller")
+        })
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The peer address of a request, for public routes that record where they were called from.
+#[derive(Clone)]
+pub(crate) struct Source(pub String);
+
+impl FromRequestParts<Shared> for Source {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &Shared) -> Result<Source, ApiError> {
+        Ok(parts
+            .extensions
+            .get::<Source>()
+            .cloned()
+            .unwrap_or(Source("unknown".into())))
+    }
+}
+
+pub(crate) async fn append_audit(s: &Shared, rec: AuditRecord) -> Result<(), ApiError> {
+    let control = s.control.clone();
+    tokio::task::spawn_blocking(move || {
+        control
+            .lock()
+            .expect("control store lock")
+            .append_audit(rec)
+    })
+    .await
+    .map_err(|e| ApiError::internal("the audit task failed", e))?
+    .map(|_| ())
+    .map_err(|e| ApiError::internal("the audit log could not be written", e))
+}
+
+fn bearer(parts: &axum::http::HeaderMap) -> &str {
+    parts
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .trim()
+}
+
+/// Applies the route's access decision: public routes pass; others need a live token
+/// whose role holds the route's permission, within its rate. State-changing calls are
+/// written to the audit log with their result, refusals of authenticated callers too.
+async fn guard(State(g): State<Arc<GuardState>>, mut req: Request, next: Next) -> Response {
+    let Some(path) = req.extensions().get::<MatchedPath>().cloned() else {
+        return next.run(req).await; // no route matched: the fallback answers 404
+    };
+    let method = req.method().as_str().to_ascii_lowercase();
+    let Some(route) = g.table.get(&(method.as_str(), path.as_str())).cloned() else {
+        // Unreachable while routes are added through `Api::route`; deny if it happens.
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "no_access_decision",
+            "this route has no access decision",
+        )
+        .into_response();
+    };
+    let conn = req
+        .extensions()
+        .get::<ConnectInfo<ConnInfo>>()
+        .map(|c| c.0.clone());
+    let source = conn
+        .as_ref()
+        .map(|c| c.peer.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let Access::Need(perm) = route.access else {
+        req.extensions_mut().insert(Source(source));
+        return next.run(req).await;
+    };
+    let s = &g.app;
+    let now = wall_ms();
+    let (row, role) = match s.auth.verify(&s.control, bearer(req.headers()), now) {
+        Ok(v) => v,
+        Err(Denied::Unauthenticated(why)) => {
+            s.metrics.auth_denied("unauthorized");
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!("{why}; send `Authorization: Bearer <token>` (create one with `steadfast token create`)"),
+            )
+            .into_response();
+        }
+        Err(Denied::RateLimited(secs)) => {
+            s.metrics.auth_denied("rate_limited");
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "this token is over its request rate",
+            )
+            .retry(secs)
+            .into_response();
+        }
+    };
+    let caller = Caller {
+        subject: row.subject,
+        token_id: row.id,
+        role,
+        scope: Scope {
+            links: row.links,
+            services: row.services,
+        },
+        source,
+    };
+    let action = format!("{} {}", method.to_ascii_uppercase(), path.as_str());
+    let target = req.uri().path().to_string();
+    let refusal = if !role.permits(perm) {
+        Some(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("the {} role may not do this (it needs {perm:?})", role.as_str()),
+        ))
+    } else if perm == Permission::Ingest
+        && s.cfg.tls.ingest_requires_client_cert
+        && !conn.as_ref().is_some_and(|c| c.client_cert)
+    {
+        Some(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "client_cert_required",
+            "ingest on this server needs a client certificate signed by its client CA",
+        ))
+    } else {
+        None
+    };
+    let mut resp = match refusal {
+        Some(err) => {
+            s.metrics.auth_denied(&err.body.code);
+            err.into_response()
+        }
+        None => {
+            req.extensions_mut().insert(caller.clone());
+            next.run(req).await
+        }
+    };
+    if route.is_audited() {
+        let note = resp.extensions_mut().remove::<AuditNote>().unwrap_or_default();
+        let code = resp.extensions().get::<ErrorCode>().map(|c| c.0.clone());
+        let mut detail = match note.detail {
+            serde_json::Value::Object(m) => m,
+            serde_json::Value::Null => serde_json::Map::new(),
+            other => [("detail".to_string(), other)].into_iter().collect(),
+        };
+        detail.insert("token".into(), caller.token_id.clone().into());
+        detail.insert("role".into(), role.as_str().into());
+        let rec = AuditRecord {
+            at: now,
+            actor: caller.subject.clone(),
+            action: note.action.unwrap_or(action),
+            target: note.target.unwrap_or(target),
+            source: caller.source.clone(),
+            result: match code {
+                Some(c) => format!("{} {c}", resp.status().as_u16()),
+                None => resp.status().as_u16().to_string(),
+            },
+            approver: note.approver,
+            detail: serde_json::Value::Object(detail).to_string(),
+        };
+        if let Err(e) = append_audit(s, rec).await {
+            // The action happened but is not on record: say so rather than answer 2xx.
+            return e.into_response();
+        }
+    }
+    resp
 }
 
 // ---- handlers ----------------------------------------------------------------------
@@ -295,7 +554,7 @@ pub struct IngestAck {
     security(("token" = [])))]
 async fn ingest(
     State(s): State<Shared>,
-    _caller: Caller,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IngestAck>, ApiError> {
     let refuse = |code: &str| {
@@ -349,6 +608,32 @@ async fn ingest(
         );
         err.body.errors = errors;
         return Err(err);
+    }
+    if !caller.scope.is_unscoped() {
+        let outside: Vec<RecordError> = records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !caller.scope.allows_source(&r.source, &s.pipeline.rules))
+            .map(|(index, r)| RecordError {
+                index,
+                record_id: Some(r.record_id.to_string()),
+                message: format!("source {:?} is outside this token's scope", r.source),
+            })
+            .collect();
+        if !outside.is_empty() {
+            refuse("out_of_scope");
+            let mut err = ApiError::new(
+                StatusCode::FORBIDDEN,
+                "out_of_scope",
+                format!(
+                    "{} of {} records come from sources this token may not write; nothing was written",
+                    outside.len(),
+                    records.len()
+                ),
+            );
+            err.body.errors = outside;
+            return Err(err);
+        }
     }
     let n = records.len();
     match s.pipeline.submit(wall_ms(), records).await {
@@ -422,7 +707,7 @@ fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> 
     security(("token" = [])))]
 async fn list_breaks(
     State(s): State<Shared>,
-    _caller: Caller,
+    caller: Caller,
     query: Result<Query<BreakQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) =
@@ -445,6 +730,7 @@ async fn list_breaks(
     let filter = BreakFilter {
         rule: q.rule.clone(),
         link: q.link.clone(),
+        rules_in: caller.scope.visible_rules(&s.pipeline.rules),
         kind: q.kind.clone(),
         status,
         owner: q.owner.clone(),
@@ -514,6 +800,13 @@ async fn with_store<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+fn in_scope(s: &AppState, caller: &Caller, rule: &str) -> bool {
+    caller
+        .scope
+        .visible_rules(&s.pipeline.rules)
+        .is_none_or(|rules| rules.iter().any(|r| r == rule))
+}
+
 #[derive(Serialize)]
 struct BreakDetail {
     #[serde(flatten)]
@@ -527,17 +820,20 @@ struct BreakDetail {
     security(("token" = [])))]
 async fn get_break(
     State(s): State<Shared>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
     let (row, history) = with_store(&s, move |st| Ok((st.get(id)?, st.history(id)?))).await?;
-    let row = row.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("break {id} does not exist"),
-        )
-    })?;
+    // A break outside the caller's scope is answered as if it did not exist.
+    let row = row
+        .filter(|r| in_scope(&s, &caller, &r.brk.rule))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("break {id} does not exist"),
+            )
+        })?;
     Ok(Json(BreakDetail {
         brk: view(&s, row, wall_ms()),
         history,
@@ -561,7 +857,7 @@ pub struct StatusChange {
     security(("token" = [])))]
 async fn change_status(
     State(s): State<Shared>,
-    Caller(actor): Caller,
+    caller: Caller,
     Path(id): Path<u64>,
     body: Result<Json<StatusChange>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -587,6 +883,21 @@ async fn change_status(
         ));
     }
     let now = wall_ms();
+    let visible = with_store(&s, move |st| st.get(id)).await?;
+    if !visible.is_some_and(|r| in_scope(&s, &caller, &r.brk.rule)) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("break {id} does not exist"),
+        ));
+    }
+    let note = AuditNote {
+        action: Some("break.status".into()),
+        target: Some(format!("break {id}")),
+        detail: serde_json::json!({ "status": change.status, "owner": change.owner, "reason": change.reason }),
+        approver: None,
+    };
+    let actor = caller.subject.clone();
     let row = with_store(&s, move |st| {
         st.transition(
             id,
@@ -598,7 +909,7 @@ async fn change_status(
         )
     })
     .await?;
-    Ok(Json(view(&s, row, now)).into_response())
+    Ok(note.attach(Json(view(&s, row, now)).into_response()))
 }
 
 /// The rule set in force and its version.

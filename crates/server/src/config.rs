@@ -12,14 +12,108 @@ use steadfast_verify::Limits;
 pub struct Config {
     /// Where the WAL, checkpoints, break store and admin token live.
     pub data_dir: PathBuf,
-    /// The API listener. Plain HTTP is meant for loopback.
+    /// The API listener. Without `[tls]` it speaks plain HTTP, which is refused on a
+    /// non-loopback address unless `allow_plain_http`.
     pub listen: SocketAddr,
+    /// Serve plain HTTP on a non-loopback address (behind a TLS-terminating proxy).
+    pub allow_plain_http: bool,
     /// The rule file; the embedded example rules when absent.
     pub rules: Option<PathBuf>,
     pub limits: LimitsConfig,
     pub engine: EngineConfig,
     pub webhook: WebhookConfig,
     pub masking: MaskingConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub approvals: ApprovalsConfig,
+    pub audit: AuditConfig,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key`, the listener speaks TLS (rustls).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// PEM CA that client certificates must chain to; when set, clients are asked for one.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: ingest needs a verified client certificate besides its token.
+    pub ingest_requires_client_cert: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of a token created without `expires_in_secs`.
+    pub token_lifetime_secs_default: u64,
+    /// Lifetime of a signed-in user's session token.
+    pub session_secs: u64,
+    /// Requests per second per token unless the token says otherwise; past it, 429.
+    pub requests_per_sec_per_token: u32,
+    /// Sign-in attempts per minute from one address; past it, 429.
+    pub logins_per_min_per_ip: u32,
+}
+
+/// Four-eyes: the actions one person requests and a different person approves.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// Actions that need a second person (see `FOUR_EYES_ACTIONS`).
+    pub required: Vec<String>,
+    /// A request not decided within this expires.
+    pub ttl_secs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Every audit entry is appended here as a JSON line (at least once, in order).
+    pub export_file: Option<PathBuf>,
+    /// Audit entries are POSTed here as NDJSON batches (at least once, in order), e.g. to a SIEM.
+    pub webhook_url: Option<String>,
+    pub batch_max: usize,
+    pub timeout_secs: u64,
+}
+
+/// The actions that can be put under four-eyes approval. Pulling the kill switch is not
+/// one of them: stopping every drill must never wait for a second person.
+pub const FOUR_EYES_ACTIONS: [&str; 5] = [
+    "drill.lossy",
+    "correction",
+    "killswitch.release",
+    "runbook.execute",
+    "rules.change",
+];
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            token_lifetime_secs_default: 90 * 86_400,
+            session_secs: 12 * 3600,
+            requests_per_sec_per_token: 1000,
+            logins_per_min_per_ip: 10,
+        }
+    }
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> ApprovalsConfig {
+        ApprovalsConfig {
+            required: FOUR_EYES_ACTIONS.map(String::from).to_vec(),
+            ttl_secs: 3600,
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> AuditConfig {
+        AuditConfig {
+            export_file: None,
+            webhook_url: None,
+            batch_max: 500,
+            timeout_secs: 5,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,11 +176,16 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("steadfast-data"),
             listen: "127.0.0.1:7420".parse().expect("valid default address"),
+            allow_plain_http: false,
             rules: None,
             limits: LimitsConfig::default(),
             engine: EngineConfig::default(),
             webhook: WebhookConfig::default(),
             masking: MaskingConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            approvals: ApprovalsConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -149,6 +248,46 @@ impl Config {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
     }
 
+    /// Checks what the types cannot: relations between options.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for a in &self.approvals.required {
+            if a == "killswitch.pull" {
+                anyhow::bail!("approvals.required: pulling the kill switch never needs approval");
+            }
+            if !FOUR_EYES_ACTIONS.contains(&a.as_str()) {
+                anyhow::bail!(
+                    "approvals.required: unknown action {a:?} (one of: {})",
+                    FOUR_EYES_ACTIONS.join(", ")
+                );
+            }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            anyhow::bail!("tls.cert and tls.key go together");
+        }
+        if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
+            anyhow::bail!("tls.client_ca needs tls.cert and tls.key");
+        }
+        if self.tls.ingest_requires_client_cert && self.tls.client_ca.is_none() {
+            anyhow::bail!("tls.ingest_requires_client_cert needs tls.client_ca");
+        }
+        if self.tls.cert.is_none() && !self.listen.ip().is_loopback() && !self.allow_plain_http {
+            anyhow::bail!(
+                "refusing to serve plain HTTP on {}: configure [tls] cert and key, or set allow_plain_http = true (for a TLS-terminating proxy in front)",
+                self.listen
+            );
+        }
+        if self.auth.requests_per_sec_per_token == 0 || self.auth.logins_per_min_per_ip == 0 {
+            anyhow::bail!("auth rate limits must be at least 1");
+        }
+        if self.limits.backlog_records_max < self.limits.batch_records_max {
+            anyhow::bail!("limits.backlog_records_max must be at least limits.batch_records_max, or a full batch could never be admitted");
+        }
+        if self.limits.batch_records_max.saturating_mul(10) > self.limits.open_records_max {
+            anyhow::bail!("limits.batch_records_max must be at most a tenth of limits.open_records_max");
+        }
+        Ok(())
+    }
+
     pub fn engine_limits(&self) -> Limits {
         let l = &self.limits;
         Limits {
@@ -176,5 +315,21 @@ mod tests {
         assert_eq!(back.listen, super::Config::default().listen);
         let err = toml::from_str::<super::Config>("[limits]\nbody_bytes_mx = 5\n").unwrap_err();
         assert!(err.to_string().contains("body_bytes_mx"));
+    }
+
+    #[test]
+    fn relations_between_options_are_checked() {
+        let bad = |text: &str| {
+            let cfg: super::Config = toml::from_str(text).unwrap();
+            cfg.validate().unwrap_err().to_string()
+        };
+        assert!(bad("listen = \"0.0.0.0:7420\"").contains("plain HTTP"));
+        assert!(bad("[approvals]\nrequired = [\"killswitch.pull\"]").contains("never needs approval"));
+        assert!(bad("[approvals]\nrequired = [\"drill.lossless\"]").contains("unknown action"));
+        assert!(bad("[tls]\ncert = \"c.pem\"").contains("go together"));
+        let open: super::Config =
+            toml::from_str("listen = \"0.0.0.0:7420\"\nallow_plain_http = true").unwrap();
+        open.validate().unwrap();
+        super::Config::default().validate().unwrap();
     }
 }

@@ -1,28 +1,40 @@
 //! Steadfast's server: the edges around the pure verification engine.
 //!
 //! - [`pipeline`]: WAL committer → engine → break store threads, recovery, checkpoints.
-//! - [`api`]: the HTTP API (axum), its route table and OpenAPI document (utoipa).
+//! - [`api`]: the HTTP API (axum), its route table with an access decision per route,
+//!   the guard that enforces it and audits state changes, the OpenAPI document (utoipa).
+//! - [`auth`]: roles, permissions, tokens, passwords, scopes, rate limits.
+//! - `control_api`: sessions, tokens, users, four-eyes approvals, kill switch, audit routes.
+//! - [`tls`]: the plain and rustls listeners.
 //! - [`webhook`]: delivery of new breaks from the durable outbox.
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! [`Server::start`] wires them together; the binary only parses arguments.
 
 pub mod api;
+mod audit_export;
+pub mod auth;
 mod config;
+mod control_api;
 pub mod metrics;
 pub mod pipeline;
 pub mod view;
+pub mod tls;
 mod webhook;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use steadfast_verify::RuleSet;
 
-pub use config::{Config, EngineConfig, LimitsConfig, MaskingConfig, WebhookConfig};
+pub use auth::bootstrap_admin_token;
+pub use control_api::{create_local_user, killswitch_state, KillSwitch, NewUser};
+pub use config::{
+    ApprovalsConfig, AuditConfig, AuthConfig, Config, EngineConfig, LimitsConfig, MaskingConfig,
+    TlsConfig, WebhookConfig, FOUR_EYES_ACTIONS,
+};
 
 /// The rule file shipped with Steadfast, used when none is configured.
 pub const DEFAULT_RULES: &str = include_str!("../../../examples/rules.toml");
@@ -30,41 +42,11 @@ pub const DEFAULT_RULES: &str = include_str!("../../../examples/rules.toml");
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
-    pub admin_token: String,
+    /// Whether the listener speaks TLS.
+    pub tls: bool,
     pipeline: Arc<pipeline::Pipeline>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// Reads the admin token from the data directory, creating one (owner-only) if absent.
-/// Returns the token and whether it was just created.
-pub fn admin_token(data_dir: &Path) -> anyhow::Result<(String, bool)> {
-    let path = data_dir.join("admin.token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        let t = t.trim().to_string();
-        if t.len() >= 32 {
-            return Ok((t, false));
-        }
-    }
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::create_dir_all(data_dir)?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    use std::io::Write;
-    let mut f = opts
-        .open(&path)
-        .with_context(|| format!("failed to write {}", path.display()))?;
-    f.write_all(token.as_bytes())?;
-    f.sync_all()?;
-    Ok((token, true))
 }
 
 impl Server {
@@ -74,18 +56,16 @@ impl Server {
         rules: Arc<RuleSet>,
         accept_new_rules: bool,
     ) -> anyhow::Result<Server> {
-        if !cfg.listen.ip().is_loopback() {
-            bail!(
-                "refusing to serve plain HTTP on {}: only loopback addresses are allowed until TLS is configured",
-                cfg.listen
-            );
-        }
-        if cfg.limits.backlog_records_max < cfg.limits.batch_records_max {
-            bail!("limits.backlog_records_max must be at least limits.batch_records_max, or a full batch could never be admitted");
-        }
-        if cfg.limits.batch_records_max.saturating_mul(10) > cfg.limits.open_records_max {
-            bail!("limits.batch_records_max must be at most a tenth of limits.open_records_max");
-        }
+        cfg.validate()?;
+        // Certificates are read before recovery so that a bad one fails fast.
+        let tls_config = match (&cfg.tls.cert, &cfg.tls.key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(
+                cert,
+                key,
+                cfg.tls.client_ca.as_deref(),
+            )?),
+            _ => None,
+        };
         let metrics = Arc::new(metrics::Metrics::new());
         let pcfg = pipeline::PipelineConfig {
             data_dir: cfg.data_dir.clone(),
@@ -105,7 +85,12 @@ impl Server {
                 .await
                 .context("recovery task failed")??,
         );
-        let (admin_token, _) = admin_token(&cfg.data_dir)?;
+        let control = steadfast_store::ControlStore::open(&cfg.data_dir).with_context(|| {
+            format!(
+                "failed to open the control store in {}",
+                cfg.data_dir.display()
+            )
+        })?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("failed to listen on {}", cfg.listen))?;
@@ -114,23 +99,60 @@ impl Server {
             pipeline: pipeline.clone(),
             metrics,
             cfg: cfg.clone(),
-            admin_token: admin_token.clone(),
+            control: Arc::new(std::sync::Mutex::new(control)),
+            auth: auth::Auth::new(
+                cfg.auth.requests_per_sec_per_token,
+                cfg.auth.logins_per_min_per_ip,
+            ),
         });
         let router = api::router(state.clone());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         let mut rx = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = rx.changed().await;
-            };
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
+        let shutdown = async move {
+            let _ = rx.changed().await;
+        };
+        let tls = tls_config.is_some();
+        tasks.push(match tls_config {
+            Some(config) => {
+                let listener = tls::TlsListener::new(listener, config)?;
+                let service = router.into_make_service_with_connect_info::<tls::ConnInfo>();
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, service)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                    {
+                        tracing::error!(error = %e, "HTTPS server failed");
+                    }
+                })
             }
-        }));
+            None => {
+                let listener = tls::PlainListener(listener);
+                let service = router.into_make_service_with_connect_info::<tls::ConnInfo>();
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, service)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                    {
+                        tracing::error!(error = %e, "HTTP server failed");
+                    }
+                })
+            }
+        });
+        if let Some(path) = cfg.audit.export_file.clone() {
+            tasks.push(tokio::spawn(audit_export::run(
+                state.clone(),
+                audit_export::Sink::File(path),
+                stop_rx.clone(),
+            )));
+        }
+        if let Some(url) = cfg.audit.webhook_url.clone() {
+            tasks.push(tokio::spawn(audit_export::run(
+                state.clone(),
+                audit_export::Sink::Webhook(url),
+                stop_rx.clone(),
+            )));
+        }
         let ticker = pipeline.clone();
         let tick_ms = cfg.engine.tick_ms.max(1);
         let mut rx = stop_rx.clone();
@@ -149,7 +171,7 @@ impl Server {
         }
         Ok(Server {
             addr,
-            admin_token,
+            tls,
             pipeline,
             stop,
             tasks,

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub records_per_fsync: Histogram,
     pub webhook_failures: Counter,
     pub outbox_pending: Gauge,
+    /// Requests refused by access control, by code (unauthorized, forbidden, rate_limited...).
+    pub requests_denied: Family<RefusalLabels, Counter>,
+    pub audit_export_failures: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -89,8 +92,22 @@ impl Metrics {
             "Break notifications waiting for delivery",
             outbox_pending.clone(),
         );
+        let requests_denied = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "requests_denied",
+            "Requests refused by access control, by error code",
+            requests_denied.clone(),
+        );
+        let audit_export_failures = Counter::default();
+        registry.register(
+            "audit_export_failures",
+            "Audit exports (file or webhook) that failed and will be retried",
+            audit_export_failures.clone(),
+        );
         Metrics {
             registry,
+            requests_denied,
+            audit_export_failures,
             recent_detection_ms: Default::default(),
             records_ingested,
             batches_refused,
@@ -105,6 +122,12 @@ impl Metrics {
     }
 
     /// Records the detection latency of one break.
+    pub fn auth_denied(&self, code: &str) {
+        self.requests_denied
+            .get_or_create(&RefusalLabels { code: code.into() })
+            .inc();
+    }
+
     pub fn observe_detection(&self, latency_ms: u64) {
         self.detection_latency.observe(latency_ms as f64 / 1000.0);
         let mut recent = self.recent_detection_ms.lock().expect("metrics lock");

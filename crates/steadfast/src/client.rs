@@ -21,11 +21,15 @@ pub struct Conn {
         env = "STEADFAST_SERVER"
     )]
     server: String,
-    /// API token; by default read from the data directory's admin.token.
+    /// API token; by default the data directory's admin.token (which `steadfast demo`
+    /// writes for its session).
     #[arg(long, env = "STEADFAST_TOKEN", hide_env_values = true)]
     token: Option<String>,
     #[arg(long, default_value = "steadfast-data")]
-    data_dir: PathBuf,
+    pub data_dir: PathBuf,
+    /// PEM CA certificate to trust for an https server with a private CA.
+    #[arg(long, env = "STEADFAST_CA_CERT")]
+    ca_cert: Option<PathBuf>,
 }
 
 impl Conn {
@@ -36,18 +40,56 @@ impl Conn {
         let path = self.data_dir.join("admin.token");
         std::fs::read_to_string(&path)
             .map(|t| t.trim().to_string())
-            .with_context(|| format!("no --token given and {} is not readable; start the server first or pass --token", path.display()))
+            .with_context(|| {
+                format!(
+                    "no --token (or STEADFAST_TOKEN) given and {} is not readable; create the first admin token with `steadfast token create --local --data-dir {} --role admin --subject YOUR_NAME`",
+                    path.display(),
+                    self.data_dir.display()
+                )
+            })
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.server.trim_end_matches('/'), path)
     }
-}
 
-fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()?)
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        let mut b = reqwest::Client::builder().timeout(Duration::from_secs(120));
+        if let Some(ca) = &self.ca_cert {
+            let pem = std::fs::read(ca).with_context(|| format!("failed to read {}", ca.display()))?;
+            b = b.add_root_certificate(
+                reqwest::Certificate::from_pem(&pem)
+                    .with_context(|| format!("{} is not a PEM certificate", ca.display()))?,
+            );
+        }
+        Ok(b.build()?)
+    }
+
+    /// One API call with the token; the JSON answer, or the server's error as text.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let token = self.token()?;
+        let mut req = self
+            .client()?
+            .request(method, self.url(path))
+            .bearer_auth(&token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| e.without_url())
+            .with_context(|| format!("could not reach {}", self.server))?;
+        if !resp.status().is_success() {
+            bail!("{}", error_text(resp).await);
+        }
+        Ok(resp.json().await.unwrap_or(Value::Null))
+    }
 }
 
 async fn error_text(resp: reqwest::Response) -> String {
@@ -72,7 +114,7 @@ async fn error_text(resp: reqwest::Response) -> String {
 
 pub async fn ingest(conn: &Conn, files: &[PathBuf], batch: usize) -> anyhow::Result<()> {
     let token = conn.token()?;
-    let http = client()?;
+    let http = conn.client()?;
     for path in files {
         // Validate locally first so that nothing of a bad file is sent.
         let (records, errors) = crate::input::read_file(path, |_| {})?;
@@ -189,7 +231,8 @@ pub async fn breaks(conn: &Conn, f: &BreakFilterArgs, format: &str) -> anyhow::R
     if format == "csv" {
         query.push(("format", "csv".into()));
     }
-    let resp = client()?
+    let resp = conn
+        .client()?
         .get(conn.url("/api/v1/breaks"))
         .bearer_auth(&token)
         .query(&query)
@@ -239,19 +282,14 @@ pub async fn break_status(
     owner: Option<String>,
     reason: String,
 ) -> anyhow::Result<()> {
-    let token = conn.token()?;
     let body = serde_json::json!({ "status": status, "owner": owner, "reason": reason });
-    let resp = client()?
-        .post(conn.url(&format!("/api/v1/breaks/{id}/status")))
-        .bearer_auth(&token)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| e.without_url())?;
-    if !resp.status().is_success() {
-        bail!("{}", error_text(resp).await);
-    }
-    let v: Value = resp.json().await?;
+    let v = conn
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/breaks/{id}/status"),
+            Some(body),
+        )
+        .await?;
     println!(
         "break {id} is {}{}",
         v["status"].as_str().unwrap_or(""),

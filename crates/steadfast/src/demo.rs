@@ -111,7 +111,25 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     };
     let server = Server::start(cfg, rules.clone(), false).await?;
     let base = format!("http://{}", server.addr);
-    let token = server.admin_token.clone();
+    // A session admin token for the person watching, and an ingest token, scoped to the
+    // demo's sources, for the platform's reporters: they can write records and nothing else.
+    let token = steadfast_server::bootstrap_admin_token(&server_dir, "demo")?;
+    let sources: Vec<String> = rules.sources.iter().map(|s| s.name.clone()).collect();
+    let (_, ingest_token) = steadfast_server::auth::create_local_token(
+        &server_dir,
+        &steadfast_server::auth::TokenSpec {
+            subject: "demo-platform".into(),
+            name: "demo reporters".into(),
+            role: "ingest".into(),
+            links: vec![],
+            services: sources,
+            site: None,
+            expires_in_secs: Some(7 * 86_400),
+            rate_per_sec: Some(50_000),
+        },
+        "demo",
+        7 * 86_400,
+    )?;
 
     let traffic = Traffic::new(a.seed, a.users, 50);
     let wallets = traffic.wallets();
@@ -119,7 +137,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         a.data_dir.join("platform"),
         ReportTarget {
             url: base.clone(),
-            token: token.clone(),
+            token: ingest_token,
         },
         token.clone(),
     );
@@ -149,8 +167,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     );
     eprintln!("  API:        {base}/api/v1  (OpenAPI: {base}/api/v1/openapi.json)");
     eprintln!("  metrics:    {base}/metrics");
+    eprintln!("  admin token for this session (shown once): {token}");
     eprintln!(
-        "  token:      {} (owner-only); `steadfast breaks --data-dir {}` lists the breaks",
+        "              also in {} (owner-only); `steadfast breaks --data-dir {}` lists the breaks",
         server_dir.join("admin.token").display(),
         server_dir.display()
     );

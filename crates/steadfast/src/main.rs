@@ -1,6 +1,7 @@
 //! The `steadfast` binary: argument parsing and wiring only.
 
 mod client;
+mod control;
 mod demo;
 mod input;
 
@@ -103,6 +104,47 @@ enum Command {
     },
     /// Check a rule file and print its rules and version.
     Rules { file: PathBuf },
+    /// Create, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(control::TokenCmd),
+    /// Add, list and disable local users (dashboard sign-in).
+    #[command(subcommand)]
+    User(control::UserCmd),
+    /// Verify, list and export the audit log.
+    #[command(subcommand)]
+    Audit(control::AuditCmd),
+    /// List four-eyes approval requests.
+    Approvals {
+        /// pending, approved, rejected, expired or failed.
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Approve another person's request; the action then runs.
+    Approve {
+        id: u64,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Reject a request; the action does not run.
+    Reject {
+        id: u64,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// The drills' kill switch.
+    #[command(subcommand)]
+    Killswitch(control::KillSwitchCmd),
+    /// Show who the token speaks for and its role.
+    Whoami {
+        #[command(flatten)]
+        conn: client::Conn,
+    },
     /// Print the default configuration, documented.
     DefaultConfig,
 }
@@ -171,23 +213,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 cfg.rules = rules;
             }
             let rule_set = load_rules(cfg.rules.as_ref())?;
-            let (_, created) = steadfast_server::admin_token(&cfg.data_dir)?;
             let server = Server::start(cfg.clone(), rule_set.clone(), accept_new_rules).await?;
-            let token_path = cfg.data_dir.join("admin.token");
+            let scheme = if server.tls { "https" } else { "http" };
             eprintln!(
                 "steadfast is verifying {} rules (version {})",
                 rule_set.rules.len(),
                 rule_set.version
             );
             eprintln!(
-                "  API:     http://{}/api/v1  (OpenAPI: http://{}/api/v1/openapi.json)",
+                "  API:     {scheme}://{}/api/v1  (OpenAPI: {scheme}://{}/api/v1/openapi.json)",
                 server.addr, server.addr
             );
-            eprintln!("  metrics: http://{}/metrics", server.addr);
-            if created {
-                eprintln!("  created the admin token in {} (owner-only); send it as `Authorization: Bearer <token>`", token_path.display());
-            } else {
-                eprintln!("  admin token: {}", token_path.display());
+            eprintln!("  metrics: {scheme}://{}/metrics", server.addr);
+            let has_admin = steadfast_store::ControlStore::open(&cfg.data_dir)
+                .and_then(|c| c.has_live("admin", chrono::Utc::now().timestamp_millis()))
+                .unwrap_or(false);
+            if !has_admin {
+                eprintln!("  no admin can sign in yet; only /healthz and /metrics are open. Create the first admin token with:");
+                eprintln!(
+                    "    steadfast token create --local --data-dir {} --role admin --subject YOUR_NAME",
+                    cfg.data_dir.display()
+                );
             }
             shutdown_signal().await;
             eprintln!("stopping: draining the pipeline and writing a checkpoint");
@@ -233,6 +279,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     r.link.as_deref().unwrap_or("-")
                 );
             }
+            Ok(())
+        }
+        Command::Token(cmd) => control::token(cmd).await,
+        Command::User(cmd) => control::user(cmd).await,
+        Command::Audit(cmd) => control::audit(cmd).await,
+        Command::Approvals { status, conn } => control::approvals(status, &conn).await,
+        Command::Approve { id, reason, conn } => control::decide(id, true, reason, &conn).await,
+        Command::Reject { id, reason, conn } => control::decide(id, false, reason, &conn).await,
+        Command::Killswitch(cmd) => control::killswitch(cmd).await,
+        Command::Whoami { conn } => {
+            let v = conn
+                .call(reqwest::Method::GET, "/api/v1/whoami", None)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
         Command::DefaultConfig => {

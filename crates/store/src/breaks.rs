@@ -78,6 +78,8 @@ pub struct HistoryRow {
 pub struct BreakFilter {
     pub rule: Option<String>,
     pub link: Option<String>,
+    /// Only breaks of these rules (the caller's scope); `None`: every rule.
+    pub rules_in: Option<Vec<String>>,
     pub kind: Option<String>,
     pub status: Option<Status>,
     pub owner: Option<String>,
@@ -233,10 +235,15 @@ impl BreakStore {
     pub fn list(&self, f: &BreakFilter) -> Result<Vec<BreakRow>, StoreError> {
         let mut sql = String::from("SELECT * FROM breaks WHERE id > ?1");
         let mut args: Vec<rusqlite::types::Value> = vec![(f.after_id.unwrap_or(0) as i64).into()];
-        let mut add = |clause: &str, v: rusqlite::types::Value| {
+        let mut add_with = |clause: &str, v: rusqlite::types::Value, close: &str| {
             args.push(v);
-            sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+            sql.push_str(&format!(" AND {clause} ?{}{close}", args.len()));
         };
+        if let Some(rules) = &f.rules_in {
+            let list = serde_json::to_string(rules).expect("rule names serialize");
+            add_with("rule IN (SELECT value FROM json_each(", list.into(), "))");
+        }
+        let mut add = |clause: &str, v: rusqlite::types::Value| add_with(clause, v, "");
         if let Some(v) = &f.rule {
             add("rule =", v.clone().into());
         }

@@ -5,10 +5,13 @@
 //! - [`checkpoint`]: engine state at a WAL position, written atomically, so restart
 //!   replays only the log's tail.
 //! - [`BreakStore`]: breaks, their workflow history and the webhook outbox, in SQLite.
+//! - [`ControlStore`]: tokens, users, approvals, settings and the hash-chained audit log.
 
 mod breaks;
+pub mod control;
 pub mod checkpoint;
 mod wal;
 
 pub use breaks::{BreakFilter, BreakRow, BreakStore, HistoryRow, OutboxItem, Status, StoreError};
+pub use control::{ControlError, ControlStore};
 pub use wal::{Wal, WalEntry, WalError, WalItem};

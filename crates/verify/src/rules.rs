@@ -126,6 +126,23 @@ impl RuleSet {
     }
 }
 
+impl Rule {
+    /// The sides of the rule: the record streams it reads.
+    pub fn sides(&self) -> Vec<&Side> {
+        match &self.kind {
+            RuleKind::Match { left, right, .. } => vec![left, right],
+            RuleKind::SumMatch {
+                upstream,
+                downstream,
+            } => vec![upstream, downstream],
+            RuleKind::Conservation { entries, .. } => vec![entries],
+            RuleKind::Balance {
+                entries, snapshots, ..
+            } => vec![entries, snapshots],
+        }
+    }
+}
+
 // ---- the file as written -------------------------------------------------------------
 
 #[derive(Deserialize)]

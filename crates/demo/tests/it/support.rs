@@ -36,9 +36,9 @@ impl Rig {
         };
         cfg.engine.tick_ms = 50;
         let rules = Arc::new(parse_rules(DEMO_RULES).unwrap());
-        let server = Server::start(cfg, rules, false).await.unwrap();
+        let server = Server::start(cfg.clone(), rules, false).await.unwrap();
         let base = format!("http://{}", server.addr);
-        let token = server.admin_token.clone();
+        let token = steadfast_server::bootstrap_admin_token(&cfg.data_dir, "test").unwrap();
         let traffic = Traffic::new(seed, users, 50);
         let wallets = traffic.wallets();
         let mut pcfg = PlatformConfig::new(

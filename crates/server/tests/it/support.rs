@@ -40,7 +40,7 @@ impl TestServer {
         let server = Server::start(cfg.clone(), rules, false).await.unwrap();
         TestServer {
             base: format!("http://{}", server.addr),
-            token: server.admin_token.clone(),
+            token: steadfast_server::bootstrap_admin_token(&cfg.data_dir, "test").unwrap(),
             server: Some(server),
             http: reqwest::Client::new(),
             cfg,

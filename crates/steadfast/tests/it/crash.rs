@@ -93,6 +93,7 @@ fn kill_9_at_seeded_moments_loses_no_acknowledged_record_and_no_break() {
     eprintln!("crash test: {rounds} rounds, seed {seed} (STEADFAST_CRASH_SEED={seed} repeats it)");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
+    steadfast_server::bootstrap_admin_token(dir.path(), "test").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -232,6 +233,7 @@ fn kill_9_at_seeded_moments_loses_no_acknowledged_record_and_no_break() {
 #[test]
 fn webhook_deliveries_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
+    steadfast_server::bootstrap_admin_token(dir.path(), "test").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))

@@ -1,0 +1,494 @@
+//! The CLI's control-plane commands: tokens, users, approvals, the kill switch and the
+//! audit log. `--local` commands work on the data directory itself (the trust root: whoever
+//! can write it owns the server), for the first admin token or when the server is down.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use reqwest::Method;
+use serde_json::{json, Value};
+use steadfast_server::auth::TokenSpec;
+use steadfast_server::{AuthConfig, NewUser};
+use steadfast_store::control::AuditFilter;
+use steadfast_store::ControlStore;
+
+use crate::client::Conn;
+
+/// Who a local command acts as in the audit log.
+fn local_actor() -> String {
+    format!(
+        "local:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+#[derive(clap::Subcommand)]
+pub enum TokenCmd {
+    /// Create a token; its text is printed once (it is stored hashed).
+    Create {
+        /// viewer, ingest, operator, drill-admin, runbook-executor, admin or beacon.
+        #[arg(long)]
+        role: String,
+        /// The person or machine it speaks for (four-eyes compares these).
+        #[arg(long)]
+        subject: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// A fund link it may touch (repeatable); none and no --service: everything.
+        #[arg(long = "link")]
+        links: Vec<String>,
+        /// A service (record source) it may touch (repeatable).
+        #[arg(long = "service")]
+        services: Vec<String>,
+        /// For beacon keys: the site it sends beacons for.
+        #[arg(long)]
+        site: Option<String>,
+        /// Lifetime, e.g. 30d or 12h (default 90 days).
+        #[arg(long)]
+        expires_in: Option<humantime::Duration>,
+        /// Requests per second (default: the server's).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Write to the data directory instead of calling the server (the first admin token).
+        #[arg(long)]
+        local: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Include revoked and expired tokens.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum UserCmd {
+    /// Add a local user for the dashboard; the password is read from STEADFAST_PASSWORD or
+    /// the first line of standard input.
+    Add {
+        name: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long = "link")]
+        links: Vec<String>,
+        #[arg(long = "service")]
+        services: Vec<String>,
+        #[arg(long)]
+        local: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Disable a user and revoke its sessions.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum AuditCmd {
+    /// Check the hash chain of a data directory's audit log; names the first bad entry
+    /// and exits 1 when it does not hold.
+    Verify {
+        #[arg(long, default_value = "steadfast-data")]
+        data_dir: PathBuf,
+    },
+    /// List audit entries from the server.
+    List {
+        #[arg(long, default_value_t = 0)]
+        after_seq: u64,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// table, json or jsonl.
+        #[arg(long, default_value = "table")]
+        format: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Write a data directory's whole audit log as JSON lines (for a SIEM or an archive).
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "steadfast-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum KillSwitchCmd {
+    /// Show whether the kill switch is engaged.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Stop every drill and refuse new ones. Never needs approval.
+    Pull {
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Release it; under four-eyes this asks a second person to approve.
+    Release {
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+fn print(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
+    match cmd {
+        TokenCmd::Create {
+            role,
+            subject,
+            name,
+            links,
+            services,
+            site,
+            expires_in,
+            rate,
+            local,
+            conn,
+        } => {
+            let spec = TokenSpec {
+                subject,
+                name,
+                role,
+                links,
+                services,
+                site,
+                expires_in_secs: expires_in.map(|d| d.as_secs().max(1)),
+                rate_per_sec: rate,
+            };
+            let (id, text, expires) = if local {
+                let (row, text) = steadfast_server::auth::create_local_token(
+                    &conn.data_dir,
+                    &spec,
+                    &local_actor(),
+                    AuthConfig::default().token_lifetime_secs_default,
+                )?;
+                (row.id, text, row.expires_at)
+            } else {
+                let v = conn
+                    .call(Method::POST, "/api/v1/tokens", Some(serde_json::to_value(&spec)?))
+                    .await?;
+                (
+                    v["id"].as_str().unwrap_or("").to_string(),
+                    v["token"].as_str().unwrap_or("").to_string(),
+                    v["expires_at"].as_i64(),
+                )
+            };
+            eprintln!(
+                "created token {id} ({}), expires {}; it is shown only now:",
+                spec.role,
+                expires
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| "never".into())
+            );
+            println!("{text}");
+            Ok(())
+        }
+        TokenCmd::List { all, conn } => {
+            let path = if all {
+                "/api/v1/tokens?all=true"
+            } else {
+                "/api/v1/tokens"
+            };
+            let v = conn.call(Method::GET, path, None).await?;
+            println!(
+                "{:<12}  {:<11} {:<16} {:<18} {:<20} EXPIRES",
+                "ID", "KIND", "ROLE", "SUBJECT", "NAME"
+            );
+            for t in v.as_array().into_iter().flatten() {
+                let expires = t["expires_at"]
+                    .as_i64()
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                    .unwrap_or_else(|| "never".into());
+                let revoked = if t["revoked_at"].is_null() {
+                    ""
+                } else {
+                    " REVOKED"
+                };
+                println!(
+                    "{:<12}  {:<11} {:<16} {:<18} {:<20} {expires}{revoked}",
+                    t["id"].as_str().unwrap_or(""),
+                    t["kind"].as_str().unwrap_or(""),
+                    t["role"].as_str().unwrap_or(""),
+                    t["subject"].as_str().unwrap_or(""),
+                    t["name"].as_str().unwrap_or(""),
+                );
+            }
+            Ok(())
+        }
+        TokenCmd::Revoke { id, conn } => {
+            conn.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None)
+                .await?;
+            eprintln!("token {id} is revoked");
+            Ok(())
+        }
+    }
+}
+
+fn read_password() -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("STEADFAST_PASSWORD") {
+        return Ok(p);
+    }
+    eprintln!("password (at least 12 characters), then Enter:");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("failed to read the password from standard input")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
+    match cmd {
+        UserCmd::Add {
+            name,
+            role,
+            links,
+            services,
+            local,
+            conn,
+        } => {
+            let password = read_password()?;
+            if local {
+                let u = NewUser {
+                    name,
+                    password,
+                    role,
+                    links,
+                    services,
+                };
+                let row =
+                    steadfast_server::create_local_user(&conn.data_dir, u, &local_actor())?;
+                eprintln!("user {} ({}) created", row.name, row.role);
+            } else {
+                let body = json!({ "name": name, "password": password, "role": role, "links": links, "services": services });
+                let v = conn.call(Method::POST, "/api/v1/users", Some(body)).await?;
+                eprintln!(
+                    "user {} ({}) created",
+                    v["name"].as_str().unwrap_or(""),
+                    v["role"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        UserCmd::List { conn } => print(&conn.call(Method::GET, "/api/v1/users", None).await?),
+        UserCmd::Disable { name, conn } => {
+            conn.call(Method::DELETE, &format!("/api/v1/users/{name}"), None)
+                .await?;
+            eprintln!("user {name} is disabled and signed out");
+            Ok(())
+        }
+    }
+}
+
+pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
+    match cmd {
+        AuditCmd::Verify { data_dir } => {
+            if !data_dir.join("control.db").exists() {
+                bail!("{} has no audit log (control.db)", data_dir.display());
+            }
+            let check = ControlStore::open(&data_dir)?.verify_audit()?;
+            match check.fault {
+                None => {
+                    println!(
+                        "the audit chain holds: {} entries, head at entry {}",
+                        check.entries, check.head_seq
+                    );
+                    Ok(())
+                }
+                Some(f) => {
+                    println!("the audit chain is broken at {f}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        AuditCmd::List {
+            after_seq,
+            actor,
+            action,
+            limit,
+            format,
+            conn,
+        } => {
+            let mut path = format!("/api/v1/audit?after_seq={after_seq}&limit={limit}");
+            for (k, v) in [("actor", actor), ("action", action)] {
+                if let Some(v) = v {
+                    path += &format!("&{k}={}", urlencode(&v));
+                }
+            }
+            let v = conn.call(Method::GET, &path, None).await?;
+            let entries = v.as_array().cloned().unwrap_or_default();
+            match format.as_str() {
+                "json" => print(&v),
+                "jsonl" => {
+                    for e in &entries {
+                        println!("{}", serde_json::to_string(e)?);
+                    }
+                    Ok(())
+                }
+                _ => {
+                    println!(
+                        "{:>6}  {:<20} {:<16} {:<26} {:<22} {:<16} APPROVER",
+                        "SEQ", "AT", "ACTOR", "ACTION", "TARGET", "RESULT"
+                    );
+                    for e in &entries {
+                        let at = e["at"]
+                            .as_i64()
+                            .and_then(chrono::DateTime::from_timestamp_millis)
+                            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                            .unwrap_or_default();
+                        println!(
+                            "{:>6}  {:<20} {:<16} {:<26} {:<22} {:<16} {}",
+                            e["seq"].as_u64().unwrap_or(0),
+                            at,
+                            e["actor"].as_str().unwrap_or(""),
+                            e["action"].as_str().unwrap_or(""),
+                            e["target"].as_str().unwrap_or(""),
+                            e["result"].as_str().unwrap_or(""),
+                            e["approver"].as_str().unwrap_or("-"),
+                        );
+                    }
+                    Ok(())
+                }
+            }
+        }
+        AuditCmd::Export { out, data_dir } => {
+            let store = ControlStore::open(&data_dir)?;
+            let mut after_seq = 0;
+            let mut n = 0usize;
+            // Truncate first: an export is the whole log, not an append.
+            std::fs::write(&out, "").with_context(|| format!("failed to write {}", out.display()))?;
+            loop {
+                let page = store.audit(&AuditFilter {
+                    after_seq,
+                    limit: steadfast_store::control::CONTROL_PAGE_MAX,
+                    ..Default::default()
+                })?;
+                let Some(last) = page.last() else { break };
+                after_seq = last.seq;
+                n += page.len();
+                steadfast_store::control::append_jsonl(&out, &page)?;
+            }
+            eprintln!("wrote {n} audit entries to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+fn urlencode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub async fn approvals(status: Option<String>, conn: &Conn) -> anyhow::Result<()> {
+    let path = match status {
+        Some(s) => format!("/api/v1/approvals?status={}", urlencode(&s)),
+        None => "/api/v1/approvals".into(),
+    };
+    let v = conn.call(Method::GET, &path, None).await?;
+    println!(
+        "{:>5}  {:<20} {:<10} {:<16} {:<16} REASON",
+        "ID", "ACTION", "STATUS", "REQUESTED BY", "DECIDED BY"
+    );
+    for a in v.as_array().into_iter().flatten() {
+        println!(
+            "{:>5}  {:<20} {:<10} {:<16} {:<16} {}",
+            a["id"].as_u64().unwrap_or(0),
+            a["action"].as_str().unwrap_or(""),
+            a["status"].as_str().unwrap_or(""),
+            a["requested_by"].as_str().unwrap_or(""),
+            a["decided_by"].as_str().unwrap_or("-"),
+            a["reason"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+pub async fn decide(
+    id: u64,
+    approve: bool,
+    reason: Option<String>,
+    conn: &Conn,
+) -> anyhow::Result<()> {
+    let verb = if approve { "approve" } else { "reject" };
+    let v = conn
+        .call(
+            Method::POST,
+            &format!("/api/v1/approvals/{id}/{verb}"),
+            Some(json!({ "reason": reason })),
+        )
+        .await?;
+    eprintln!(
+        "approval {id} ({}) is {}",
+        v["action"].as_str().unwrap_or(""),
+        v["status"].as_str().unwrap_or("")
+    );
+    Ok(())
+}
+
+pub async fn killswitch(cmd: KillSwitchCmd) -> anyhow::Result<()> {
+    let v = match cmd {
+        KillSwitchCmd::Status { conn } => conn.call(Method::GET, "/api/v1/killswitch", None).await?,
+        KillSwitchCmd::Pull { reason, conn } => {
+            conn.call(Method::POST, "/api/v1/killswitch", Some(json!({ "reason": reason })))
+                .await?
+        }
+        KillSwitchCmd::Release { reason, conn } => {
+            conn.call(Method::DELETE, "/api/v1/killswitch", Some(json!({ "reason": reason })))
+                .await?
+        }
+    };
+    if let Some(p) = v.get("pending_approval") {
+        eprintln!(
+            "release requested as approval {}; a second person runs `steadfast approve {}`",
+            p["id"], p["id"]
+        );
+        return Ok(());
+    }
+    let engaged = v["engaged"].as_bool().unwrap_or(false);
+    println!(
+        "kill switch {}{}",
+        if engaged { "ENGAGED" } else { "released" },
+        v["by"]
+            .as_str()
+            .map(|b| format!(" by {b}: {}", v["reason"].as_str().unwrap_or("")))
+            .unwrap_or_default()
+    );
+    Ok(())
+}

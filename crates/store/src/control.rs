@@ -1,0 +1,864 @@
+//! The control store: API tokens, local users, four-eyes approvals, settings such as the
+//! kill switch, and the hash-chained audit log, in one SQLite database (`control.db`).
+//!
+//! Roles and permissions are the server's vocabulary; this module stores them as text
+//! and knows nothing of what they allow. Secrets are never stored: tokens as SHA-256 of
+//! their secret part (they are 256-bit random, so a fast hash is enough), passwords as
+//! the argon2 PHC string the caller computed.
+//!
+//! The audit log is append-only by construction of this API (there is no update or
+//! delete) and tamper-evident by its chain: each entry's hash covers its fields and the
+//! previous entry's hash, and the newest (seq, hash) is also written to `audit.head`
+//! beside the database, so cutting entries off the end is detected too.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use steadfast_model::Millis;
+
+/// Most rows one listing returns.
+pub const CONTROL_PAGE_MAX: usize = 1000;
+/// Most live (unrevoked) tokens; creating more is refused. Bounds the server's token cache.
+pub const TOKENS_LIVE_MAX: usize = 10_000;
+/// Most users.
+pub const USERS_MAX: usize = 10_000;
+/// Most pending approvals; requesting more is refused until some are decided or expire.
+pub const APPROVALS_PENDING_MAX: usize = 1_000;
+/// Longest free-text detail kept in one audit entry.
+pub const AUDIT_DETAIL_BYTES_MAX: usize = 8 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("control store: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Full(String),
+}
+
+/// A stored token, without its secret.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRow {
+    pub id: String,
+    /// `api`, `session` (a signed-in user) or `publishable` (browser beacons).
+    pub kind: String,
+    /// Who the token speaks for: a person or a machine. Four-eyes compares subjects.
+    pub subject: String,
+    pub name: String,
+    pub role: String,
+    /// Fund links and services (sources) the token may touch; both empty: everything.
+    pub links: Vec<String>,
+    pub services: Vec<String>,
+    /// The site a publishable key sends beacons for.
+    pub site: Option<String>,
+    /// Requests per second; the server's default when absent.
+    pub rate_per_sec: Option<u32>,
+    pub created_at: Millis,
+    pub created_by: String,
+    pub expires_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+    #[serde(skip)]
+    pub secret_sha256: Vec<u8>,
+}
+
+impl TokenRow {
+    pub fn live_at(&self, now: Millis) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| now < e)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserRow {
+    pub name: String,
+    pub role: String,
+    pub links: Vec<String>,
+    pub services: Vec<String>,
+    pub created_at: Millis,
+    pub created_by: String,
+    pub disabled_at: Option<Millis>,
+    #[serde(skip)]
+    pub password_phc: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApprovalRow {
+    pub id: u64,
+    /// The four-eyes action, e.g. `killswitch.release`.
+    pub action: String,
+    pub target: String,
+    /// What the action will be called with once approved.
+    pub params: serde_json::Value,
+    pub reason: String,
+    pub requested_by: String,
+    pub requested_at: Millis,
+    pub expires_at: Millis,
+    /// `pending`, `approved`, `rejected`, `expired` or `failed`.
+    pub status: String,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<Millis>,
+    pub decision_reason: Option<String>,
+    pub result: Option<String>,
+}
+
+/// An audit entry as appended: who did what, to what, from where, with what result.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct AuditRecord {
+    pub at: Millis,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    /// Where the request came from (peer address, or `local` for the CLI on the data dir).
+    pub source: String,
+    /// The outcome, e.g. `200`, `202 pending approval 7`, `403 same_person`.
+    pub result: String,
+    pub approver: Option<String>,
+    /// Free detail as JSON text (what changed, the reason given).
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub record: AuditRecord,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The first entry where the audit chain does not hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuditFault {
+    pub seq: u64,
+    pub problem: String,
+}
+
+impl std::fmt::Display for AuditFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "audit entry {}: {}", self.seq, self.problem)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuditCheck {
+    pub entries: u64,
+    pub head_seq: u64,
+    pub fault: Option<AuditFault>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub after_seq: u64,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub limit: usize,
+}
+
+/// The hash of the chain before its first entry.
+pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The hash of one entry: SHA-256 over its fields, each length-prefixed so that no two
+/// different entries hash the same text, and over the previous entry's hash.
+pub fn audit_hash(seq: u64, r: &AuditRecord, prev_hash: &str) -> String {
+    let mut h = Sha256::new();
+    let at = r.at.to_string();
+    let seq = seq.to_string();
+    let approver = r.approver.as_deref().unwrap_or("\u{0}");
+    for field in [
+        seq.as_str(),
+        at.as_str(),
+        &r.actor,
+        &r.action,
+        &r.target,
+        &r.source,
+        &r.result,
+        approver,
+        &r.detail,
+        prev_hash,
+    ] {
+        h.update((field.len() as u64).to_le_bytes());
+        h.update(field.as_bytes());
+    }
+    hex(&h.finalize())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tokens (
+  id TEXT PRIMARY KEY, kind TEXT NOT NULL, secret_sha256 BLOB NOT NULL,
+  subject TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
+  links TEXT NOT NULL, services TEXT NOT NULL, site TEXT, rate_per_sec INTEGER,
+  created_at INTEGER NOT NULL, created_by TEXT NOT NULL, expires_at INTEGER, revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS users (
+  name TEXT PRIMARY KEY, password_phc TEXT NOT NULL, role TEXT NOT NULL,
+  links TEXT NOT NULL, services TEXT NOT NULL,
+  created_at INTEGER NOT NULL, created_by TEXT NOT NULL, disabled_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS approvals (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL, target TEXT NOT NULL,
+  params TEXT NOT NULL, reason TEXT NOT NULL, requested_by TEXT NOT NULL,
+  requested_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, status TEXT NOT NULL,
+  decided_by TEXT, decided_at INTEGER, decision_reason TEXT, result TEXT
+);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+  seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+  target TEXT NOT NULL, source TEXT NOT NULL, result TEXT NOT NULL, approver TEXT,
+  detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL
+);
+";
+
+fn list_json(v: &[String]) -> String {
+    serde_json::to_string(v).expect("string lists serialize")
+}
+
+fn list_from(text: String) -> Vec<String> {
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
+fn token_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow {
+        id: row.get("id")?,
+        kind: row.get("kind")?,
+        subject: row.get("subject")?,
+        name: row.get("name")?,
+        role: row.get("role")?,
+        links: list_from(row.get("links")?),
+        services: list_from(row.get("services")?),
+        site: row.get("site")?,
+        rate_per_sec: row.get("rate_per_sec")?,
+        created_at: row.get("created_at")?,
+        created_by: row.get("created_by")?,
+        expires_at: row.get("expires_at")?,
+        revoked_at: row.get("revoked_at")?,
+        secret_sha256: row.get("secret_sha256")?,
+    })
+}
+
+fn user_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok(UserRow {
+        name: row.get("name")?,
+        role: row.get("role")?,
+        links: list_from(row.get("links")?),
+        services: list_from(row.get("services")?),
+        created_at: row.get("created_at")?,
+        created_by: row.get("created_by")?,
+        disabled_at: row.get("disabled_at")?,
+        password_phc: row.get("password_phc")?,
+    })
+}
+
+fn approval_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalRow> {
+    let params: String = row.get("params")?;
+    Ok(ApprovalRow {
+        id: row.get::<_, i64>("id")? as u64,
+        action: row.get("action")?,
+        target: row.get("target")?,
+        params: serde_json::from_str(&params).unwrap_or(serde_json::Value::Null),
+        reason: row.get("reason")?,
+        requested_by: row.get("requested_by")?,
+        requested_at: row.get("requested_at")?,
+        expires_at: row.get("expires_at")?,
+        status: row.get("status")?,
+        decided_by: row.get("decided_by")?,
+        decided_at: row.get("decided_at")?,
+        decision_reason: row.get("decision_reason")?,
+        result: row.get("result")?,
+    })
+}
+
+fn audit_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        seq: row.get::<_, i64>("seq")? as u64,
+        record: AuditRecord {
+            at: row.get("at")?,
+            actor: row.get("actor")?,
+            action: row.get("action")?,
+            target: row.get("target")?,
+            source: row.get("source")?,
+            result: row.get("result")?,
+            approver: row.get("approver")?,
+            detail: row.get("detail")?,
+        },
+        prev_hash: row.get("prev_hash")?,
+        hash: row.get("hash")?,
+    })
+}
+
+pub struct ControlStore {
+    conn: Connection,
+    head_path: PathBuf,
+}
+
+impl ControlStore {
+    /// Opens (creating) `control.db` in `dir`. The server and a CLI working on the data
+    /// directory may have it open at once; SQLite's locking serialises their writes.
+    pub fn open(dir: &Path) -> Result<ControlStore, ControlError> {
+        std::fs::create_dir_all(dir)?;
+        let conn = Connection::open(dir.join("control.db"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(ControlStore {
+            conn,
+            head_path: dir.join("audit.head"),
+        })
+    }
+
+    // ---- tokens ------------------------------------------------------------------
+
+    pub fn insert_token(&mut self, t: &TokenRow) -> Result<(), ControlError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let live: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        if live as usize >= TOKENS_LIVE_MAX {
+            return Err(ControlError::Full(format!(
+                "there are {TOKENS_LIVE_MAX} live tokens already; revoke some first"
+            )));
+        }
+        tx.execute(
+            "INSERT INTO tokens (id, kind, secret_sha256, subject, name, role, links, services, site, rate_per_sec, created_at, created_by, expires_at, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, NULL)",
+            params![t.id, t.kind, t.secret_sha256, t.subject, t.name, t.role, list_json(&t.links), list_json(&t.services), t.site, t.rate_per_sec, t.created_at, t.created_by, t.expires_at],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn token(&self, id: &str) -> Result<Option<TokenRow>, ControlError> {
+        Ok(self
+            .conn
+            .query_row("SELECT * FROM tokens WHERE id = ?1", params![id], token_from)
+            .optional()?)
+    }
+
+    /// Tokens, newest first; revoked and expired ones only when `all`.
+    pub fn tokens(&self, all: bool, now: Millis) -> Result<Vec<TokenRow>, ControlError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT * FROM tokens ORDER BY created_at DESC, id LIMIT ?1")?;
+        let rows = st.query_map(params![TOKENS_LIVE_MAX as i64 * 2], token_from)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let r = r?;
+            if all || r.live_at(now) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether any live token or enabled user holds `role`.
+    pub fn has_live(&self, role: &str, now: Millis) -> Result<bool, ControlError> {
+        let tokens: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM tokens WHERE role = ?1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?2)",
+            params![role, now],
+            |r| r.get(0),
+        )?;
+        let users: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM users WHERE role = ?1 AND disabled_at IS NULL",
+            params![role],
+            |r| r.get(0),
+        )?;
+        Ok(tokens + users > 0)
+    }
+
+    /// Revokes a token; revoking a revoked token changes nothing and is not an error.
+    pub fn revoke_token(&mut self, id: &str, now: Millis) -> Result<TokenRow, ControlError> {
+        self.conn.execute(
+            "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, now],
+        )?;
+        self.token(id)?
+            .ok_or_else(|| ControlError::NotFound(format!("token {id} does not exist")))
+    }
+
+    // ---- users -------------------------------------------------------------------
+
+    pub fn insert_user(&mut self, u: &UserRow) -> Result<(), ControlError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
+        if n as usize >= USERS_MAX {
+            return Err(ControlError::Full(format!("there are {USERS_MAX} users already")));
+        }
+        let done = self.conn.execute(
+            "INSERT OR IGNORE INTO users (name, password_phc, role, links, services, created_at, created_by, disabled_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)",
+            params![u.name, u.password_phc, u.role, list_json(&u.links), list_json(&u.services), u.created_at, u.created_by],
+        )?;
+        if done == 0 {
+            return Err(ControlError::Conflict(format!(
+                "user {} exists already",
+                u.name
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn user(&self, name: &str) -> Result<Option<UserRow>, ControlError> {
+        Ok(self
+            .conn
+            .query_row("SELECT * FROM users WHERE name = ?1", params![name], user_from)
+            .optional()?)
+    }
+
+    pub fn users(&self) -> Result<Vec<UserRow>, ControlError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT * FROM users ORDER BY name LIMIT ?1")?;
+        let rows = st.query_map(params![USERS_MAX as i64], user_from)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Disables a user and revokes every session token it holds.
+    pub fn disable_user(&mut self, name: &str, now: Millis) -> Result<UserRow, ControlError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE users SET disabled_at = ?2 WHERE name = ?1 AND disabled_at IS NULL",
+            params![name, now],
+        )?;
+        tx.execute(
+            "UPDATE tokens SET revoked_at = ?2 WHERE kind = 'session' AND subject = ?1 AND revoked_at IS NULL",
+            params![name, now],
+        )?;
+        tx.commit()?;
+        self.user(name)?
+            .ok_or_else(|| ControlError::NotFound(format!("user {name} does not exist")))
+    }
+
+    // ---- approvals ---------------------------------------------------------------
+
+    /// Records a request for approval; returns its id.
+    pub fn request_approval(&mut self, a: &ApprovalRow) -> Result<u64, ControlError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE approvals SET status = 'expired' WHERE status = 'pending' AND expires_at <= ?1",
+            params![a.requested_at],
+        )?;
+        let pending: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM approvals WHERE status = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        if pending as usize >= APPROVALS_PENDING_MAX {
+            return Err(ControlError::Full(format!(
+                "{APPROVALS_PENDING_MAX} approvals are pending already; decide some first"
+            )));
+        }
+        tx.execute(
+            "INSERT INTO approvals (action, target, params, reason, requested_by, requested_at, expires_at, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
+            params![a.action, a.target, a.params.to_string(), a.reason, a.requested_by, a.requested_at, a.expires_at],
+        )?;
+        let id = tx.last_insert_rowid() as u64;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    pub fn approval(&self, id: u64) -> Result<Option<ApprovalRow>, ControlError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT * FROM approvals WHERE id = ?1",
+                params![id as i64],
+                approval_from,
+            )
+            .optional()?)
+    }
+
+    pub fn approvals(
+        &self,
+        status: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<ApprovalRow>, ControlError> {
+        self.conn.execute(
+            "UPDATE approvals SET status = 'expired' WHERE status = 'pending' AND expires_at <= ?1",
+            params![now],
+        )?;
+        let mut st = self.conn.prepare(
+            "SELECT * FROM approvals WHERE (?1 IS NULL OR status = ?1) ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![status, CONTROL_PAGE_MAX as i64], approval_from)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Moves a pending approval to its decision. Only a pending, unexpired approval can be
+    /// decided, and only once: the update is conditional, so two approvers racing cannot
+    /// both run the action.
+    pub fn decide_approval(
+        &mut self,
+        id: u64,
+        status: &str,
+        by: &str,
+        reason: Option<&str>,
+        now: Millis,
+    ) -> Result<ApprovalRow, ControlError> {
+        let n = self.conn.execute(
+            "UPDATE approvals SET status = ?2, decided_by = ?3, decided_at = ?4, decision_reason = ?5
+             WHERE id = ?1 AND status = 'pending' AND expires_at > ?4",
+            params![id as i64, status, by, now, reason],
+        )?;
+        let row = self
+            .approval(id)?
+            .ok_or_else(|| ControlError::NotFound(format!("approval {id} does not exist")))?;
+        if n == 0 {
+            let state = if row.status == "pending" {
+                "expired"
+            } else {
+                row.status.as_str()
+            };
+            return Err(ControlError::Conflict(format!(
+                "approval {id} is {state}; only a pending approval can be decided"
+            )));
+        }
+        Ok(row)
+    }
+
+    /// Stores what running an approved action gave (`failed` when it did not run).
+    pub fn approval_result(
+        &mut self,
+        id: u64,
+        ok: bool,
+        result: &str,
+    ) -> Result<ApprovalRow, ControlError> {
+        self.conn.execute(
+            "UPDATE approvals SET result = ?2, status = CASE WHEN ?3 THEN status ELSE 'failed' END WHERE id = ?1",
+            params![id as i64, result, ok],
+        )?;
+        self.approval(id)?
+            .ok_or_else(|| ControlError::NotFound(format!("approval {id} does not exist")))
+    }
+
+    // ---- settings ----------------------------------------------------------------
+
+    pub fn setting(&self, key: &str) -> Result<Option<String>, ControlError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn set_setting(&mut self, key: &str, value: &str) -> Result<(), ControlError> {
+        self.conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    // ---- audit -------------------------------------------------------------------
+
+    /// Appends an entry to the chain; durable when this returns.
+    pub fn append_audit(&mut self, mut r: AuditRecord) -> Result<AuditEntry, ControlError> {
+        if r.detail.len() > AUDIT_DETAIL_BYTES_MAX {
+            let mut cut = AUDIT_DETAIL_BYTES_MAX;
+            while !r.detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            r.detail.truncate(cut);
+        }
+        if r.detail.is_empty() {
+            r.detail = "{}".into();
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let last: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let (seq, prev_hash) = match last {
+            Some((s, h)) => (s as u64 + 1, h),
+            None => (1, AUDIT_GENESIS.to_string()),
+        };
+        let hash = audit_hash(seq, &r, &prev_hash);
+        tx.execute(
+            "INSERT INTO audit (seq, at, actor, action, target, source, result, approver, detail, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![seq as i64, r.at, r.actor, r.action, r.target, r.source, r.result, r.approver, r.detail, prev_hash, hash],
+        )?;
+        tx.commit()?;
+        self.write_head(seq, &hash)?;
+        Ok(AuditEntry {
+            seq,
+            record: r,
+            prev_hash,
+            hash,
+        })
+    }
+
+    /// The head file is replaced atomically; a crash between the commit and this leaves it
+    /// one entry behind, which the check accepts (it only needs the head's entry to exist
+    /// with the head's hash).
+    fn write_head(&self, seq: u64, hash: &str) -> Result<(), ControlError> {
+        let tmp = self.head_path.with_extension("head.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{seq} {hash}")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.head_path)?;
+        if let Some(dir) = self.head_path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn read_head(&self) -> Option<(u64, String)> {
+        let text = std::fs::read_to_string(&self.head_path).ok()?;
+        let (seq, hash) = text.trim().split_once(' ')?;
+        Some((seq.parse().ok()?, hash.to_string()))
+    }
+
+    pub fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>, ControlError> {
+        let mut st = self.conn.prepare(
+            "SELECT * FROM audit WHERE seq > ?1 AND (?2 IS NULL OR actor = ?2) AND (?3 IS NULL OR action = ?3)
+             ORDER BY seq LIMIT ?4",
+        )?;
+        let limit = f.limit.clamp(1, CONTROL_PAGE_MAX) as i64;
+        let rows = st.query_map(
+            params![f.after_seq as i64, f.actor, f.action, limit],
+            audit_from,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Walks the whole chain in order and names the first entry where it breaks: a gap in
+    /// the sequence (a deleted entry), a wrong back link (a deleted or reordered entry), a
+    /// hash that does not match the entry's fields (an altered entry), or entries missing
+    /// from the end (the head file names a later entry than the log has).
+    pub fn verify_audit(&self) -> Result<AuditCheck, ControlError> {
+        let mut st = self.conn.prepare("SELECT * FROM audit ORDER BY seq")?;
+        let mut rows = st.query_map([], audit_from)?;
+        let mut expected_seq = 1u64;
+        let mut prev = AUDIT_GENESIS.to_string();
+        let mut entries = 0u64;
+        let mut fault = None;
+        let head = self.read_head();
+        let mut head_hash_seen: Option<String> = None;
+        for row in rows.by_ref() {
+            let e = row?;
+            entries += 1;
+            if e.seq != expected_seq {
+                fault = Some(AuditFault {
+                    seq: e.seq,
+                    problem: format!(
+                        "expected entry {expected_seq} here; entries {expected_seq}..{} are missing or out of order",
+                        e.seq.saturating_sub(1).max(expected_seq)
+                    ),
+                });
+                break;
+            }
+            if e.prev_hash != prev {
+                fault = Some(AuditFault {
+                    seq: e.seq,
+                    problem: "does not link to the entry before it (an entry was removed, inserted or reordered)".into(),
+                });
+                break;
+            }
+            if audit_hash(e.seq, &e.record, &e.prev_hash) != e.hash {
+                fault = Some(AuditFault {
+                    seq: e.seq,
+                    problem: "its content does not match its hash (the entry was altered)".into(),
+                });
+                break;
+            }
+            if head.as_ref().is_some_and(|(s, _)| *s == e.seq) {
+                head_hash_seen = Some(e.hash.clone());
+            }
+            prev = e.hash;
+            expected_seq += 1;
+        }
+        let head_seq = head.as_ref().map(|h| h.0).unwrap_or(0);
+        if fault.is_none() {
+            if let Some((hseq, hhash)) = &head {
+                let last = expected_seq - 1;
+                if *hseq > last {
+                    fault = Some(AuditFault {
+                        seq: last + 1,
+                        problem: format!(
+                            "the log ends at entry {last} but entry {hseq} was written (entries were cut off the end)"
+                        ),
+                    });
+                } else if head_hash_seen.as_deref() != Some(hhash.as_str()) {
+                    fault = Some(AuditFault {
+                        seq: *hseq,
+                        problem: "its hash differs from the one recorded when it was written (the chain was rewritten)".into(),
+                    });
+                }
+            }
+        }
+        Ok(AuditCheck {
+            entries,
+            head_seq,
+            fault,
+        })
+    }
+}
+
+/// Appends audit entries to a JSON-lines file and syncs it: the file sink of the audit
+/// export. Entries may repeat after a crash (at least once); each carries its `seq`.
+pub fn append_jsonl(path: &Path, entries: &[AuditEntry]) -> Result<(), ControlError> {
+    let mut text = String::new();
+    for e in entries {
+        text += &serde_json::to_string(e).expect("audit entries serialize");
+        text.push('\n');
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_data()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(actor: &str, action: &str) -> AuditRecord {
+        AuditRecord {
+            at: 1,
+            actor: actor.into(),
+            action: action.into(),
+            target: "t".into(),
+            source: "local".into(),
+            result: "200".into(),
+            approver: None,
+            detail: "{}".into(),
+        }
+    }
+
+    fn chain(n: usize) -> (tempfile::TempDir, ControlStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = ControlStore::open(dir.path()).unwrap();
+        for i in 0..n {
+            st.append_audit(rec("alice", &format!("a{i}"))).unwrap();
+        }
+        (dir, st)
+    }
+
+    fn fault(st: &ControlStore) -> Option<AuditFault> {
+        st.verify_audit().unwrap().fault
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        let (_d, st) = chain(5);
+        let check = st.verify_audit().unwrap();
+        assert_eq!((check.entries, check.head_seq, check.fault), (5, 5, None));
+    }
+
+    #[test]
+    fn an_altered_entry_is_named() {
+        let (_d, st) = chain(5);
+        st.conn
+            .execute("UPDATE audit SET actor = 'mallory' WHERE seq = 3", [])
+            .unwrap();
+        assert_eq!(fault(&st).unwrap().seq, 3);
+    }
+
+    #[test]
+    fn a_deleted_entry_is_named() {
+        let (_d, st) = chain(5);
+        st.conn.execute("DELETE FROM audit WHERE seq = 2", []).unwrap();
+        let f = fault(&st).unwrap();
+        assert_eq!(f.seq, 3, "{f}");
+    }
+
+    #[test]
+    fn reordered_entries_are_named() {
+        let (_d, st) = chain(5);
+        // Swap the contents of entries 2 and 4, keeping their sequence numbers.
+        st.conn
+            .execute_batch(
+                "UPDATE audit SET seq = 100 WHERE seq = 2;
+                 UPDATE audit SET seq = 2 WHERE seq = 4;
+                 UPDATE audit SET seq = 4 WHERE seq = 100;",
+            )
+            .unwrap();
+        assert_eq!(fault(&st).unwrap().seq, 2);
+    }
+
+    #[test]
+    fn entries_cut_off_the_end_are_detected() {
+        let (_d, st) = chain(5);
+        st.conn.execute("DELETE FROM audit WHERE seq >= 4", []).unwrap();
+        let f = fault(&st).unwrap();
+        assert_eq!(f.seq, 4, "{f}");
+    }
+
+    #[test]
+    fn a_rewritten_chain_is_detected_by_the_head() {
+        let (_d, st) = chain(3);
+        // Rewrite entry 3 and recompute its hash so that the chain itself looks whole.
+        let mut e = st.audit(&AuditFilter { after_seq: 2, limit: 1, ..Default::default() }).unwrap().remove(0);
+        e.record.result = "403".into();
+        let h = audit_hash(3, &e.record, &e.prev_hash);
+        st.conn
+            .execute(
+                "UPDATE audit SET result = '403', hash = ?1 WHERE seq = 3",
+                params![h],
+            )
+            .unwrap();
+        assert_eq!(fault(&st).unwrap().seq, 3);
+    }
+
+    #[test]
+    fn an_approval_is_decided_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = ControlStore::open(dir.path()).unwrap();
+        let id = st
+            .request_approval(&ApprovalRow {
+                id: 0,
+                action: "killswitch.release".into(),
+                target: "killswitch".into(),
+                params: serde_json::json!({}),
+                reason: "drill over".into(),
+                requested_by: "alice".into(),
+                requested_at: 10,
+                expires_at: 1_000,
+                status: String::new(),
+                decided_by: None,
+                decided_at: None,
+                decision_reason: None,
+                result: None,
+            })
+            .unwrap();
+        assert_eq!(st.decide_approval(id, "approved", "bob", None, 20).unwrap().status, "approved");
+        assert!(matches!(
+            st.decide_approval(id, "approved", "carol", None, 30),
+            Err(ControlError::Conflict(_))
+        ));
+    }
+}
