@@ -472,6 +472,7 @@ async fn guard(State(g): State<Arc<GuardState>>, mut req: Request, next: Next) -
             serde_json::Value::Null => serde_json::Map::new(),
             other => [("detail".to_string(), other)].into_iter().collect(),
         };
+        detail.insert("route".into(), action.clone().into());
         detail.insert("token".into(), caller.token_id.clone().into());
         detail.insert("role".into(), role.as_str().into());
         let rec = AuditRecord {

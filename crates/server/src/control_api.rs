@@ -120,7 +120,7 @@ pub async fn login(
         source,
         result: "401 unauthorized".into(),
         approver: None,
-        detail: "{}".into(),
+        detail: json!({ "route": "POST /api/v1/sessions" }).to_string(),
     };
     let Some(user) = verified else {
         s.metrics.auth_denied("bad_credentials");
@@ -152,7 +152,7 @@ pub async fn login(
     let stored = row.clone();
     with_control(&s, move |c| c.insert_token(&stored)).await?;
     rec.result = "201".into();
-    rec.detail = json!({ "token": row.id }).to_string();
+    rec.detail = json!({ "route": "POST /api/v1/sessions", "token": row.id }).to_string();
     append_audit(&s, rec).await?;
     Ok((
         StatusCode::CREATED,

@@ -1,5 +1,6 @@
 //! The server over real HTTP: ingest, validation, limits, breaks workflow, webhooks,
-//! OpenAPI coverage, authentication and restart.
+//! OpenAPI coverage, access control, audit, four-eyes, TLS and restart.
 
+mod access;
 mod api;
 mod support;

@@ -80,6 +80,47 @@ impl TestServer {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// A new token of `role` for `subject`, made directly in the data directory.
+    pub fn token_for(&self, role: &str, subject: &str) -> String {
+        self.token_with(steadfast_server::auth::TokenSpec {
+            subject: subject.into(),
+            name: String::new(),
+            role: role.into(),
+            links: vec![],
+            services: vec![],
+            site: (role == "beacon").then(|| "https://shop.example".into()),
+            expires_in_secs: None,
+            rate_per_sec: None,
+        })
+    }
+
+    pub fn token_with(&self, spec: steadfast_server::auth::TokenSpec) -> String {
+        steadfast_server::auth::create_local_token(&self.cfg.data_dir, &spec, "test", 3600)
+            .unwrap()
+            .1
+    }
+
+    /// Any call with any token (or none): the status and the JSON answer.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// Polls the break list until `pred` holds (the engine runs behind the acknowledgement).
     pub async fn wait_breaks(&self, query: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         for _ in 0..200 {
