@@ -107,10 +107,25 @@ fn api() -> Api {
     .route("get", "/api/v1/rules", Need(P::Read), get(rules))
     .route("get", "/api/v1/status", Need(P::Read), get(status))
     .route("post", "/api/v1/sessions", Public, post(ctl::login))
-    .route("delete", "/api/v1/sessions", Need(P::Session), delete(ctl::logout))
+    .route(
+        "delete",
+        "/api/v1/sessions",
+        Need(P::Session),
+        delete(ctl::logout),
+    )
     .route("get", "/api/v1/whoami", Need(P::Session), get(ctl::whoami))
-    .route("get", "/api/v1/tokens", Need(P::Admin), get(ctl::list_tokens))
-    .route("post", "/api/v1/tokens", Need(P::Admin), post(ctl::create_token))
+    .route(
+        "get",
+        "/api/v1/tokens",
+        Need(P::Admin),
+        get(ctl::list_tokens),
+    )
+    .route(
+        "post",
+        "/api/v1/tokens",
+        Need(P::Admin),
+        post(ctl::create_token),
+    )
     .route(
         "delete",
         "/api/v1/tokens/{id}",
@@ -118,14 +133,24 @@ fn api() -> Api {
         delete(ctl::revoke_token),
     )
     .route("get", "/api/v1/users", Need(P::Admin), get(ctl::list_users))
-    .route("post", "/api/v1/users", Need(P::Admin), post(ctl::create_user))
+    .route(
+        "post",
+        "/api/v1/users",
+        Need(P::Admin),
+        post(ctl::create_user),
+    )
     .route(
         "delete",
         "/api/v1/users/{name}",
         Need(P::Admin),
         delete(ctl::disable_user),
     )
-    .route("get", "/api/v1/approvals", Need(P::Read), get(ctl::list_approvals))
+    .route(
+        "get",
+        "/api/v1/approvals",
+        Need(P::Read),
+        get(ctl::list_approvals),
+    )
     .route(
         "post",
         "/api/v1/approvals/{id}/approve",
@@ -138,7 +163,12 @@ fn api() -> Api {
         Need(P::Approve),
         post(ctl::reject),
     )
-    .route("get", "/api/v1/killswitch", Need(P::Read), get(ctl::killswitch))
+    .route(
+        "get",
+        "/api/v1/killswitch",
+        Need(P::Read),
+        get(ctl::killswitch),
+    )
     .route(
         "post",
         "/api/v1/killswitch",
@@ -152,7 +182,12 @@ fn api() -> Api {
         delete(ctl::release_killswitch),
     )
     .route("get", "/api/v1/audit", Need(P::Audit), get(ctl::list_audit))
-    .route("get", "/api/v1/audit/verify", Need(P::Audit), get(ctl::verify_audit))
+    .route(
+        "get",
+        "/api/v1/audit/verify",
+        Need(P::Audit),
+        get(ctl::verify_audit),
+    )
 }
 
 /// The route table, for checks that walk every route.
@@ -327,7 +362,10 @@ impl FromRequestParts<Shared> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, _: &Shared) -> Result<Caller, ApiError> {
         parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
-            ApiError::internal("a route took a caller without an access decision", "no caller")
+            ApiError::internal(
+                "a route took a caller without an access decision",
+                "no caller",
+            )
         })
     }
 }
@@ -440,7 +478,10 @@ async fn guard(State(g): State<Arc<GuardState>>, mut req: Request, next: Next) -
         Some(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("the {} role may not do this (it needs {perm:?})", role.as_str()),
+            format!(
+                "the {} role may not do this (it needs {perm:?})",
+                role.as_str()
+            ),
         ))
     } else if perm == Permission::Ingest
         && s.cfg.tls.ingest_requires_client_cert
@@ -465,7 +506,10 @@ async fn guard(State(g): State<Arc<GuardState>>, mut req: Request, next: Next) -
         }
     };
     if route.is_audited() {
-        let note = resp.extensions_mut().remove::<AuditNote>().unwrap_or_default();
+        let note = resp
+            .extensions_mut()
+            .remove::<AuditNote>()
+            .unwrap_or_default();
         let code = resp.extensions().get::<ErrorCode>().map(|c| c.0.clone());
         let mut detail = match note.detail {
             serde_json::Value::Object(m) => m,

@@ -70,10 +70,7 @@ async fn export_once(
     let batch_max = state.cfg.audit.batch_max;
     let entries: Vec<AuditEntry> = tokio::task::spawn_blocking(move || {
         let c = control.lock().expect("control store lock");
-        let after = c
-            .setting(key)?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0u64);
+        let after = c.setting(key)?.and_then(|v| v.parse().ok()).unwrap_or(0u64);
         c.audit(&AuditFilter {
             after_seq: after,
             limit: batch_max,

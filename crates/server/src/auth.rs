@@ -591,7 +591,9 @@ mod tests {
         assert!(!Role::Viewer.permits(BreakWork));
         assert!(!Role::Ingest.permits(Read));
         assert!(Role::Operator.permits(DrillLossless) && !Role::Operator.permits(DrillLossy));
-        assert!(Role::Operator.permits(KillSwitchPull) && !Role::Operator.permits(KillSwitchRelease));
+        assert!(
+            Role::Operator.permits(KillSwitchPull) && !Role::Operator.permits(KillSwitchRelease)
+        );
         assert!(Role::DrillAdmin.permits(Correction) && !Role::DrillAdmin.permits(RunbookExecute));
         assert!(Role::RunbookExecutor.permits(RunbookExecute));
     }
@@ -601,7 +603,10 @@ mod tests {
         let m = mint(TokenKind::Api);
         let (id, secret) = split_token(&m.text).unwrap();
         assert_eq!(id, m.id);
-        assert!(constant_time_eq(&sha256(secret.as_bytes()), &m.secret_sha256));
+        assert!(constant_time_eq(
+            &sha256(secret.as_bytes()),
+            &m.secret_sha256
+        ));
         assert!(m.text.starts_with("sft_"));
         assert!(mint(TokenKind::Publishable).text.starts_with("sfpk_"));
         assert!(split_token("sft_short_x").is_none());
@@ -632,8 +637,18 @@ mod tests {
         assert!(err(spec("root", None)).contains("unknown role"));
         assert!(err(spec("beacon", None)).contains("site"));
         assert!(err(spec("viewer", Some("x"))).contains("only for beacon"));
-        let (row, text) = token_row(&spec("beacon", Some("https://shop.example")), TokenKind::Api, "t", 0, 60).unwrap();
-        assert_eq!((row.kind.as_str(), row.expires_at), ("publishable", Some(60_000)));
+        let (row, text) = token_row(
+            &spec("beacon", Some("https://shop.example")),
+            TokenKind::Api,
+            "t",
+            0,
+            60,
+        )
+        .unwrap();
+        assert_eq!(
+            (row.kind.as_str(), row.expires_at),
+            ("publishable", Some(60_000))
+        );
         assert!(text.starts_with("sfpk_"));
     }
 }

@@ -283,7 +283,9 @@ impl Config {
             anyhow::bail!("limits.backlog_records_max must be at least limits.batch_records_max, or a full batch could never be admitted");
         }
         if self.limits.batch_records_max.saturating_mul(10) > self.limits.open_records_max {
-            anyhow::bail!("limits.batch_records_max must be at most a tenth of limits.open_records_max");
+            anyhow::bail!(
+                "limits.batch_records_max must be at most a tenth of limits.open_records_max"
+            );
         }
         Ok(())
     }
@@ -324,7 +326,9 @@ mod tests {
             cfg.validate().unwrap_err().to_string()
         };
         assert!(bad("listen = \"0.0.0.0:7420\"").contains("plain HTTP"));
-        assert!(bad("[approvals]\nrequired = [\"killswitch.pull\"]").contains("never needs approval"));
+        assert!(
+            bad("[approvals]\nrequired = [\"killswitch.pull\"]").contains("never needs approval")
+        );
         assert!(bad("[approvals]\nrequired = [\"drill.lossless\"]").contains("unknown action"));
         assert!(bad("[tls]\ncert = \"c.pem\"").contains("go together"));
         let open: super::Config =

@@ -87,7 +87,9 @@ pub async fn login(
     b: Result<Json<Login>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let login = body(b)?;
-    let ip = source.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let ip = source
+        .parse()
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     if !s.auth.login_allowed(ip) {
         s.metrics.auth_denied("rate_limited");
         return Err(ApiError::new(
@@ -156,7 +158,9 @@ pub async fn login(
     append_audit(&s, rec).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "token": text, "id": row.id, "role": row.role, "expires_at": row.expires_at })),
+        Json(
+            json!({ "token": text, "id": row.id, "role": row.role, "expires_at": row.expires_at }),
+        ),
     )
         .into_response())
 }
@@ -411,7 +415,13 @@ async fn request_approval(
         detail: json!({ "approval": id, "reason": row.reason }),
         approver: None,
     }
-    .attach((StatusCode::ACCEPTED, Json(json!({ "pending_approval": row }))).into_response()))
+    .attach(
+        (
+            StatusCode::ACCEPTED,
+            Json(json!({ "pending_approval": row })),
+        )
+            .into_response(),
+    ))
 }
 
 /// Runs an action once it may run (approved, or not under four-eyes).
@@ -552,7 +562,14 @@ pub async fn approve(
     Path(id): Path<u64>,
     b: Option<Json<Decision>>,
 ) -> Result<Response, ApiError> {
-    decide(&s, &caller, id, true, b.map(|Json(d)| d).unwrap_or_default()).await
+    decide(
+        &s,
+        &caller,
+        id,
+        true,
+        b.map(|Json(d)| d).unwrap_or_default(),
+    )
+    .await
 }
 
 /// Rejects a request; the action does not run.
@@ -565,7 +582,14 @@ pub async fn reject(
     Path(id): Path<u64>,
     b: Option<Json<Decision>>,
 ) -> Result<Response, ApiError> {
-    decide(&s, &caller, id, false, b.map(|Json(d)| d).unwrap_or_default()).await
+    decide(
+        &s,
+        &caller,
+        id,
+        false,
+        b.map(|Json(d)| d).unwrap_or_default(),
+    )
+    .await
 }
 
 // ---- the kill switch -----------------------------------------------------------------
@@ -643,8 +667,15 @@ pub async fn release_killswitch(
 ) -> Result<Response, ApiError> {
     let why = reason(b)?;
     if needs_approval(&s, "killswitch.release") {
-        return request_approval(&s, &caller, "killswitch.release", "killswitch", json!({}), why)
-            .await;
+        return request_approval(
+            &s,
+            &caller,
+            "killswitch.release",
+            "killswitch",
+            json!({}),
+            why,
+        )
+        .await;
     }
     let state = run_action(&s, "killswitch.release", &caller.subject, &why).await?;
     Ok(AuditNote {

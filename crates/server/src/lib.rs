@@ -18,8 +18,8 @@ mod config;
 mod control_api;
 pub mod metrics;
 pub mod pipeline;
-pub mod view;
 pub mod tls;
+pub mod view;
 mod webhook;
 
 use std::net::SocketAddr;
@@ -30,11 +30,11 @@ use anyhow::Context;
 use steadfast_verify::RuleSet;
 
 pub use auth::bootstrap_admin_token;
-pub use control_api::{create_local_user, killswitch_state, KillSwitch, NewUser};
 pub use config::{
     ApprovalsConfig, AuditConfig, AuthConfig, Config, EngineConfig, LimitsConfig, MaskingConfig,
     TlsConfig, WebhookConfig, FOUR_EYES_ACTIONS,
 };
+pub use control_api::{create_local_user, killswitch_state, KillSwitch, NewUser};
 
 /// The rule file shipped with Steadfast, used when none is configured.
 pub const DEFAULT_RULES: &str = include_str!("../../../examples/rules.toml");
@@ -59,11 +59,9 @@ impl Server {
         cfg.validate()?;
         // Certificates are read before recovery so that a bad one fails fast.
         let tls_config = match (&cfg.tls.cert, &cfg.tls.key) {
-            (Some(cert), Some(key)) => Some(tls::server_config(
-                cert,
-                key,
-                cfg.tls.client_ca.as_deref(),
-            )?),
+            (Some(cert), Some(key)) => {
+                Some(tls::server_config(cert, key, cfg.tls.client_ca.as_deref())?)
+            }
             _ => None,
         };
         let metrics = Arc::new(metrics::Metrics::new());

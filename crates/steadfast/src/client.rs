@@ -56,7 +56,8 @@ impl Conn {
     fn client(&self) -> anyhow::Result<reqwest::Client> {
         let mut b = reqwest::Client::builder().timeout(Duration::from_secs(120));
         if let Some(ca) = &self.ca_cert {
-            let pem = std::fs::read(ca).with_context(|| format!("failed to read {}", ca.display()))?;
+            let pem =
+                std::fs::read(ca).with_context(|| format!("failed to read {}", ca.display()))?;
             b = b.add_root_certificate(
                 reqwest::Certificate::from_pem(&pem)
                     .with_context(|| format!("{} is not a PEM certificate", ca.display()))?,

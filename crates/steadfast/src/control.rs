@@ -195,7 +195,11 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                 (row.id, text, row.expires_at)
             } else {
                 let v = conn
-                    .call(Method::POST, "/api/v1/tokens", Some(serde_json::to_value(&spec)?))
+                    .call(
+                        Method::POST,
+                        "/api/v1/tokens",
+                        Some(serde_json::to_value(&spec)?),
+                    )
                     .await?;
                 (
                     v["id"].as_str().unwrap_or("").to_string(),
@@ -287,8 +291,7 @@ pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
                     links,
                     services,
                 };
-                let row =
-                    steadfast_server::create_local_user(&conn.data_dir, u, &local_actor())?;
+                let row = steadfast_server::create_local_user(&conn.data_dir, u, &local_actor())?;
                 eprintln!("user {} ({}) created", row.name, row.role);
             } else {
                 let body = json!({ "name": name, "password": password, "role": role, "links": links, "services": services });
@@ -387,7 +390,8 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
             let mut after_seq = 0;
             let mut n = 0usize;
             // Truncate first: an export is the whole log, not an append.
-            std::fs::write(&out, "").with_context(|| format!("failed to write {}", out.display()))?;
+            std::fs::write(&out, "")
+                .with_context(|| format!("failed to write {}", out.display()))?;
             loop {
                 let page = store.audit(&AuditFilter {
                     after_seq,
@@ -464,14 +468,24 @@ pub async fn decide(
 
 pub async fn killswitch(cmd: KillSwitchCmd) -> anyhow::Result<()> {
     let v = match cmd {
-        KillSwitchCmd::Status { conn } => conn.call(Method::GET, "/api/v1/killswitch", None).await?,
+        KillSwitchCmd::Status { conn } => {
+            conn.call(Method::GET, "/api/v1/killswitch", None).await?
+        }
         KillSwitchCmd::Pull { reason, conn } => {
-            conn.call(Method::POST, "/api/v1/killswitch", Some(json!({ "reason": reason })))
-                .await?
+            conn.call(
+                Method::POST,
+                "/api/v1/killswitch",
+                Some(json!({ "reason": reason })),
+            )
+            .await?
         }
         KillSwitchCmd::Release { reason, conn } => {
-            conn.call(Method::DELETE, "/api/v1/killswitch", Some(json!({ "reason": reason })))
-                .await?
+            conn.call(
+                Method::DELETE,
+                "/api/v1/killswitch",
+                Some(json!({ "reason": reason })),
+            )
+            .await?
         }
     };
     if let Some(p) = v.get("pending_approval") {

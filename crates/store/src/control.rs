@@ -349,7 +349,11 @@ impl ControlStore {
     pub fn token(&self, id: &str) -> Result<Option<TokenRow>, ControlError> {
         Ok(self
             .conn
-            .query_row("SELECT * FROM tokens WHERE id = ?1", params![id], token_from)
+            .query_row(
+                "SELECT * FROM tokens WHERE id = ?1",
+                params![id],
+                token_from,
+            )
             .optional()?)
     }
 
@@ -401,7 +405,9 @@ impl ControlStore {
             .conn
             .query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
         if n as usize >= USERS_MAX {
-            return Err(ControlError::Full(format!("there are {USERS_MAX} users already")));
+            return Err(ControlError::Full(format!(
+                "there are {USERS_MAX} users already"
+            )));
         }
         let done = self.conn.execute(
             "INSERT OR IGNORE INTO users (name, password_phc, role, links, services, created_at, created_by, disabled_at)
@@ -420,7 +426,11 @@ impl ControlStore {
     pub fn user(&self, name: &str) -> Result<Option<UserRow>, ControlError> {
         Ok(self
             .conn
-            .query_row("SELECT * FROM users WHERE name = ?1", params![name], user_from)
+            .query_row(
+                "SELECT * FROM users WHERE name = ?1",
+                params![name],
+                user_from,
+            )
             .optional()?)
     }
 
@@ -791,7 +801,9 @@ mod tests {
     #[test]
     fn a_deleted_entry_is_named() {
         let (_d, st) = chain(5);
-        st.conn.execute("DELETE FROM audit WHERE seq = 2", []).unwrap();
+        st.conn
+            .execute("DELETE FROM audit WHERE seq = 2", [])
+            .unwrap();
         let f = fault(&st).unwrap();
         assert_eq!(f.seq, 3, "{f}");
     }
@@ -813,7 +825,9 @@ mod tests {
     #[test]
     fn entries_cut_off_the_end_are_detected() {
         let (_d, st) = chain(5);
-        st.conn.execute("DELETE FROM audit WHERE seq >= 4", []).unwrap();
+        st.conn
+            .execute("DELETE FROM audit WHERE seq >= 4", [])
+            .unwrap();
         let f = fault(&st).unwrap();
         assert_eq!(f.seq, 4, "{f}");
     }
@@ -822,7 +836,14 @@ mod tests {
     fn a_rewritten_chain_is_detected_by_the_head() {
         let (_d, st) = chain(3);
         // Rewrite entry 3 and recompute its hash so that the chain itself looks whole.
-        let mut e = st.audit(&AuditFilter { after_seq: 2, limit: 1, ..Default::default() }).unwrap().remove(0);
+        let mut e = st
+            .audit(&AuditFilter {
+                after_seq: 2,
+                limit: 1,
+                ..Default::default()
+            })
+            .unwrap()
+            .remove(0);
         e.record.result = "403".into();
         let h = audit_hash(3, &e.record, &e.prev_hash);
         st.conn
@@ -855,7 +876,12 @@ mod tests {
                 result: None,
             })
             .unwrap();
-        assert_eq!(st.decide_approval(id, "approved", "bob", None, 20).unwrap().status, "approved");
+        assert_eq!(
+            st.decide_approval(id, "approved", "bob", None, 20)
+                .unwrap()
+                .status,
+            "approved"
+        );
         assert!(matches!(
             st.decide_approval(id, "approved", "carol", None, 30),
             Err(ControlError::Conflict(_))

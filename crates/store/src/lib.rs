@@ -8,8 +8,8 @@
 //! - [`ControlStore`]: tokens, users, approvals, settings and the hash-chained audit log.
 
 mod breaks;
-pub mod control;
 pub mod checkpoint;
+pub mod control;
 mod wal;
 
 pub use breaks::{BreakFilter, BreakRow, BreakStore, HistoryRow, OutboxItem, Status, StoreError};

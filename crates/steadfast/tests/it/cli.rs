@@ -149,7 +149,29 @@ fn ingest_then_list_and_work_breaks_through_the_cli() {
         .unwrap()
         .port();
     let server = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(BIN)
+    // The first admin token, made on the data directory as the README says.
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "create",
+            "--local",
+            "--role",
+            "admin",
+            "--subject",
+            "ops-lead",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("sft_"), "{token}");
+    let child = Command::new(BIN)
         .args([
             "serve",
             "--listen",
@@ -158,14 +180,25 @@ fn ingest_then_list_and_work_breaks_through_the_cli() {
         ])
         .arg(dir.path())
         .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // A failing assertion must not leave the server running.
+    struct KillOnDrop(Option<std::process::Child>);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Some(c) = self.0.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut guard = KillOnDrop(Some(child));
     let cli = |args: &[&str]| {
         Command::new(BIN)
             .args(args)
-            .args(["--server", &server, "--data-dir"])
-            .arg(dir.path())
+            .args(["--server", &server, "--token", &token])
             .output()
             .unwrap()
     };
@@ -231,6 +264,68 @@ fn ingest_then_list_and_work_breaks_through_the_cli() {
     let out = cli(&["break-status", &id, "--status", "open", "--reason", "x"]);
     assert!(!out.status.success(), "a break cannot go back to open");
 
+    // A viewer token made through the API can read but not work breaks.
+    let out = cli(&[
+        "token",
+        "create",
+        "--role",
+        "viewer",
+        "--subject",
+        "auditor",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let viewer = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let as_viewer = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--server", &server, "--token", &viewer])
+            .output()
+            .unwrap()
+    };
+    assert!(as_viewer(&["breaks"]).status.success());
+    let out = as_viewer(&["break-status", &id, "--status", "resolved", "--reason", "x"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The audit log has it all, on the people's names.
+    let out = cli(&["audit", "list", "--format", "jsonl"]);
+    let audit: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by = |actor: &str, action: &str| {
+        audit
+            .iter()
+            .filter(|e| e["actor"] == actor && e["action"] == action)
+            .map(|e| e["result"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by("ops-lead", "break.status"), ["200"], "{audit:?}");
+    assert_eq!(by("ops-lead", "token.create"), ["201"], "{audit:?}");
+    assert_eq!(
+        by("auditor", "POST /api/v1/breaks/{id}/status"),
+        ["403 forbidden"],
+        "the refused attempt is recorded: {audit:?}"
+    );
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     // Backtest: the server's own WAL run through the rules in batch finds the same break.
     let out = Command::new(BIN)
         .args(["verify", "--rules", RULES, "--format", "csv"])
@@ -245,6 +340,7 @@ fn ingest_then_list_and_work_breaks_through_the_cli() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("amount_mismatch,CSV-1"));
 
+    let mut child = guard.0.take().unwrap();
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
@@ -365,4 +461,65 @@ fn demo_runs_and_stops_cleanly_on_ctrl_c() {
         std::fs::read_to_string(other.join("ledger.csv")).unwrap(),
         "keep me"
     );
+}
+
+/// `steadfast audit verify` names the first entry that was altered, deleted or moved.
+#[test]
+fn audit_verify_names_the_first_tampered_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..6 {
+        let out = Command::new(BIN)
+            .args([
+                "token",
+                "create",
+                "--local",
+                "--role",
+                "viewer",
+                "--subject",
+            ])
+            .arg(format!("user{i}"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let verify = |d: &std::path::Path| {
+        let out = Command::new(BIN)
+            .args(["audit", "verify", "--data-dir"])
+            .arg(d)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap())
+    };
+    let (code, text) = verify(dir.path());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("6 entries"), "{text}");
+    let cases = [
+        ("UPDATE audit SET actor = 'someone-else' WHERE seq = 3", "entry 3:"),
+        ("DELETE FROM audit WHERE seq = 4", "entry 5:"),
+        (
+            "UPDATE audit SET seq = 100 WHERE seq = 2; UPDATE audit SET seq = 2 WHERE seq = 5; UPDATE audit SET seq = 5 WHERE seq = 100;",
+            "entry 2:",
+        ),
+        ("DELETE FROM audit WHERE seq = 6", "entry 6:"),
+    ];
+    for (sql, named) in cases {
+        let copy = tempfile::tempdir().unwrap();
+        for f in ["control.db", "control.db-wal", "audit.head"] {
+            if dir.path().join(f).exists() {
+                std::fs::copy(dir.path().join(f), copy.path().join(f)).unwrap();
+            }
+        }
+        let db = rusqlite::Connection::open(copy.path().join("control.db")).unwrap();
+        db.execute_batch(sql).unwrap();
+        drop(db);
+        let (code, text) = verify(copy.path());
+        assert_eq!(code, Some(1), "{sql}: {text}");
+        assert!(text.contains(named), "{sql}: expected {named} in {text}");
+    }
 }
