@@ -470,6 +470,7 @@ async fn guard(State(g): State<Arc<GuardState>>, mut req: Request, next: Next) -
             links: row.links,
             services: row.services,
         },
+        site: row.site,
         source,
     };
     let action = format!("{} {}", method.to_ascii_uppercase(), path.as_str());
@@ -791,7 +792,11 @@ async fn list_breaks(
         limit: q.limit.unwrap_or(100),
     };
     let rows = with_store(&s, move |st| st.list(&filter)).await?;
-    let views: Vec<BreakView> = rows.into_iter().map(|r| view(&s, r, now)).collect();
+    let unmasked = sees_unmasked(&s, &caller);
+    let views: Vec<BreakView> = rows
+        .into_iter()
+        .map(|r| view(&s, r, now, unmasked))
+        .collect();
     match q.format.as_deref() {
         None | Some("json") => Ok(Json(views).into_response()),
         Some("csv") => {
@@ -818,7 +823,16 @@ fn parse_status(text: &str, code: &str) -> Result<Status, ApiError> {
 }
 
 /// A stored break as every output shows it: masked as configured, with age and SLA.
-pub(crate) fn view(s: &AppState, row: BreakRow, now: i64) -> BreakView {
+/// Whether the caller's role is configured to see account-like values in full.
+fn sees_unmasked(s: &AppState, caller: &Caller) -> bool {
+    s.cfg
+        .masking
+        .unmasked_roles
+        .iter()
+        .any(|r| r == caller.role.as_str())
+}
+
+pub(crate) fn view(s: &AppState, row: BreakRow, now: i64, unmasked: bool) -> BreakView {
     let sla = s
         .pipeline
         .rules
@@ -826,7 +840,7 @@ pub(crate) fn view(s: &AppState, row: BreakRow, now: i64) -> BreakView {
         .iter()
         .find(|r| r.name == row.brk.rule)
         .and_then(|r| r.sla_secs);
-    let row = if s.cfg.masking.enabled {
+    let row = if s.cfg.masking.enabled && !unmasked {
         mask_row(row, &s.cfg.masking.fields, &s.pipeline.rules)
     } else {
         row
@@ -880,7 +894,7 @@ async fn get_break(
             )
         })?;
     Ok(Json(BreakDetail {
-        brk: view(&s, row, wall_ms()),
+        brk: view(&s, row, wall_ms(), sees_unmasked(&s, &caller)),
         history,
     })
     .into_response())
@@ -954,7 +968,8 @@ async fn change_status(
         )
     })
     .await?;
-    Ok(note.attach(Json(view(&s, row, now)).into_response()))
+    let unmasked = sees_unmasked(&s, &caller);
+    Ok(note.attach(Json(view(&s, row, now, unmasked)).into_response()))
 }
 
 /// The rule set in force and its version.

@@ -182,8 +182,23 @@ pub struct Caller {
     pub token_id: String,
     pub role: Role,
     pub scope: Scope,
+    /// For a publishable key: the site (origin) it may send beacons for. A beacon route
+    /// refuses a request whose `Origin` is not this site.
+    pub site: Option<String>,
     /// The peer address.
     pub source: String,
+}
+
+impl Caller {
+    /// Whether a beacon carrying this `Origin` header may be taken with this key.
+    pub fn beacon_origin_allowed(&self, origin: Option<&str>) -> bool {
+        match (&self.site, origin) {
+            (Some(site), Some(origin)) => {
+                site.trim_end_matches('/') == origin.trim_end_matches('/')
+            }
+            _ => false,
+        }
+    }
 }
 
 // ---- tokens --------------------------------------------------------------------------
@@ -610,6 +625,24 @@ mod tests {
         assert!(m.text.starts_with("sft_"));
         assert!(mint(TokenKind::Publishable).text.starts_with("sfpk_"));
         assert!(split_token("sft_short_x").is_none());
+    }
+
+    #[test]
+    fn a_beacon_key_speaks_only_for_its_site() {
+        let caller = |site: Option<&str>| Caller {
+            subject: "shop".into(),
+            token_id: "0".into(),
+            role: Role::Beacon,
+            scope: Scope::default(),
+            site: site.map(String::from),
+            source: "127.0.0.1".into(),
+        };
+        let key = caller(Some("https://shop.example"));
+        assert!(key.beacon_origin_allowed(Some("https://shop.example")));
+        assert!(key.beacon_origin_allowed(Some("https://shop.example/")));
+        assert!(!key.beacon_origin_allowed(Some("https://evil.example")));
+        assert!(!key.beacon_origin_allowed(None), "no Origin, no beacon");
+        assert!(!caller(None).beacon_origin_allowed(Some("https://shop.example")));
     }
 
     #[test]

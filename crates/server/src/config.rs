@@ -169,6 +169,8 @@ pub struct MaskingConfig {
     pub enabled: bool,
     /// Fields whose values are masked in breaks, webhooks and logs.
     pub fields: Vec<String>,
+    /// Roles that see those values in full through the API (webhooks stay masked).
+    pub unmasked_roles: Vec<String>,
 }
 
 impl Default for Config {
@@ -237,6 +239,7 @@ impl Default for MaskingConfig {
             fields: ["account", "counter_account", "payer_account", "card_no"]
                 .map(String::from)
                 .to_vec(),
+            unmasked_roles: vec![],
         }
     }
 }
@@ -259,6 +262,11 @@ impl Config {
                     "approvals.required: unknown action {a:?} (one of: {})",
                     FOUR_EYES_ACTIONS.join(", ")
                 );
+            }
+        }
+        for r in &self.masking.unmasked_roles {
+            if crate::auth::Role::parse(r).is_none() {
+                anyhow::bail!("masking.unmasked_roles: unknown role {r:?}");
             }
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {

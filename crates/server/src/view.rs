@@ -46,20 +46,7 @@ pub fn mask_row(mut row: BreakRow, fields: &[String], rules: &RuleSet) -> BreakR
         .rules
         .iter()
         .find(|r| r.name == row.brk.rule)
-        .is_some_and(|r| {
-            let sides: Vec<&steadfast_verify::rules::Side> = match &r.kind {
-                RuleKind::Match { left, right, .. } => vec![left, right],
-                RuleKind::SumMatch {
-                    upstream,
-                    downstream,
-                } => vec![upstream, downstream],
-                RuleKind::Conservation { entries, .. } => vec![entries],
-                RuleKind::Balance {
-                    entries, snapshots, ..
-                } => vec![entries, snapshots],
-            };
-            sides.iter().any(|s| s.key.iter().any(|k| masked(k)))
-        });
+        .is_some_and(|r| r.sides().iter().any(|s| s.key.iter().any(|k| masked(k))));
     if keyed_by_masked && !row.brk.key.is_empty() {
         let original = row.brk.key.clone();
         row.brk.key = mask_account(&original);

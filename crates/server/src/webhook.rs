@@ -61,7 +61,7 @@ async fn deliver_once(state: &Arc<AppState>, client: &reqwest::Client, url: &str
     }
     let views: Vec<BreakView> = rows
         .into_iter()
-        .map(|r| crate::api::view(state, r, now))
+        .map(|r| crate::api::view(state, r, now, false))
         .collect();
     let ok = match client
         .post(url)

@@ -917,3 +917,26 @@ async fn plain_http_on_a_non_loopback_address_needs_the_explicit_setting() {
     assert!(!server.tls);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn account_values_are_masked_except_for_roles_configured_to_see_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.masking.unmasked_roles = vec!["drill-admin".into()];
+    let mut s = TestServer::start_with(cfg).await;
+    let mut p = payment("p1", "M-1", "1.00");
+    p["account"] = json!("6222020200112233");
+    let mut b = bill("b1", "M-1", "1.00");
+    b["attributes"] = json!({"payer_account": "6222020200119999"});
+    assert_eq!(s.post("/api/v1/records", body(&[p, b])).await.0, 200);
+    s.wait_breaks("", |r| !r.is_empty()).await;
+    let viewer = s.token_for("viewer", "v");
+    let drill_admin = s.token_for("drill-admin", "d");
+    let (_, masked) = s.call("get", "/api/v1/breaks", Some(&viewer), None).await;
+    assert_eq!(masked[0]["expected"], "************2233");
+    let (_, full) = s
+        .call("get", "/api/v1/breaks", Some(&drill_admin), None)
+        .await;
+    assert_eq!(full[0]["expected"], "6222020200112233");
+    s.stop().await;
+}
