@@ -416,13 +416,17 @@ async fn guard(State(g): State<Arc<GuardState>>, mut req: Request, next: Next) -
     let Some(path) = req.extensions().get::<MatchedPath>().cloned() else {
         return next.run(req).await; // no route matched: the fallback answers 404
     };
-    let method = req.method().as_str().to_ascii_lowercase();
+    // axum answers HEAD with the GET handler, so HEAD is decided as GET.
+    let method = match *req.method() {
+        axum::http::Method::HEAD => "get".to_string(),
+        ref m => m.as_str().to_ascii_lowercase(),
+    };
     let Some(route) = g.table.get(&(method.as_str(), path.as_str())).cloned() else {
-        // Unreachable while routes are added through `Api::route`; deny if it happens.
+        // A method the route does not have: never reach a handler without a decision.
         return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "no_access_decision",
-            "this route has no access decision",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not a method of {}", req.method(), path.as_str()),
         )
         .into_response();
     };

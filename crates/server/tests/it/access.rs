@@ -94,6 +94,15 @@ async fn every_route_answers_every_role_as_its_access_decision_says() {
     assert_eq!(checked, routes.len() * Role::ALL.len());
     let (code, _) = s.call("get", "/api/v1/breaks", Some("nope"), None).await;
     assert_eq!(code, 401);
+    // HEAD runs the GET handler, so it is decided as GET; other methods never pass.
+    assert_eq!(s.call("head", "/api/v1/breaks", None, None).await.0, 401);
+    let viewer = s.token_for("viewer", "v");
+    assert_eq!(
+        s.call("put", "/api/v1/tokens", Some(&viewer), Some(json!({})))
+            .await
+            .0,
+        405
+    );
     s.stop().await;
 }
 
