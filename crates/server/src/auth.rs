@@ -185,6 +185,8 @@ pub struct Caller {
     /// For a publishable key: the site (origin) it may send beacons for. A beacon route
     /// refuses a request whose `Origin` is not this site.
     pub site: Option<String>,
+    /// The largest body this caller may send: its token's limit or the server's.
+    pub body_bytes_max: usize,
     /// The peer address.
     pub source: String,
 }
@@ -286,6 +288,10 @@ pub struct TokenSpec {
     /// Requests per second; the configured default when absent.
     #[serde(default)]
     pub rate_per_sec: Option<u32>,
+    /// Largest request body for this token (e.g. a small one for a browser's key); the
+    /// server's `limits.body_bytes_max` when absent or larger.
+    #[serde(default)]
+    pub body_bytes_max: Option<u64>,
 }
 
 /// Longest token lifetime: ten years.
@@ -334,6 +340,9 @@ pub fn token_row(
     if spec.rate_per_sec == Some(0) {
         return Err("`rate_per_sec` must be at least 1".into());
     }
+    if spec.body_bytes_max == Some(0) {
+        return Err("`body_bytes_max` must be at least 1".into());
+    }
     let minted = mint(kind);
     let row = TokenRow {
         id: minted.id,
@@ -345,6 +354,7 @@ pub fn token_row(
         services: spec.services.clone(),
         site: spec.site.clone(),
         rate_per_sec: spec.rate_per_sec,
+        body_bytes_max: spec.body_bytes_max,
         created_at: now,
         created_by: created_by.into(),
         expires_at: Some(now.saturating_add(lifetime as i64 * 1000)),
@@ -412,6 +422,7 @@ pub fn bootstrap_admin_token(data_dir: &Path, subject: &str) -> anyhow::Result<S
         site: None,
         expires_in_secs: Some(7 * 86_400),
         rate_per_sec: Some(100_000),
+        body_bytes_max: None,
     };
     let (_, text) = create_local_token(data_dir, &spec, "local", 7 * 86_400)?;
     write_secret_file(&data_dir.join("admin.token"), &text)?;
@@ -635,6 +646,7 @@ mod tests {
             role: Role::Beacon,
             scope: Scope::default(),
             site: site.map(String::from),
+            body_bytes_max: 1024,
             source: "127.0.0.1".into(),
         };
         let key = caller(Some("https://shop.example"));
@@ -665,6 +677,7 @@ mod tests {
             site: site.map(String::from),
             expires_in_secs: None,
             rate_per_sec: None,
+            body_bytes_max: None,
         };
         let err = |s: TokenSpec| token_row(&s, TokenKind::Api, "t", 0, 60).err().unwrap();
         assert!(err(spec("root", None)).contains("unknown role"));

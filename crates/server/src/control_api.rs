@@ -142,6 +142,7 @@ pub async fn login(
         site: None,
         expires_in_secs: Some(s.cfg.auth.session_secs),
         rate_per_sec: None,
+        body_bytes_max: None,
     };
     let (row, text) = auth::token_row(
         &spec,

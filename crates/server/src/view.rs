@@ -3,7 +3,7 @@
 use serde::Serialize;
 use steadfast_model::{mask_account, Millis};
 use steadfast_store::BreakRow;
-use steadfast_verify::rules::{RuleKind, RuleSet};
+use steadfast_verify::rules::RuleSet;
 
 #[derive(Serialize, Clone, Debug)]
 pub struct BreakView {

@@ -49,6 +49,9 @@ pub enum TokenCmd {
         /// Requests per second (default: the server's).
         #[arg(long)]
         rate: Option<u32>,
+        /// Largest request body in bytes (default: the server's).
+        #[arg(long)]
+        body_bytes_max: Option<u64>,
         /// Write to the data directory instead of calling the server (the first admin token).
         #[arg(long)]
         local: bool,
@@ -172,6 +175,7 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             site,
             expires_in,
             rate,
+            body_bytes_max,
             local,
             conn,
         } => {
@@ -184,6 +188,7 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                 site,
                 expires_in_secs: expires_in.map(|d| d.as_secs().max(1)),
                 rate_per_sec: rate,
+                body_bytes_max,
             };
             let (id, text, expires) = if local {
                 let (row, text) = steadfast_server::auth::create_local_token(

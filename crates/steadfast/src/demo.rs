@@ -126,6 +126,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             site: None,
             expires_in_secs: Some(7 * 86_400),
             rate_per_sec: Some(50_000),
+            body_bytes_max: None,
         },
         "demo",
         7 * 86_400,

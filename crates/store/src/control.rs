@@ -61,6 +61,8 @@ pub struct TokenRow {
     pub site: Option<String>,
     /// Requests per second; the server's default when absent.
     pub rate_per_sec: Option<u32>,
+    /// Largest request body; the server's `limits.body_bytes_max` when absent or larger.
+    pub body_bytes_max: Option<u64>,
     pub created_at: Millis,
     pub created_by: String,
     pub expires_at: Option<Millis>,
@@ -201,7 +203,7 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
   id TEXT PRIMARY KEY, kind TEXT NOT NULL, secret_sha256 BLOB NOT NULL,
   subject TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
-  links TEXT NOT NULL, services TEXT NOT NULL, site TEXT, rate_per_sec INTEGER,
+  links TEXT NOT NULL, services TEXT NOT NULL, site TEXT, rate_per_sec INTEGER, body_bytes_max INTEGER,
   created_at INTEGER NOT NULL, created_by TEXT NOT NULL, expires_at INTEGER, revoked_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS users (
@@ -242,6 +244,7 @@ fn token_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
         services: list_from(row.get("services")?),
         site: row.get("site")?,
         rate_per_sec: row.get("rate_per_sec")?,
+        body_bytes_max: row.get("body_bytes_max")?,
         created_at: row.get("created_at")?,
         created_by: row.get("created_by")?,
         expires_at: row.get("expires_at")?,
@@ -338,9 +341,9 @@ impl ControlStore {
             )));
         }
         tx.execute(
-            "INSERT INTO tokens (id, kind, secret_sha256, subject, name, role, links, services, site, rate_per_sec, created_at, created_by, expires_at, revoked_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, NULL)",
-            params![t.id, t.kind, t.secret_sha256, t.subject, t.name, t.role, list_json(&t.links), list_json(&t.services), t.site, t.rate_per_sec, t.created_at, t.created_by, t.expires_at],
+            "INSERT INTO tokens (id, kind, secret_sha256, subject, name, role, links, services, site, rate_per_sec, body_bytes_max, created_at, created_by, expires_at, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, NULL)",
+            params![t.id, t.kind, t.secret_sha256, t.subject, t.name, t.role, list_json(&t.links), list_json(&t.services), t.site, t.rate_per_sec, t.body_bytes_max.map(|b| b as i64), t.created_at, t.created_by, t.expires_at],
         )?;
         tx.commit()?;
         Ok(())

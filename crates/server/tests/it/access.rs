@@ -23,6 +23,7 @@ fn spec(subject: &str, role: &str) -> TokenSpec {
         site: None,
         expires_in_secs: None,
         rate_per_sec: None,
+        body_bytes_max: None,
     }
 }
 
@@ -604,6 +605,7 @@ async fn tokens_expire_are_revoked_at_once_and_keep_to_their_scope_and_rate() {
     // Rate: two requests a second, then 429 with Retry-After.
     let slow = s.token_with(TokenSpec {
         rate_per_sec: Some(2),
+        body_bytes_max: None,
         ..spec("slow", "viewer")
     });
     let mut codes = vec![];
@@ -622,6 +624,30 @@ async fn tokens_expire_are_revoked_at_once_and_keep_to_their_scope_and_rate() {
     }
     assert_eq!(&codes[..2], &[200, 200]);
     assert!(codes[2..].contains(&429), "{codes:?}");
+
+    // Size: a token with a small body limit gets 413 past it; the same body passes with
+    // the server's limit.
+    let small = s.token_with(TokenSpec {
+        body_bytes_max: Some(300),
+        ..spec("small", "ingest")
+    });
+    let big = body(&[
+        payment("z1", "Z-1", "1.00"),
+        bill("z2", "Z-1", "1.00"),
+        payment("z3", "Z-3", "1.00"),
+    ]);
+    assert!(big.len() > 300);
+    let (code, v) = s
+        .call_raw("post", "/api/v1/records", &small, big.clone())
+        .await;
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (413, Some("body_too_large")),
+        "{v}"
+    );
+    assert!(v["message"].as_str().unwrap().contains("300 bytes"), "{v}");
+    let (code, _) = s.call_raw("post", "/api/v1/records", &s.token, big).await;
+    assert_eq!(code, 200);
     s.stop().await;
 }
 

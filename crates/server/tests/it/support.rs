@@ -91,6 +91,7 @@ impl TestServer {
             site: (role == "beacon").then(|| "https://shop.example".into()),
             expires_in_secs: None,
             rate_per_sec: None,
+            body_bytes_max: None,
         })
     }
 
@@ -117,6 +118,28 @@ impl TestServer {
             req = req.json(&b);
         }
         let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A raw body with a token.
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: String,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
