@@ -814,6 +814,41 @@ async fn the_audit_log_is_exported_as_json_lines() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn the_audit_log_reaches_a_siem_webhook_in_order_despite_failures() {
+    let (hook, received, calls) = webhook_receiver(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.audit.webhook_url = Some(hook);
+    let mut s = TestServer::start_with(cfg).await;
+    for i in 0..3 {
+        let (code, _) = s
+            .call(
+                "post",
+                "/api/v1/killswitch",
+                Some(&s.token),
+                Some(json!({"reason": format!("pull {i}")})),
+            )
+            .await;
+        assert_eq!(code, 200);
+    }
+    for _ in 0..150 {
+        if received.lock().unwrap().len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    let seqs: Vec<u64> = got.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        [1, 2, 3, 4],
+        "every entry once, in order, after two refusals"
+    );
+    assert!(*calls.lock().unwrap() >= 3);
+    s.stop().await;
+}
+
 // ---- transport -----------------------------------------------------------------------
 
 struct Pki {

@@ -1,5 +1,3 @@
-use std::sync::{Arc, Mutex};
-
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -223,35 +221,6 @@ async fn open_state_at_its_bound_refuses_with_retry_after() {
     let rows = s.wait_breaks("kind=capacity", |r| !r.is_empty()).await;
     assert_eq!(rows[0]["rule"], "payment-bill");
     s.stop().await;
-}
-
-/// A webhook receiver on loopback that refuses its first `refusals` calls with 500.
-/// Returns its URL, the breaks it accepted, and how many calls it got.
-async fn webhook_receiver(refusals: u32) -> (String, Arc<Mutex<Vec<Value>>>, Arc<Mutex<u32>>) {
-    let calls: Arc<Mutex<u32>> = Arc::default();
-    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let (c, sink) = (calls.clone(), received.clone());
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
-            let (c, sink) = (c.clone(), sink.clone());
-            async move {
-                let mut n = c.lock().unwrap();
-                *n += 1;
-                if *n <= refusals {
-                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
-                }
-                sink.lock()
-                    .unwrap()
-                    .extend(v["breaks"].as_array().cloned().unwrap_or_default());
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (hook, received, calls)
 }
 
 #[tokio::test]

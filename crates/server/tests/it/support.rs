@@ -176,3 +176,45 @@ pub fn bill(id: &str, order: &str, amount: &str) -> Value {
 pub fn body(records: &[Value]) -> String {
     serde_json::to_string(records).unwrap()
 }
+
+/// A webhook receiver on loopback that refuses its first `refusals` calls with 500.
+/// Returns its URL, the items it accepted (the `breaks` of a JSON body, or every line of
+/// an NDJSON one), and how many calls it got.
+pub async fn webhook_receiver(
+    refusals: u32,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    std::sync::Arc<std::sync::Mutex<u32>>,
+) {
+    use std::sync::{Arc, Mutex};
+    let calls: Arc<Mutex<u32>> = Arc::default();
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let (c, sink) = (calls.clone(), received.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |text: String| {
+            let (c, sink) = (c.clone(), sink.clone());
+            async move {
+                let mut n = c.lock().unwrap();
+                *n += 1;
+                if *n <= refusals {
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let items: Vec<Value> = match serde_json::from_str::<Value>(&text) {
+                    Ok(v) => v["breaks"].as_array().cloned().unwrap_or_default(),
+                    Err(_) => text
+                        .lines()
+                        .map(|l| serde_json::from_str(l).unwrap())
+                        .collect(),
+                };
+                sink.lock().unwrap().extend(items);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (hook, received, calls)
+}
