@@ -1,0 +1,21 @@
+//! Drills: deliberate fund inconsistencies, injected and measured. Pure: every function
+//! takes data and time as inputs and returns values; the server and the proxy do the IO.
+//!
+//! - [`spec`]: the drill spec (TOML or JSON) and its validation: target rules or link,
+//!   mode, faults, limits, guards, TTL, expected detection.
+//! - [`tamper`]: typed data tampering on a JSON body: a field path, a mutation, a business
+//!   filter and hit limits, deciding deterministically which bodies a fault hits.
+//! - [`lease`]: the drill's lifecycle as a lease whose TTL the injector enforces itself;
+//!   stop is idempotent and the kill switch ends every lease.
+//! - [`report`]: injected faults against observed breaks: discovered, missed, time to
+//!   detect, false positives, as JSON and Markdown.
+
+pub mod lease;
+pub mod report;
+pub mod spec;
+pub mod tamper;
+
+pub use lease::{Lease, LeaseState, Stop};
+pub use report::{Injection, Observed, Report};
+pub use spec::{parse_spec, DrillSpec, Fault, Filter, HitLimits, Mode, Mutation, SpecError, Vip};
+pub use tamper::{Hit, Injector, TamperError};
