@@ -20,6 +20,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::auth::{Access, Auth, Caller, Denied, Permission, Scope};
 use crate::control_api as ctl;
+use crate::drills;
 use crate::pipeline::{wall_ms, Pipeline, Refusal};
 use crate::tls::ConnInfo;
 use crate::view::{mask_row, BreakView};
@@ -31,6 +32,10 @@ pub struct AppState {
     pub cfg: Config,
     pub control: Arc<Mutex<ControlStore>>,
     pub auth: Auth,
+    /// Recent real records, to shape drill forgeries from.
+    pub samples: crate::drills::Samples,
+    /// The running drills' stop signals.
+    pub drills: crate::drills::Registry,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -181,6 +186,37 @@ fn api() -> Api {
         Need(P::KillSwitchRelease),
         delete(ctl::release_killswitch),
     )
+    .route("get", "/api/v1/drills", Need(P::Read), get(drills::list))
+    .route(
+        "post",
+        "/api/v1/drills",
+        Need(P::DrillLossless),
+        post(drills::create),
+    )
+    .route(
+        "get",
+        "/api/v1/drills/{id}",
+        Need(P::Read),
+        get(drills::get),
+    )
+    .route(
+        "get",
+        "/api/v1/drills/{id}/report",
+        Need(P::Read),
+        get(drills::report),
+    )
+    .route(
+        "post",
+        "/api/v1/drills/{id}/start",
+        Need(P::DrillLossless),
+        post(drills::start),
+    )
+    .route(
+        "post",
+        "/api/v1/drills/{id}/stop",
+        Need(P::DrillLossless),
+        post(drills::stop),
+    )
     .route("get", "/api/v1/audit", Need(P::Audit), get(ctl::list_audit))
     .route(
         "get",
@@ -222,9 +258,10 @@ pub fn router(state: Shared) -> Router {
     paths(health, metrics, openapi, ingest, list_breaks, get_break, change_status, rules, status,
         ctl::login, ctl::logout, ctl::whoami, ctl::list_tokens, ctl::create_token, ctl::revoke_token,
         ctl::list_users, ctl::create_user, ctl::disable_user, ctl::list_approvals, ctl::approve, ctl::reject,
-        ctl::killswitch, ctl::pull_killswitch, ctl::release_killswitch, ctl::list_audit, ctl::verify_audit),
+        ctl::killswitch, ctl::pull_killswitch, ctl::release_killswitch, ctl::list_audit, ctl::verify_audit,
+        drills::list, drills::create, drills::get, drills::report, drills::start, drills::stop),
     components(schemas(IngestAck, ErrorBody, StatusChange, RecordErrorDoc, crate::auth::TokenSpec,
-        ctl::Login, ctl::NewUser, ctl::Reason)),
+        ctl::Login, ctl::NewUser, ctl::Reason, drills::NewDrill)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -694,6 +731,7 @@ async fn ingest(
         }
     }
     let n = records.len();
+    s.samples.observe(&records);
     match s.pipeline.submit(wall_ms(), records).await {
         Ok(seq) => Ok(Json(IngestAck {
             accepted: n,

@@ -647,6 +647,8 @@ pub async fn pull_killswitch(
 ) -> Result<Response, ApiError> {
     let why = reason(b)?;
     let state = set_killswitch(&s, true, &caller.subject, &why).await?;
+    // Engaged first, so that a drill that looks now sees it; then tell the running ones.
+    s.drills.stop_all();
     Ok(AuditNote {
         action: Some("killswitch.pull".into()),
         target: Some("killswitch".into()),

@@ -16,6 +16,7 @@ mod audit_export;
 pub mod auth;
 mod config;
 mod control_api;
+pub mod drills;
 pub mod metrics;
 pub mod pipeline;
 pub mod tls;
@@ -83,12 +84,14 @@ impl Server {
                 .await
                 .context("recovery task failed")??,
         );
-        let control = steadfast_store::ControlStore::open(&cfg.data_dir).with_context(|| {
-            format!(
-                "failed to open the control store in {}",
-                cfg.data_dir.display()
-            )
-        })?;
+        let mut control =
+            steadfast_store::ControlStore::open(&cfg.data_dir).with_context(|| {
+                format!(
+                    "failed to open the control store in {}",
+                    cfg.data_dir.display()
+                )
+            })?;
+        drills::end_orphans(&mut control, pipeline::wall_ms());
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("failed to listen on {}", cfg.listen))?;
@@ -102,6 +105,8 @@ impl Server {
                 cfg.auth.requests_per_sec_per_token,
                 cfg.auth.logins_per_min_per_ip,
             ),
+            samples: drills::Samples::default(),
+            drills: drills::Registry::default(),
         });
         let router = api::router(state.clone());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);

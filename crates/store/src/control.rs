@@ -27,6 +27,8 @@ pub const TOKENS_LIVE_MAX: usize = 10_000;
 pub const USERS_MAX: usize = 10_000;
 /// Most pending approvals; requesting more is refused until some are decided or expire.
 pub const APPROVALS_PENDING_MAX: usize = 1_000;
+/// Most drills kept (with their reports).
+pub const DRILLS_MAX: usize = 100_000;
 /// Longest free-text detail kept in one audit entry.
 pub const AUDIT_DETAIL_BYTES_MAX: usize = 8 * 1024;
 
@@ -108,6 +110,27 @@ pub struct ApprovalRow {
     pub decided_at: Option<Millis>,
     pub decision_reason: Option<String>,
     pub result: Option<String>,
+}
+
+/// A stored drill; `body` is the server's JSON of it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DrillRow {
+    pub id: String,
+    pub created_at: Millis,
+    pub created_by: String,
+    pub state: String,
+    pub body: serde_json::Value,
+}
+
+fn drill_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<DrillRow> {
+    let body: String = row.get("body")?;
+    Ok(DrillRow {
+        id: row.get("id")?,
+        created_at: row.get("created_at")?,
+        created_by: row.get("created_by")?,
+        state: row.get("state")?,
+        body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    })
 }
 
 /// An audit entry as appended: who did what, to what, from where, with what result.
@@ -218,6 +241,10 @@ CREATE TABLE IF NOT EXISTS approvals (
   decided_by TEXT, decided_at INTEGER, decision_reason TEXT, result TEXT
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS drills (
+  id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, created_by TEXT NOT NULL,
+  state TEXT NOT NULL, body TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
   target TEXT NOT NULL, source TEXT NOT NULL, result TEXT NOT NULL, approver TEXT,
@@ -564,6 +591,49 @@ impl ControlStore {
         )?;
         self.approval(id)?
             .ok_or_else(|| ControlError::NotFound(format!("approval {id} does not exist")))
+    }
+
+    // ---- drills ------------------------------------------------------------------
+
+    /// Stores a drill (its spec, lease, plan and report as the server's JSON); replaces
+    /// the previous version of the same id.
+    pub fn put_drill(&mut self, d: &DrillRow) -> Result<(), ControlError> {
+        if self.drill(&d.id)?.is_none() {
+            let n: i64 = self
+                .conn
+                .query_row("SELECT COUNT(*) FROM drills", [], |r| r.get(0))?;
+            if n as usize >= DRILLS_MAX {
+                return Err(ControlError::Full(format!(
+                    "{DRILLS_MAX} drills are stored already"
+                )));
+            }
+        }
+        self.conn.execute(
+            "INSERT INTO drills (id, created_at, created_by, state, body) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(id) DO UPDATE SET state = excluded.state, body = excluded.body",
+            params![d.id, d.created_at, d.created_by, d.state, d.body.to_string()],
+        )?;
+        Ok(())
+    }
+
+    pub fn drill(&self, id: &str) -> Result<Option<DrillRow>, ControlError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT * FROM drills WHERE id = ?1",
+                params![id],
+                drill_from,
+            )
+            .optional()?)
+    }
+
+    /// Drills, newest first.
+    pub fn drills(&self, limit: usize) -> Result<Vec<DrillRow>, ControlError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT * FROM drills ORDER BY created_at DESC, id LIMIT ?1")?;
+        let rows = st.query_map(params![limit.clamp(1, CONTROL_PAGE_MAX) as i64], drill_from)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     // ---- settings ----------------------------------------------------------------

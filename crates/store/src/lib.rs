@@ -12,6 +12,8 @@ pub mod checkpoint;
 pub mod control;
 mod wal;
 
-pub use breaks::{BreakFilter, BreakRow, BreakStore, HistoryRow, OutboxItem, Status, StoreError};
+pub use breaks::{
+    BreakFilter, BreakRow, BreakStore, HistoryRow, OutboxItem, Status, StoreError, PAGE_MAX,
+};
 pub use control::{ControlError, ControlStore};
 pub use wal::{Wal, WalEntry, WalError, WalItem};

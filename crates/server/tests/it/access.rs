@@ -220,6 +220,40 @@ async fn every_state_changing_action_is_in_the_audit_log() {
             .await;
         assert!(code < 300, "{method} {path}: {code} {v}");
     }
+    // A drill: create, start (refused: the kill switch is still engaged), stop.
+    let spec = "name = \"d\"\nrules = [\"payment-bill\"]\n[[faults]]\nkind = \"bill\"\nfield = \"amount\"\nmutation = { offset_minor = 1 }\n";
+    let (code, d) = s
+        .call(
+            "post",
+            "/api/v1/drills",
+            Some(&s.token),
+            Some(json!({"spec": spec, "pairs": 2})),
+        )
+        .await;
+    assert_eq!(code, 201, "{d}");
+    let id = d["id"].as_str().unwrap();
+    assert_eq!(
+        s.call(
+            "post",
+            &format!("/api/v1/drills/{id}/start"),
+            Some(&s.token),
+            None
+        )
+        .await
+        .0,
+        409
+    );
+    assert_eq!(
+        s.call(
+            "post",
+            &format!("/api/v1/drills/{id}/stop"),
+            Some(&s.token),
+            None
+        )
+        .await
+        .0,
+        200
+    );
     // Signing out with a session token of its own.
     let (_, login) = s
         .call(

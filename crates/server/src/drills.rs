@@ -1,0 +1,568 @@
+//! Drills on the server: the routes that create, start, stop, list and report drills, and
+//! the lossless runner, which forges drill-marked records (`steadfast_drill::forge`), feeds
+//! them through the same pipeline as real records, and measures what verification found.
+//!
+//! The runner holds the drill's lease and checks it, with its own clock, before every
+//! injection and while it waits for discoveries: a stop, the kill switch, a breached guard
+//! or the TTL ends it. Drill breaks never reach webhooks (the outbox skips drill-marked
+//! breaks) and are hidden from the default break listing.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use steadfast_drill::lease::{LeaseState, Stop};
+use steadfast_drill::report::Observed;
+use steadfast_drill::{DrillSpec, Injection, Lease, Mode, Planted, Report};
+use steadfast_model::FundRecord;
+use steadfast_store::control::DrillRow;
+use steadfast_store::BreakFilter;
+use utoipa::ToSchema;
+
+use crate::api::{ApiError, AuditNote, ErrorBody, Shared};
+use crate::auth::Caller;
+use crate::pipeline::wall_ms;
+
+/// Record streams (source, kind) whose latest real record is kept to shape forgeries.
+const SAMPLE_STREAMS_MAX: usize = 1024;
+/// Drills running at once; starting more is refused until one ends.
+pub const RUNNING_DRILLS_MAX: usize = 16;
+/// Most forged pairs per drill.
+pub const PAIRS_MAX: usize = 10_000;
+/// How often a running drill looks at its lease, the kill switch and its breaks.
+const POLL_MS: u64 = 100;
+/// Time allowed past a rule's lateness budget for a fault to be discovered, when the
+/// spec sets no `expect.within_ms`.
+const DISCOVERY_GRACE_MS: i64 = 2_000;
+
+/// The latest real (not drill-marked) record of each stream, for shaping forgeries.
+#[derive(Default)]
+pub struct Samples {
+    latest: Mutex<HashMap<(String, String), FundRecord>>,
+}
+
+impl Samples {
+    /// Keeps the last record of each stream in a batch: a few clones per batch at most.
+    pub fn observe(&self, records: &[FundRecord]) {
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        let mut latest = self.latest.lock().expect("samples lock");
+        for r in records.iter().rev().filter(|r| r.drill.is_none()) {
+            let stream = (r.source.as_str(), r.kind.as_str());
+            if seen.contains(&stream) {
+                continue;
+            }
+            seen.push(stream);
+            let key = (r.source.clone(), r.kind.clone());
+            if latest.len() < SAMPLE_STREAMS_MAX || latest.contains_key(&key) {
+                latest.insert(key, r.clone());
+            }
+            if seen.len() >= 16 {
+                break;
+            }
+        }
+    }
+
+    pub fn all(&self) -> Vec<FundRecord> {
+        self.latest
+            .lock()
+            .expect("samples lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Stop signals of the running drills.
+#[derive(Default)]
+pub struct Registry {
+    running: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
+}
+
+impl Registry {
+    /// Tells every running drill to stop (the kill switch).
+    pub fn stop_all(&self) {
+        for tx in self.running.lock().expect("registry lock").values() {
+            let _ = tx.send(true);
+        }
+    }
+
+    fn stop(&self, id: &str) {
+        if let Some(tx) = self.running.lock().expect("registry lock").get(id) {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+/// A drill as stored and shown.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Drill {
+    pub id: String,
+    pub spec: DrillSpec,
+    pub pairs: usize,
+    pub lease: Lease,
+    pub created_by: String,
+    pub created_at: i64,
+    /// Faults planted on forged pairs (what was, or in a dry run would be, injected).
+    pub planted: Vec<Planted>,
+    /// Clean control pairs: they must raise nothing.
+    pub controls: usize,
+    pub injections: Vec<Injection>,
+    pub report: Option<Report>,
+    pub error: Option<String>,
+}
+
+impl Drill {
+    fn state(&self) -> String {
+        match self.lease.state {
+            LeaseState::Pending => "pending".into(),
+            LeaseState::Running => "running".into(),
+            LeaseState::Ended(stop) => match stop {
+                Stop::Completed => "completed",
+                Stop::Stopped => "stopped",
+                Stop::KillSwitch => "killed",
+                Stop::GuardBreached => "aborted",
+                Stop::Expired => "expired",
+                Stop::InjectionFailed => "failed",
+            }
+            .into(),
+        }
+    }
+
+    fn row(&self) -> DrillRow {
+        DrillRow {
+            id: self.id.clone(),
+            created_at: self.created_at,
+            created_by: self.created_by.clone(),
+            state: self.state(),
+            body: serde_json::to_value(self).expect("drills serialize"),
+        }
+    }
+
+    fn view(&self) -> Value {
+        let mut v = serde_json::to_value(self).expect("drills serialize");
+        v["state"] = self.state().into();
+        v
+    }
+}
+
+async fn save(s: &Shared, d: &Drill) -> Result<(), ApiError> {
+    let row = d.row();
+    let control = s.control.clone();
+    tokio::task::spawn_blocking(move || control.lock().expect("control store lock").put_drill(&row))
+        .await
+        .map_err(|e| ApiError::internal("the drill store task failed", e))?
+        .map_err(ApiError::from)
+}
+
+async fn load(s: &Shared, id: &str) -> Result<Drill, ApiError> {
+    let control = s.control.clone();
+    let key = id.to_string();
+    let row = tokio::task::spawn_blocking(move || {
+        control.lock().expect("control store lock").drill(&key)
+    })
+    .await
+    .map_err(|e| ApiError::internal("the drill store task failed", e))?
+    .map_err(ApiError::from)?
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("drill {id} does not exist"),
+        )
+    })?;
+    serde_json::from_value(row.body)
+        .map_err(|e| ApiError::internal("a stored drill is unreadable", e))
+}
+
+async fn killswitch_engaged(s: &Shared) -> bool {
+    let control = s.control.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::control_api::killswitch_state(&control.lock().expect("control store lock"))
+            .map(|k| k.engaged)
+            // Unknown is engaged: a drill never runs on a guess.
+            .unwrap_or(true)
+    })
+    .await
+    .unwrap_or(true)
+}
+
+/// Ends drills a previous run of the server left running: their injector is gone, so
+/// their lease is over.
+pub fn end_orphans(control: &mut steadfast_store::ControlStore, now: i64) {
+    let Ok(rows) = control.drills(steadfast_store::control::CONTROL_PAGE_MAX) else {
+        return;
+    };
+    for row in rows.into_iter().filter(|r| r.state == "running") {
+        if let Ok(mut d) = serde_json::from_value::<Drill>(row.body) {
+            d.lease.end(now, Stop::Expired);
+            d.error = Some("the server stopped while the drill ran".into());
+            let _ = control.put_drill(&d.row());
+        }
+    }
+}
+
+// ---- routes --------------------------------------------------------------------------
+
+/// A drill to create: its spec (TOML or JSON text, or a JSON object) and how many pairs to
+/// forge per target rule.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDrill {
+    #[schema(value_type = Object)]
+    pub spec: Value,
+    /// Forged pairs per rule; default: the sum of the faults' `hits_max` (at most 10 000).
+    pub pairs: Option<usize>,
+}
+
+/// Creates a drill (pending until started).
+#[utoipa::path(post, path = "/api/v1/drills", request_body = NewDrill,
+    responses((status = 201, description = "created"), (status = 400, body = ErrorBody)), security(("token" = [])))]
+pub async fn create(
+    State(s): State<Shared>,
+    caller: Caller,
+    b: Result<Json<NewDrill>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_spec", m);
+    let Json(nd) =
+        b.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text()))?;
+    let text = match &nd.spec {
+        Value::String(t) => t.clone(),
+        other => other.to_string(),
+    };
+    let spec = steadfast_drill::parse_spec(&text).map_err(|e| bad(e.to_string()))?;
+    if spec.mode == Mode::Lossy {
+        return Err(bad(
+            "lossy drills tamper real traffic through the fault-injection proxy, which this server does not run; use mode = \"lossless\"".into(),
+        ));
+    }
+    steadfast_drill::forge::target_rules(&spec, &s.pipeline.rules)
+        .map_err(|e| bad(e.to_string()))?;
+    let pairs = nd
+        .pairs
+        .unwrap_or_else(|| spec.faults.iter().map(|f| f.limits.hits_max as usize).sum())
+        .clamp(1, PAIRS_MAX);
+    let id = format!(
+        "drill-{}",
+        &crate::auth::mint(crate::auth::TokenKind::Api).id
+    );
+    let d = Drill {
+        id: id.clone(),
+        lease: Lease::new(spec.ttl_secs),
+        spec,
+        pairs,
+        created_by: caller.subject.clone(),
+        created_at: wall_ms(),
+        planted: vec![],
+        controls: 0,
+        injections: vec![],
+        report: None,
+        error: None,
+    };
+    save(&s, &d).await?;
+    Ok(AuditNote {
+        action: Some("drill.create".into()),
+        target: Some(format!("drill {id}")),
+        detail: json!({ "name": d.spec.name, "mode": "lossless", "pairs": pairs, "dry_run": d.spec.dry_run }),
+        approver: None,
+    }
+    .attach((StatusCode::CREATED, Json(d.view())).into_response()))
+}
+
+/// Drills, newest first.
+#[utoipa::path(get, path = "/api/v1/drills", responses((status = 200, description = "drills")), security(("token" = [])))]
+pub async fn list(State(s): State<Shared>) -> Result<Json<Vec<Value>>, ApiError> {
+    let control = s.control.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        control.lock().expect("control store lock").drills(100)
+    })
+    .await
+    .map_err(|e| ApiError::internal("the drill store task failed", e))?
+    .map_err(ApiError::from)?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| {
+                json!({ "id": r.id, "state": r.state, "created_at": r.created_at, "created_by": r.created_by,
+                        "name": r.body["spec"]["name"], "report": r.body["report"] })
+            })
+            .collect(),
+    ))
+}
+
+/// One drill: spec, lease, planted faults, report.
+#[utoipa::path(get, path = "/api/v1/drills/{id}", params(("id" = String, Path)),
+    responses((status = 200, description = "the drill"), (status = 404, body = ErrorBody)), security(("token" = [])))]
+pub async fn get(State(s): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(load(&s, &id).await?.view()))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    /// `json` (default) or `markdown`.
+    format: Option<String>,
+}
+
+/// The drill's report, as JSON or Markdown.
+#[utoipa::path(get, path = "/api/v1/drills/{id}/report", params(("id" = String, Path), ReportQuery),
+    responses((status = 200, description = "the report"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("token" = [])))]
+pub async fn report(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    q: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let d = load(&s, &id).await?;
+    let r = d.report.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_report",
+            format!("drill {id} is {}; it has no report yet", d.state()),
+        )
+    })?;
+    match q.format.as_deref() {
+        None | Some("json") => Ok(Json(r).into_response()),
+        Some("markdown") => Ok((
+            [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
+            r.markdown(&d.spec.name),
+        )
+            .into_response()),
+        Some(f) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("unknown format {f:?} (json or markdown)"),
+        )),
+    }
+}
+
+/// Starts a drill: refused while the kill switch is engaged.
+#[utoipa::path(post, path = "/api/v1/drills/{id}/start", params(("id" = String, Path)),
+    responses((status = 202, description = "running"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("token" = [])))]
+pub async fn start(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let mut d = load(&s, &id).await?;
+    let engaged = killswitch_engaged(&s).await;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    {
+        let mut running = s.drills.running.lock().expect("registry lock");
+        if running.len() >= RUNNING_DRILLS_MAX {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_drills",
+                format!("{RUNNING_DRILLS_MAX} drills are running; wait for one to end"),
+            )
+            .retry(10));
+        }
+        d.lease
+            .start(wall_ms(), engaged)
+            .map_err(|m| ApiError::new(StatusCode::CONFLICT, "cannot_start", m))?;
+        running.insert(id.clone(), tx);
+    }
+    save(&s, &d).await?;
+    tokio::spawn(run(s.clone(), d.clone(), rx));
+    Ok(AuditNote {
+        action: Some("drill.start".into()),
+        target: Some(format!("drill {id}")),
+        ..Default::default()
+    }
+    .attach((StatusCode::ACCEPTED, Json(d.view())).into_response()))
+}
+
+/// Stops a drill; stopping an ended drill changes nothing.
+#[utoipa::path(post, path = "/api/v1/drills/{id}/stop", params(("id" = String, Path)),
+    responses((status = 200, description = "stopped (or already ended)"), (status = 404, body = ErrorBody)), security(("token" = [])))]
+pub async fn stop(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let mut d = load(&s, &id).await?;
+    s.drills.stop(&id);
+    if d.lease.state == LeaseState::Pending {
+        d.lease.end(wall_ms(), Stop::Stopped);
+        save(&s, &d).await?;
+    }
+    Ok(AuditNote {
+        action: Some("drill.stop".into()),
+        target: Some(format!("drill {id}")),
+        ..Default::default()
+    }
+    .attach(Json(d.view()).into_response()))
+}
+
+// ---- the lossless runner -------------------------------------------------------------
+
+async fn run(s: Shared, mut d: Drill, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let id = d.id.clone();
+    if let Err(e) = drive(&s, &mut d, &mut stop).await {
+        d.error = Some(format!("{e:?}"));
+        d.lease.end(wall_ms(), Stop::InjectionFailed);
+    }
+    if d.lease.state == LeaseState::Running {
+        d.lease.end(wall_ms(), Stop::Completed);
+    }
+    if let Err(e) = save(&s, &d).await {
+        tracing::error!(drill = %id, error = ?e, "a drill's result could not be stored");
+    }
+    s.drills.running.lock().expect("registry lock").remove(&id);
+}
+
+/// Whether the drill may go on: not stopped, kill switch not pulled, lease not expired.
+async fn may_go_on(s: &Shared, d: &mut Drill, stop: &tokio::sync::watch::Receiver<bool>) -> bool {
+    let now = wall_ms();
+    if *stop.borrow() {
+        let engaged = killswitch_engaged(s).await;
+        d.lease.end(
+            now,
+            if engaged {
+                Stop::KillSwitch
+            } else {
+                Stop::Stopped
+            },
+        );
+        return false;
+    }
+    let engaged = killswitch_engaged(s).await;
+    d.lease.may_inject(now, engaged)
+}
+
+async fn drive(
+    s: &Shared,
+    d: &mut Drill,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ApiError> {
+    let started = wall_ms();
+    let rules = s.pipeline.rules.clone();
+    let plan = steadfast_drill::forge(&d.id, &d.spec, &rules, &s.samples.all(), d.pairs, started)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_forge", e.to_string()))?;
+    d.planted = plan.planted.clone();
+    d.controls = plan.controls.len();
+    save(s, d).await?;
+    if d.spec.dry_run {
+        // What would be injected is in `planted`; nothing is sent.
+        d.report = Some(Report::new(&[], &[], &[], None));
+        return Ok(());
+    }
+    let batch_max = s.cfg.limits.batch_records_max;
+    let mut pending = plan.records.as_slice();
+    let mut injected_at: Option<i64> = None;
+    while !pending.is_empty() {
+        let delay = pending[0].delay_ms;
+        let n = pending
+            .iter()
+            .take_while(|f| f.delay_ms == delay)
+            .count()
+            .min(batch_max);
+        let wait = (started + delay as i64 - wall_ms()).max(0) as u64;
+        if wait > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        if !may_go_on(s, d, stop).await {
+            break;
+        }
+        let batch: Vec<FundRecord> = pending[..n].iter().map(|f| f.record.clone()).collect();
+        s.pipeline.submit(wall_ms(), batch).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "injection_failed",
+                format!("{e:?}"),
+            )
+        })?;
+        injected_at.get_or_insert(wall_ms());
+        pending = &pending[n..];
+    }
+    let Some(at) = injected_at else {
+        return Ok(());
+    };
+    d.injections = d
+        .planted
+        .iter()
+        .map(|p| Injection {
+            key: p.key.clone(),
+            at_ms: at,
+            corrected_at_ms: None,
+        })
+        .collect();
+    let targets = steadfast_drill::forge::target_rules(&d.spec, &rules)
+        .map_err(|e| ApiError::internal("the drill's rules vanished", e))?;
+    let lateness = targets
+        .iter()
+        .flat_map(|r| r.sides())
+        .map(|side| side.lateness_ms)
+        .max()
+        .unwrap_or(0);
+    let longest_delay = plan.records.last().map_or(0, |f| f.delay_ms as i64);
+    let deadline = at
+        + longest_delay
+        + d.spec
+            .expect
+            .within_ms
+            .map_or(lateness + DISCOVERY_GRACE_MS, |w| w as i64);
+    let wanted: BTreeSet<String> = d.planted.iter().map(|p| p.key.clone()).collect();
+    let observed = loop {
+        let observed = drill_breaks(s, &d.id).await?;
+        let found: BTreeSet<&str> = observed.iter().map(|o| o.key.as_str()).collect();
+        // Done when every fault is found and the controls had their chance to break.
+        let all_found = wanted.iter().all(|k| found.contains(k.as_str()));
+        if (all_found && wall_ms() >= at + lateness)
+            || wall_ms() >= deadline
+            || !may_go_on(s, d, stop).await
+        {
+            break observed;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(POLL_MS)) => {}
+            _ = stop.changed() => {}
+        }
+    };
+    let expect: Vec<String> = if d.spec.expect.rules.is_empty() {
+        targets.iter().map(|r| r.name.clone()).collect()
+    } else {
+        d.spec.expect.rules.clone()
+    };
+    d.report = Some(Report::new(
+        &d.injections,
+        &observed,
+        &expect,
+        d.spec.expect.within_ms,
+    ));
+    Ok(())
+}
+
+async fn drill_breaks(s: &Shared, id: &str) -> Result<Vec<Observed>, ApiError> {
+    let store = s.pipeline.store.clone();
+    let drill = id.to_string();
+    tokio::task::spawn_blocking(move || {
+        let st = store.lock().expect("store lock");
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = st.list(&BreakFilter {
+                drill: Some(Some(drill.clone())),
+                after_id: after,
+                limit: steadfast_store::PAGE_MAX,
+                ..Default::default()
+            })?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.brk.id);
+            out.extend(page.into_iter().map(|r| Observed {
+                rule: r.brk.rule,
+                key: r.brk.key,
+                kind: r.brk.kind.as_str().into(),
+                detected_at_ms: r.detected_at,
+            }));
+            if out.len() >= PAIRS_MAX * 8 {
+                break;
+            }
+        }
+        Ok::<_, steadfast_store::StoreError>(out)
+    })
+    .await
+    .map_err(|e| ApiError::internal("the break store task failed", e))?
+    .map_err(ApiError::from)
+}

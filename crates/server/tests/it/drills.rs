@@ -1,0 +1,302 @@
+//! Lossless drills through the running server: forged records through the real pipeline,
+//! discovery measured from the stored breaks, nothing reaching webhooks or the default
+//! break listing; the kill switch, dry runs and stop.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const OFF_BY_ONE: &str = r#"
+name = "bill one cent high"
+rules = ["payment-bill"]
+[[faults]]
+kind = "bill"
+field = "amount"
+mutation = { offset_minor = 1 }
+limits = { hits_max = 100 }
+"#;
+
+/// Real traffic to shape forgeries from: a matched payment and bill.
+async fn real_traffic(s: &TestServer) {
+    let now = chrono_now();
+    let mut p = payment("p-real", "ORD-1", "42.00");
+    let mut b = bill("b-real", "ORD-1", "42.00");
+    p["event_time"] = json!(now);
+    b["event_time"] = json!(now);
+    assert_eq!(s.post("/api/v1/records", body(&[p, b])).await.0, 200);
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn wait_ended(s: &TestServer, token: &str, id: &str) -> Value {
+    for _ in 0..300 {
+        let (_, d) = s
+            .call("get", &format!("/api/v1/drills/{id}"), Some(token), None)
+            .await;
+        if !matches!(d["state"].as_str(), Some("pending" | "running")) {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("drill {id} never ended");
+}
+
+async fn create(s: &TestServer, token: &str, spec: &str, pairs: usize) -> String {
+    let (code, d) = s
+        .call(
+            "post",
+            "/api/v1/drills",
+            Some(token),
+            Some(json!({"spec": spec, "pairs": pairs})),
+        )
+        .await;
+    assert_eq!(code, 201, "{d}");
+    d["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_lossless_drill_of_100_faults_is_found_100_of_100_without_a_production_alert() {
+    let (hook, received, _) = webhook_receiver(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.webhook.url = Some(hook);
+    let mut s = TestServer::start_with(cfg).await;
+    let op = s.token_for("operator", "olga");
+    real_traffic(&s).await;
+    let id = create(&s, &op, OFF_BY_ONE, 120).await;
+    let (code, v) = s
+        .call(
+            "post",
+            &format!("/api/v1/drills/{id}/start"),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(code, 202, "{v}");
+    let d = wait_ended(&s, &op, &id).await;
+    assert_eq!(d["state"], "completed", "{d}");
+    let r = &d["report"];
+    assert_eq!(
+        (
+            r["injected"].as_u64(),
+            r["discovered"].as_u64(),
+            r["missed"].as_u64()
+        ),
+        (Some(100), Some(100), Some(0)),
+        "{r}"
+    );
+    assert_eq!(
+        r["false_positives"],
+        json!([]),
+        "the 20 clean controls raised nothing"
+    );
+    assert_eq!(r["passed"], true);
+    let (code, md) = (
+        s.http
+            .get(format!(
+                "{}/api/v1/drills/{id}/report?format=markdown",
+                s.base
+            ))
+            .bearer_auth(&op)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        s.http
+            .get(format!(
+                "{}/api/v1/drills/{id}/report?format=markdown",
+                s.base
+            ))
+            .bearer_auth(&op)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(code, 200);
+    assert!(
+        md.contains("**PASSED**") && md.contains("| faults injected | 100 |"),
+        "{md}"
+    );
+    // Drill breaks are the drill's: not in the default listing, never at the webhook.
+    let (_, prod) = s.get("/api/v1/breaks").await;
+    assert_eq!(prod, json!([]), "no production break");
+    let (_, mine) = s
+        .get(&format!("/api/v1/breaks?drill={id}&limit=1000"))
+        .await;
+    assert_eq!(mine.as_array().unwrap().len(), 100);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "no webhook for drill breaks"
+    );
+    // A real break during a drill is still alerted: the production path is untouched.
+    assert_eq!(
+        s.post(
+            "/api/v1/records",
+            body(&[payment("p2", "ORD-2", "1.00"), bill("b2", "ORD-2", "2.00")])
+        )
+        .await
+        .0,
+        200
+    );
+    for _ in 0..100 {
+        if !received.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(received.lock().unwrap().len(), 1);
+    // Both steps are on record, on the operator's name.
+    let (_, audit) = s.get("/api/v1/audit?actor=olga").await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["drill.create", "drill.start"]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_kill_switch_refuses_new_drills_until_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.approvals.required = vec![];
+    let mut s = TestServer::start_with(cfg).await;
+    real_traffic(&s).await;
+    let id = create(&s, &s.token, OFF_BY_ONE, 5).await;
+    assert_eq!(
+        s.call(
+            "post",
+            "/api/v1/killswitch",
+            Some(&s.token),
+            Some(json!({"reason": "stop"}))
+        )
+        .await
+        .0,
+        200
+    );
+    let (code, v) = s
+        .call(
+            "post",
+            &format!("/api/v1/drills/{id}/start"),
+            Some(&s.token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (409, Some("cannot_start")),
+        "{v}"
+    );
+    assert!(v["message"].as_str().unwrap().contains("kill switch"));
+    assert_eq!(
+        s.call(
+            "delete",
+            "/api/v1/killswitch",
+            Some(&s.token),
+            Some(json!({"reason": "clear"}))
+        )
+        .await
+        .0,
+        200
+    );
+    let (code, _) = s
+        .call(
+            "post",
+            &format!("/api/v1/drills/{id}/start"),
+            Some(&s.token),
+            None,
+        )
+        .await;
+    assert_eq!(code, 202);
+    assert_eq!(
+        wait_ended(&s, &s.token, &id).await["report"]["discovered"],
+        5
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_dry_run_injects_nothing_and_stop_is_idempotent() {
+    let mut s = TestServer::start().await;
+    real_traffic(&s).await;
+    let dry = format!("dry_run = true\n{OFF_BY_ONE}");
+    let id = create(&s, &s.token, &dry, 10).await;
+    assert_eq!(
+        s.call(
+            "post",
+            &format!("/api/v1/drills/{id}/start"),
+            Some(&s.token),
+            None
+        )
+        .await
+        .0,
+        202
+    );
+    let d = wait_ended(&s, &s.token, &id).await;
+    assert_eq!(d["state"], "completed");
+    assert_eq!(
+        d["planted"].as_array().unwrap().len(),
+        10,
+        "what would be injected"
+    );
+    assert_eq!(d["report"]["injected"], 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, mine) = s.get(&format!("/api/v1/breaks?drill={id}")).await;
+    assert_eq!(mine, json!([]), "nothing was sent");
+
+    let id = create(&s, &s.token, OFF_BY_ONE, 5).await;
+    for _ in 0..2 {
+        let (code, d) = s
+            .call(
+                "post",
+                &format!("/api/v1/drills/{id}/stop"),
+                Some(&s.token),
+                None,
+            )
+            .await;
+        assert_eq!((code, d["state"].as_str()), (200, Some("stopped")));
+    }
+    let (code, _) = s
+        .call(
+            "post",
+            &format!("/api/v1/drills/{id}/start"),
+            Some(&s.token),
+            None,
+        )
+        .await;
+    assert_eq!(code, 409, "an ended drill does not start again");
+    // Specs are checked before anything is stored.
+    let lossy = OFF_BY_ONE.replace("rules = ", "mode = \"lossy\"\nrules = ");
+    let (code, v) = s
+        .call(
+            "post",
+            "/api/v1/drills",
+            Some(&s.token),
+            Some(json!({"spec": lossy})),
+        )
+        .await;
+    assert_eq!((code, v["code"].as_str()), (400, Some("bad_spec")), "{v}");
+    let (code, v) = s
+        .call(
+            "post",
+            "/api/v1/drills",
+            Some(&s.token),
+            Some(json!({"spec": OFF_BY_ONE.replace("payment-bill", "nope")})),
+        )
+        .await;
+    assert_eq!(code, 400, "{v}");
+    s.stop().await;
+}
