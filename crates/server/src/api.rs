@@ -833,6 +833,7 @@ async fn list_breaks(
         since: parse_time("since", &q.since)?,
         until: parse_time("until", &q.until)?,
         min_age_ms: q.min_age_secs.map(|a| (now, a as i64 * 1000)),
+        detected_since: None,
         drill: match q.drill.as_deref() {
             None | Some("exclude") => None,
             Some("include") => Some(None),

@@ -237,6 +237,11 @@ pub async fn create(
         other => other.to_string(),
     };
     let spec = steadfast_drill::parse_spec(&text).map_err(|e| bad(e.to_string()))?;
+    if spec.guards.error_rate_percent_max.is_some() {
+        return Err(bad(
+            "guards.error_rate_percent_max needs the target's request telemetry, which this server does not collect yet; use guards.real_breaks_max".into(),
+        ));
+    }
     if spec.mode == Mode::Lossy {
         return Err(bad(
             "lossy drills tamper real traffic through the fault-injection proxy, which this server does not run; use mode = \"lossless\"".into(),
@@ -424,8 +429,43 @@ async fn may_go_on(s: &Shared, d: &mut Drill, stop: &tokio::sync::watch::Receive
         );
         return false;
     }
+    if let Some(max) = d.spec.guards.real_breaks_max {
+        let since = d.lease.started_at.unwrap_or(now);
+        let breached = match real_breaks_since(s, since, max).await {
+            Ok(n) if n > max => Some(format!(
+                "guard breached: {n} real breaks since the drill started (at most {max})"
+            )),
+            Ok(_) => None,
+            // A guard that cannot be read is a guard that does not hold.
+            Err(e) => Some(format!("guard could not be checked: {e:?}")),
+        };
+        if let Some(why) = breached {
+            d.error = Some(why);
+            d.lease.end(now, Stop::GuardBreached);
+            return false;
+        }
+    }
     let engaged = killswitch_engaged(s).await;
     d.lease.may_inject(now, engaged)
+}
+
+/// Production (non-drill) breaks detected since `since`, counted up to `max + 1`.
+async fn real_breaks_since(s: &Shared, since: i64, max: u64) -> Result<u64, ApiError> {
+    let store = s.pipeline.store.clone();
+    let limit = (max as usize)
+        .saturating_add(1)
+        .min(steadfast_store::PAGE_MAX);
+    tokio::task::spawn_blocking(move || {
+        let rows = store.lock().expect("store lock").list(&BreakFilter {
+            detected_since: Some(since),
+            limit,
+            ..Default::default()
+        })?;
+        Ok::<_, steadfast_store::StoreError>(rows.len() as u64)
+    })
+    .await
+    .map_err(|e| ApiError::internal("the break store task failed", e))?
+    .map_err(ApiError::from)
 }
 
 async fn drive(

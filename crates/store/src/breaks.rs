@@ -86,6 +86,8 @@ pub struct BreakFilter {
     /// Only breaks emitted at or after / before these times.
     pub since: Option<Millis>,
     pub until: Option<Millis>,
+    /// Only breaks detected at or after this time.
+    pub detected_since: Option<Millis>,
     /// Only breaks detected at least this long before `now`.
     pub min_age_ms: Option<(Millis, Millis)>,
     /// `None`: production breaks only; `Some(None)`: all; `Some(Some(d))`: drill `d` only.
@@ -264,6 +266,9 @@ impl BreakStore {
         }
         if let Some(v) = f.until {
             add("emitted_at <", v.into());
+        }
+        if let Some(v) = f.detected_since {
+            add("detected_at >=", v.into());
         }
         if let Some((now, age)) = f.min_age_ms {
             add("detected_at <=", (now - age).into());

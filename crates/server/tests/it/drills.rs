@@ -300,3 +300,59 @@ async fn a_dry_run_injects_nothing_and_stop_is_idempotent() {
     assert_eq!(code, 400, "{v}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_guard_aborts_the_drill_when_real_breaks_appear() {
+    let mut s = TestServer::start().await;
+    real_traffic(&s).await;
+    // Dropped bills are found only after the bill's lateness budget: a drill that runs a
+    // while, long enough for a real break to happen meanwhile.
+    let spec = OFF_BY_ONE.replace(
+        "field = \"amount\"\nmutation = { offset_minor = 1 }",
+        "mutation = \"drop_record\"",
+    ) + "[guards]\nreal_breaks_max = 0\n";
+    let id = create(&s, &s.token, &spec, 3).await;
+    assert_eq!(
+        s.call(
+            "post",
+            &format!("/api/v1/drills/{id}/start"),
+            Some(&s.token),
+            None
+        )
+        .await
+        .0,
+        202
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.post(
+            "/api/v1/records",
+            body(&[payment("p9", "ORD-9", "1.00"), bill("b9", "ORD-9", "9.00")])
+        )
+        .await
+        .0,
+        200
+    );
+    let d = wait_ended(&s, &s.token, &id).await;
+    assert_eq!(d["state"], "aborted", "{d}");
+    assert!(
+        d["error"]
+            .as_str()
+            .unwrap()
+            .contains("guard breached: 1 real breaks"),
+        "{d}"
+    );
+    let (code, v) = s
+        .call(
+            "post",
+            "/api/v1/drills",
+            Some(&s.token),
+            Some(json!({"spec": format!("{OFF_BY_ONE}[guards]\nerror_rate_percent_max = 5\n")})),
+        )
+        .await;
+    assert_eq!(
+        code, 400,
+        "a guard the server cannot evaluate is refused: {v}"
+    );
+    s.stop().await;
+}
