@@ -66,6 +66,22 @@ impl Conn {
         Ok(b.build()?)
     }
 
+    /// A GET whose answer is text (CSV, Markdown).
+    pub async fn text(&self, path: &str) -> anyhow::Result<String> {
+        let resp = self
+            .client()?
+            .get(self.url(path))
+            .bearer_auth(self.token()?)
+            .send()
+            .await
+            .map_err(|e| e.without_url())
+            .with_context(|| format!("could not reach {}", self.server))?;
+        if !resp.status().is_success() {
+            bail!("{}", error_text(resp).await);
+        }
+        Ok(resp.text().await?)
+    }
+
     /// One API call with the token; the JSON answer, or the server's error as text.
     pub async fn call(
         &self,

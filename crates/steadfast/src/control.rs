@@ -511,3 +511,157 @@ pub async fn killswitch(cmd: KillSwitchCmd) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[derive(clap::Subcommand)]
+pub enum DrillCmd {
+    /// Create a drill from a spec file (TOML or JSON), start it, and by default wait for its
+    /// report (printed as Markdown; exit 2 when the drill did not pass).
+    Run {
+        spec: PathBuf,
+        /// Forged pairs per target rule (default: the faults' hit limits).
+        #[arg(long)]
+        pairs: Option<usize>,
+        /// Return once started instead of waiting for the report.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List drills, newest first.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a drill's report (markdown or json).
+    Show {
+        id: String,
+        #[arg(long, default_value = "markdown")]
+        format: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Stop a drill (stopping an ended drill changes nothing).
+    Stop {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// The kill switch: stop every drill and refuse new ones.
+    #[command(subcommand)]
+    KillSwitch(KillSwitchCmd),
+}
+
+/// Longest `drill run` waits for a report.
+const DRILL_WAIT_SECS_MAX: u64 = 24 * 3600;
+
+pub async fn drill(cmd: DrillCmd) -> anyhow::Result<()> {
+    match cmd {
+        DrillCmd::Run {
+            spec,
+            pairs,
+            no_wait,
+            conn,
+        } => {
+            let text = std::fs::read_to_string(&spec)
+                .with_context(|| format!("failed to read {}", spec.display()))?;
+            // Checked here first, so that a typo names its field before anything is sent.
+            let parsed = steadfast_drill::parse_spec(&text)?;
+            let d = conn
+                .call(
+                    Method::POST,
+                    "/api/v1/drills",
+                    Some(json!({ "spec": text, "pairs": pairs })),
+                )
+                .await?;
+            let id = d["id"].as_str().unwrap_or("").to_string();
+            conn.call(Method::POST, &format!("/api/v1/drills/{id}/start"), None)
+                .await?;
+            eprintln!("drill {id} ({}) started", parsed.name);
+            if no_wait {
+                println!("{id}");
+                return Ok(());
+            }
+            let pb = indicatif::ProgressBar::new_spinner();
+            pb.set_message(format!("drill {id}: injecting and waiting for discoveries"));
+            let started = std::time::Instant::now();
+            let d = loop {
+                pb.tick();
+                let d = conn
+                    .call(Method::GET, &format!("/api/v1/drills/{id}"), None)
+                    .await?;
+                if !matches!(d["state"].as_str(), Some("pending" | "running")) {
+                    break d;
+                }
+                if started.elapsed().as_secs() > DRILL_WAIT_SECS_MAX {
+                    bail!("drill {id} is still running; `steadfast drill show {id}` later");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            };
+            pb.finish_and_clear();
+            eprintln!("drill {id} ended: {}", d["state"].as_str().unwrap_or(""));
+            if let Some(e) = d["error"].as_str() {
+                eprintln!("  {e}");
+            }
+            if d["report"].is_null() {
+                std::process::exit(2);
+            }
+            show(&conn, &id, "markdown").await?;
+            if d["report"]["passed"] != true {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
+        DrillCmd::List { conn } => {
+            let v = conn.call(Method::GET, "/api/v1/drills", None).await?;
+            println!(
+                "{:<20} {:<10} {:<16} {:>9} {:>10}  NAME",
+                "ID", "STATE", "CREATED BY", "INJECTED", "DISCOVERED"
+            );
+            for d in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:<20} {:<10} {:<16} {:>9} {:>10}  {}",
+                    d["id"].as_str().unwrap_or(""),
+                    d["state"].as_str().unwrap_or(""),
+                    d["created_by"].as_str().unwrap_or(""),
+                    d["report"]["injected"]
+                        .as_u64()
+                        .map(|n| n.to_string())
+                        .unwrap_or("-".into()),
+                    d["report"]["discovered"]
+                        .as_u64()
+                        .map(|n| n.to_string())
+                        .unwrap_or("-".into()),
+                    d["name"].as_str().unwrap_or(""),
+                );
+            }
+            Ok(())
+        }
+        DrillCmd::Show { id, format, conn } => show(&conn, &id, &format).await,
+        DrillCmd::Stop { id, conn } => {
+            let d = conn
+                .call(Method::POST, &format!("/api/v1/drills/{id}/stop"), None)
+                .await?;
+            eprintln!("drill {id} is {}", d["state"].as_str().unwrap_or(""));
+            Ok(())
+        }
+        DrillCmd::KillSwitch(cmd) => killswitch(cmd).await,
+    }
+}
+
+async fn show(conn: &Conn, id: &str, format: &str) -> anyhow::Result<()> {
+    match format {
+        "json" => print(
+            &conn
+                .call(Method::GET, &format!("/api/v1/drills/{id}"), None)
+                .await?,
+        ),
+        "markdown" => {
+            let text = conn
+                .text(&format!("/api/v1/drills/{id}/report?format=markdown"))
+                .await?;
+            print!("{text}");
+            Ok(())
+        }
+        f => bail!("unknown format {f:?} (markdown or json)"),
+    }
+}

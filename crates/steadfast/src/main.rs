@@ -140,6 +140,9 @@ enum Command {
     /// The drills' kill switch.
     #[command(subcommand)]
     Killswitch(control::KillSwitchCmd),
+    /// Run, list, show and stop drills.
+    #[command(subcommand)]
+    Drill(control::DrillCmd),
     /// Show who the token speaks for and its role.
     Whoami {
         #[command(flatten)]
@@ -288,6 +291,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Approve { id, reason, conn } => control::decide(id, true, reason, &conn).await,
         Command::Reject { id, reason, conn } => control::decide(id, false, reason, &conn).await,
         Command::Killswitch(cmd) => control::killswitch(cmd).await,
+        Command::Drill(cmd) => control::drill(cmd).await,
         Command::Whoami { conn } => {
             let v = conn
                 .call(reqwest::Method::GET, "/api/v1/whoami", None)

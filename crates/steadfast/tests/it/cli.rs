@@ -264,6 +264,35 @@ fn ingest_then_list_and_work_breaks_through_the_cli() {
     let out = cli(&["break-status", &id, "--status", "open", "--reason", "x"]);
     assert!(!out.status.success(), "a break cannot go back to open");
 
+    // A lossless drill from a spec file, run to its report.
+    let spec = dir.path().join("drill.toml");
+    std::fs::write(
+        &spec,
+        "name = \"bills a cent high\"\nrules = [\"payment-bill\"]\n[[faults]]\nkind = \"bill\"\nfield = \"amount\"\nmutation = { offset_minor = 1 }\nlimits = { hits_max = 3 }\n",
+    )
+    .unwrap();
+    let out = cli(&["drill", "run", spec.to_str().unwrap()]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("**PASSED**") && report.contains("| faults injected | 3 |"),
+        "{report}"
+    );
+    let out = cli(&["drill", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("completed"));
+    std::fs::write(&spec, "name = \"typo\"\nrules = [\"payment-bill\"]\n[[faults]]\nkind = \"bill\"\nmutation = { offset_minor = 1 }\n").unwrap();
+    let out = cli(&["drill", "run", spec.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("faults[0].field"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A viewer token made through the API can read but not work breaks.
     let out = cli(&[
         "token",
