@@ -10,6 +10,7 @@
 //! cargo run --release -p steadfast-bench -- verify [--records 2000000] [--dir DIR]
 //! cargo run --release -p steadfast-bench -- restart [--records 10000000]
 //! cargo run --release -p steadfast-bench -- demo [--rate 2500] [--secs 30]
+//! cargo run --release -p steadfast-bench -- drill [--faults 1000] [--background-rate 20000]
 //! ```
 //!
 //! - `engine`: throughput of the verification engine on a 1:1 match rule with a fixed
@@ -22,12 +23,15 @@
 //!   duckdb"` works).
 //! - `demo`: the demo platform at a flat offered rate while Steadfast verifies it:
 //!   payments completed per second, records verified per second, verification lag.
+//! - `drill`: lossless drills against an in-process server under real traffic: time to
+//!   detect per fault, found on arrival and found at the lateness deadline.
 //! - `restart`: time from SIGKILL of a loaded server (run as a child process) to its
 //!   replacement answering `/healthz`.
 
 mod alloc;
 mod cpu;
 mod demo;
+mod drill;
 mod engine;
 mod http;
 mod ndjson;
@@ -67,6 +71,8 @@ enum Command {
     Demo(demo::Args),
     /// Time from a SIGKILLed server to a ready one, after a large ingest.
     Restart(restart::Args),
+    /// Lossless drills while real traffic flows: time to detect per fault.
+    Drill(drill::Args),
     /// The server the `restart` benchmark runs and kills (internal).
     #[command(hide = true)]
     ServeChild(restart::ChildArgs),
@@ -81,6 +87,7 @@ impl Command {
             Command::Verify(_) => "verify",
             Command::Restart(_) => "restart",
             Command::Demo(_) => "demo",
+            Command::Drill(_) => "drill",
             Command::ServeChild(_) => "serve-child",
         }
     }
@@ -115,6 +122,11 @@ fn main() -> Result<()> {
         }
         Command::Demo(args) => {
             let report = demo::run(args)?;
+            print!("{}", report.table());
+            write_result(&out, &report)?;
+        }
+        Command::Drill(args) => {
+            let report = drill::run(args)?;
             print!("{}", report.table());
             write_result(&out, &report)?;
         }
