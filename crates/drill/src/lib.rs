@@ -9,12 +9,14 @@
 //!   for 1:1 match rules, some tampered by the faults, the rest clean controls.
 //! - [`lease`]: the drill's lifecycle as a lease whose TTL the injector enforces itself;
 //!   stop is idempotent and the kill switch ends every lease.
+//! - [`schedule`]: cron schedules for routine drills and blackout windows.
 //! - [`report`]: injected faults against observed breaks: discovered, missed, time to
 //!   detect, false positives, as JSON and Markdown.
 
 pub mod forge;
 pub mod lease;
 pub mod report;
+pub mod schedule;
 pub mod spec;
 pub mod tamper;
 
