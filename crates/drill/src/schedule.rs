@@ -181,7 +181,11 @@ mod tests {
             }
         );
         assert_eq!(
-            decide(std::slice::from_ref(&close), ms("2026-12-10T10:00:00Z"), false),
+            decide(
+                std::slice::from_ref(&close),
+                ms("2026-12-10T10:00:00Z"),
+                false
+            ),
             Firing::Start
         );
         assert!(matches!(

@@ -217,6 +217,42 @@ fn api() -> Api {
         Need(P::DrillLossless),
         post(drills::stop),
     )
+    .route(
+        "get",
+        "/api/v1/drill-schedules",
+        Need(P::Read),
+        get(drills::list_schedules),
+    )
+    .route(
+        "post",
+        "/api/v1/drill-schedules",
+        Need(P::DrillLossless),
+        post(drills::create_schedule),
+    )
+    .route(
+        "delete",
+        "/api/v1/drill-schedules/{id}",
+        Need(P::DrillLossless),
+        delete(drills::delete_schedule),
+    )
+    .route(
+        "get",
+        "/api/v1/drill-blackouts",
+        Need(P::Read),
+        get(drills::list_blackouts),
+    )
+    .route(
+        "post",
+        "/api/v1/drill-blackouts",
+        Need(P::DrillLossless),
+        post(drills::create_blackout),
+    )
+    .route(
+        "delete",
+        "/api/v1/drill-blackouts/{id}",
+        Need(P::DrillLossy),
+        delete(drills::delete_blackout),
+    )
     .route("get", "/api/v1/audit", Need(P::Audit), get(ctl::list_audit))
     .route(
         "get",
@@ -259,9 +295,11 @@ pub fn router(state: Shared) -> Router {
         ctl::login, ctl::logout, ctl::whoami, ctl::list_tokens, ctl::create_token, ctl::revoke_token,
         ctl::list_users, ctl::create_user, ctl::disable_user, ctl::list_approvals, ctl::approve, ctl::reject,
         ctl::killswitch, ctl::pull_killswitch, ctl::release_killswitch, ctl::list_audit, ctl::verify_audit,
-        drills::list, drills::create, drills::get, drills::report, drills::start, drills::stop),
+        drills::list, drills::create, drills::get, drills::report, drills::start, drills::stop,
+        drills::list_schedules, drills::create_schedule, drills::delete_schedule,
+        drills::list_blackouts, drills::create_blackout, drills::delete_blackout),
     components(schemas(IngestAck, ErrorBody, StatusChange, RecordErrorDoc, crate::auth::TokenSpec,
-        ctl::Login, ctl::NewUser, ctl::Reason, drills::NewDrill)),
+        ctl::Login, ctl::NewUser, ctl::Reason, drills::NewDrill, drills::NewSchedule)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -229,14 +229,28 @@ pub async fn create(
     caller: Caller,
     b: Result<Json<NewDrill>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_spec", m);
     let Json(nd) =
         b.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text()))?;
     let text = match &nd.spec {
         Value::String(t) => t.clone(),
         other => other.to_string(),
     };
-    let spec = steadfast_drill::parse_spec(&text).map_err(|e| bad(e.to_string()))?;
+    let d = new_drill(&s, &text, nd.pairs, &caller.subject)?;
+    save(&s, &d).await?;
+    let (id, pairs) = (d.id.clone(), d.pairs);
+    Ok(AuditNote {
+        action: Some("drill.create".into()),
+        target: Some(format!("drill {id}")),
+        detail: json!({ "name": d.spec.name, "mode": "lossless", "pairs": pairs, "dry_run": d.spec.dry_run }),
+        approver: None,
+    }
+    .attach((StatusCode::CREATED, Json(d.view())).into_response()))
+}
+
+/// Checks a spec and makes a pending drill of it.
+fn new_drill(s: &Shared, text: &str, pairs: Option<usize>, by: &str) -> Result<Drill, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_spec", m);
+    let spec = steadfast_drill::parse_spec(text).map_err(|e| bad(e.to_string()))?;
     if spec.guards.error_rate_percent_max.is_some() {
         return Err(bad(
             "guards.error_rate_percent_max needs the target's request telemetry, which this server does not collect yet; use guards.real_breaks_max".into(),
@@ -249,35 +263,25 @@ pub async fn create(
     }
     steadfast_drill::forge::target_rules(&spec, &s.pipeline.rules)
         .map_err(|e| bad(e.to_string()))?;
-    let pairs = nd
-        .pairs
+    let pairs = pairs
         .unwrap_or_else(|| spec.faults.iter().map(|f| f.limits.hits_max as usize).sum())
         .clamp(1, PAIRS_MAX);
-    let id = format!(
-        "drill-{}",
-        &crate::auth::mint(crate::auth::TokenKind::Api).id
-    );
-    let d = Drill {
-        id: id.clone(),
+    Ok(Drill {
+        id: format!(
+            "drill-{}",
+            crate::auth::mint(crate::auth::TokenKind::Api).id
+        ),
         lease: Lease::new(spec.ttl_secs),
         spec,
         pairs,
-        created_by: caller.subject.clone(),
+        created_by: by.into(),
         created_at: wall_ms(),
         planted: vec![],
         controls: 0,
         injections: vec![],
         report: None,
         error: None,
-    };
-    save(&s, &d).await?;
-    Ok(AuditNote {
-        action: Some("drill.create".into()),
-        target: Some(format!("drill {id}")),
-        detail: json!({ "name": d.spec.name, "mode": "lossless", "pairs": pairs, "dry_run": d.spec.dry_run }),
-        approver: None,
-    }
-    .attach((StatusCode::CREATED, Json(d.view())).into_response()))
+    })
 }
 
 /// Drills, newest first.
@@ -351,8 +355,20 @@ pub async fn report(
 #[utoipa::path(post, path = "/api/v1/drills/{id}/start", params(("id" = String, Path)),
     responses((status = 202, description = "running"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("token" = [])))]
 pub async fn start(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let mut d = load(&s, &id).await?;
-    let engaged = killswitch_engaged(&s).await;
+    let d = start_drill(&s, &id).await?;
+    Ok(AuditNote {
+        action: Some("drill.start".into()),
+        target: Some(format!("drill {id}")),
+        ..Default::default()
+    }
+    .attach((StatusCode::ACCEPTED, Json(d.view())).into_response()))
+}
+
+/// Starts a stored drill: refused under the kill switch, past the running bound, or when
+/// it is not pending.
+async fn start_drill(s: &Shared, id: &str) -> Result<Drill, ApiError> {
+    let mut d = load(s, id).await?;
+    let engaged = killswitch_engaged(s).await;
     let (tx, rx) = tokio::sync::watch::channel(false);
     {
         let mut running = s.drills.running.lock().expect("registry lock");
@@ -367,16 +383,11 @@ pub async fn start(State(s): State<Shared>, Path(id): Path<String>) -> Result<Re
         d.lease
             .start(wall_ms(), engaged)
             .map_err(|m| ApiError::new(StatusCode::CONFLICT, "cannot_start", m))?;
-        running.insert(id.clone(), tx);
+        running.insert(id.to_string(), tx);
     }
-    save(&s, &d).await?;
+    save(s, &d).await?;
     tokio::spawn(run(s.clone(), d.clone(), rx));
-    Ok(AuditNote {
-        action: Some("drill.start".into()),
-        target: Some(format!("drill {id}")),
-        ..Default::default()
-    }
-    .attach((StatusCode::ACCEPTED, Json(d.view())).into_response()))
+    Ok(d)
 }
 
 /// Stops a drill; stopping an ended drill changes nothing.
@@ -605,4 +616,331 @@ async fn drill_breaks(s: &Shared, id: &str) -> Result<Vec<Observed>, ApiError> {
     .await
     .map_err(|e| ApiError::internal("the break store task failed", e))?
     .map_err(ApiError::from)
+}
+
+// ---- schedules and blackouts ---------------------------------------------------------
+
+const SCHEDULES_KEY: &str = "drill.schedules";
+const BLACKOUTS_KEY: &str = "drill.blackouts";
+/// Most drill schedules, and most blackout windows.
+pub const SCHEDULES_MAX: usize = 100;
+/// Firings kept in a schedule's history, newest last.
+pub const SCHEDULE_HISTORY_MAX: usize = 50;
+
+/// One firing of a schedule: started (with the drill) or skipped (with why).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FiringRecord {
+    pub at: i64,
+    #[serde(flatten)]
+    pub firing: steadfast_drill::schedule::Firing,
+    pub drill: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DrillSchedule {
+    pub id: String,
+    pub name: String,
+    /// `sec min hour day month weekday`, UTC.
+    pub cron: String,
+    /// The drill spec, TOML or JSON text.
+    pub spec: String,
+    pub pairs: Option<usize>,
+    pub created_by: String,
+    pub created_at: i64,
+    /// Cron times up to this have been handled.
+    pub checked_to: i64,
+    pub history: Vec<FiringRecord>,
+}
+
+/// A schedule to create.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSchedule {
+    pub name: String,
+    pub cron: String,
+    #[schema(value_type = Object)]
+    pub spec: Value,
+    pub pairs: Option<usize>,
+}
+
+fn read_list<T: serde::de::DeserializeOwned>(
+    c: &steadfast_store::ControlStore,
+    key: &str,
+) -> Result<Vec<T>, steadfast_store::ControlError> {
+    Ok(c.setting(key)?
+        .and_then(|v| serde_json::from_str(&v).ok())
+        .unwrap_or_default())
+}
+
+async fn with_lists<T: Send + 'static>(
+    s: &Shared,
+    f: impl FnOnce(&mut steadfast_store::ControlStore) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let control = s.control.clone();
+    tokio::task::spawn_blocking(move || f(&mut control.lock().expect("control store lock")))
+        .await
+        .map_err(|e| ApiError::internal("the control store task failed", e))?
+}
+
+fn write_list<T: Serialize>(
+    c: &mut steadfast_store::ControlStore,
+    key: &str,
+    list: &[T],
+) -> Result<(), ApiError> {
+    c.set_setting(key, &serde_json::to_string(list).expect("lists serialize"))
+        .map_err(ApiError::from)
+}
+
+/// Drill schedules with their history.
+#[utoipa::path(get, path = "/api/v1/drill-schedules", responses((status = 200, description = "schedules")), security(("token" = [])))]
+pub async fn list_schedules(State(s): State<Shared>) -> Result<Json<Vec<DrillSchedule>>, ApiError> {
+    Ok(Json(
+        with_lists(&s, |c| read_list(c, SCHEDULES_KEY).map_err(ApiError::from)).await?,
+    ))
+}
+
+/// Creates a schedule; its spec is checked now, so a routine drill never fails on a typo.
+#[utoipa::path(post, path = "/api/v1/drill-schedules", request_body = NewSchedule,
+    responses((status = 201, description = "created"), (status = 400, body = ErrorBody)), security(("token" = [])))]
+pub async fn create_schedule(
+    State(s): State<Shared>,
+    caller: Caller,
+    b: Result<Json<NewSchedule>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(ns) =
+        b.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text()))?;
+    let spec = match &ns.spec {
+        Value::String(t) => t.clone(),
+        other => other.to_string(),
+    };
+    new_drill(&s, &spec, ns.pairs, &caller.subject)?;
+    steadfast_drill::schedule::check_cron(&ns.cron)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_cron", m))?;
+    let now = wall_ms();
+    let sch = DrillSchedule {
+        id: format!(
+            "schedule-{}",
+            crate::auth::mint(crate::auth::TokenKind::Api).id
+        ),
+        name: ns.name,
+        cron: ns.cron,
+        spec,
+        pairs: ns.pairs,
+        created_by: caller.subject.clone(),
+        created_at: now,
+        checked_to: now,
+        history: vec![],
+    };
+    let stored = sch.clone();
+    with_lists(&s, move |c| {
+        let mut list: Vec<DrillSchedule> = read_list(c, SCHEDULES_KEY)?;
+        if list.len() >= SCHEDULES_MAX {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "limit_reached",
+                format!("{SCHEDULES_MAX} schedules exist already"),
+            ));
+        }
+        list.push(stored);
+        write_list(c, SCHEDULES_KEY, &list)
+    })
+    .await?;
+    Ok(AuditNote {
+        action: Some("drill.schedule.create".into()),
+        target: Some(format!("schedule {}", sch.id)),
+        detail: json!({ "name": sch.name, "cron": sch.cron }),
+        approver: None,
+    }
+    .attach((StatusCode::CREATED, Json(sch)).into_response()))
+}
+
+async fn remove<T: Serialize + serde::de::DeserializeOwned + Send + 'static>(
+    s: &Shared,
+    key: &'static str,
+    id: String,
+    id_of: fn(&T) -> &str,
+) -> Result<(), ApiError> {
+    with_lists(s, move |c| {
+        let mut list: Vec<T> = read_list(c, key)?;
+        let before = list.len();
+        list.retain(|x| id_of(x) != id);
+        if list.len() == before {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{id} does not exist"),
+            ));
+        }
+        write_list(c, key, &list)
+    })
+    .await
+}
+
+/// Deletes a schedule.
+#[utoipa::path(delete, path = "/api/v1/drill-schedules/{id}", params(("id" = String, Path)),
+    responses((status = 200, description = "deleted"), (status = 404, body = ErrorBody)), security(("token" = [])))]
+pub async fn delete_schedule(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    remove::<DrillSchedule>(&s, SCHEDULES_KEY, id.clone(), |x| &x.id).await?;
+    Ok(AuditNote {
+        action: Some("drill.schedule.delete".into()),
+        target: Some(format!("schedule {id}")),
+        ..Default::default()
+    }
+    .attach(Json(json!({ "deleted": id })).into_response()))
+}
+
+/// Blackout windows: no drill starts inside one.
+#[utoipa::path(get, path = "/api/v1/drill-blackouts", responses((status = 200, description = "windows")), security(("token" = [])))]
+pub async fn list_blackouts(
+    State(s): State<Shared>,
+) -> Result<Json<Vec<steadfast_drill::schedule::Blackout>>, ApiError> {
+    Ok(Json(
+        with_lists(&s, |c| read_list(c, BLACKOUTS_KEY).map_err(ApiError::from)).await?,
+    ))
+}
+
+/// Adds a blackout window (`from`/`to` RFC 3339, or `cron` + `duration_secs`).
+#[utoipa::path(post, path = "/api/v1/drill-blackouts", request_body = Object,
+    responses((status = 201, description = "added"), (status = 400, body = ErrorBody)), security(("token" = [])))]
+pub async fn create_blackout(
+    State(s): State<Shared>,
+    b: Result<Json<steadfast_drill::schedule::Blackout>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(mut bo) =
+        b.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text()))?;
+    bo.validate()
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_blackout", m))?;
+    bo.id = format!(
+        "blackout-{}",
+        crate::auth::mint(crate::auth::TokenKind::Api).id
+    );
+    let stored = bo.clone();
+    with_lists(&s, move |c| {
+        let mut list: Vec<steadfast_drill::schedule::Blackout> = read_list(c, BLACKOUTS_KEY)?;
+        if list.len() >= SCHEDULES_MAX {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "limit_reached",
+                format!("{SCHEDULES_MAX} blackout windows exist already"),
+            ));
+        }
+        list.push(stored);
+        write_list(c, BLACKOUTS_KEY, &list)
+    })
+    .await?;
+    Ok(AuditNote {
+        action: Some("drill.blackout.create".into()),
+        target: Some(format!("blackout {}", bo.id)),
+        detail: json!({ "reason": bo.reason }),
+        approver: None,
+    }
+    .attach((StatusCode::CREATED, Json(bo)).into_response()))
+}
+
+/// Removes a blackout window (a safety measure: drill admins only).
+#[utoipa::path(delete, path = "/api/v1/drill-blackouts/{id}", params(("id" = String, Path)),
+    responses((status = 200, description = "removed"), (status = 404, body = ErrorBody)), security(("token" = [])))]
+pub async fn delete_blackout(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    remove::<steadfast_drill::schedule::Blackout>(&s, BLACKOUTS_KEY, id.clone(), |x| &x.id).await?;
+    Ok(AuditNote {
+        action: Some("drill.blackout.delete".into()),
+        target: Some(format!("blackout {id}")),
+        ..Default::default()
+    }
+    .attach(Json(json!({ "deleted": id })).into_response()))
+}
+
+/// Fires the schedules that came due since they were last checked: at most one firing per
+/// schedule per call, so a server that was down does not replay missed drills in a burst.
+pub async fn tick_schedules(s: &Shared) {
+    let now = wall_ms();
+    let loaded = with_lists(s, |c| {
+        let schedules: Vec<DrillSchedule> = read_list(c, SCHEDULES_KEY)?;
+        let blackouts: Vec<steadfast_drill::schedule::Blackout> = read_list(c, BLACKOUTS_KEY)?;
+        let engaged = crate::control_api::killswitch_state(c)?.engaged;
+        Ok((schedules, blackouts, engaged))
+    })
+    .await;
+    let Ok((mut schedules, blackouts, engaged)) = loaded else {
+        tracing::error!("drill schedules could not be read");
+        return;
+    };
+    let mut fired = Vec::new();
+    for sch in schedules.iter_mut() {
+        let due = matches!(steadfast_drill::schedule::next_fire(&sch.cron, sch.checked_to), Ok(Some(t)) if t <= now);
+        sch.checked_to = now;
+        if !due {
+            continue;
+        }
+        let mut firing = steadfast_drill::schedule::decide(&blackouts, now, engaged);
+        let mut drill = None;
+        if firing == steadfast_drill::schedule::Firing::Start {
+            let by = format!("schedule:{}", sch.created_by);
+            let started = match new_drill(s, &sch.spec, sch.pairs, &by) {
+                Ok(d) => match save(s, &d).await {
+                    Ok(()) => start_drill(s, &d.id).await.map(|d| d.id),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok(id) => drill = Some(id),
+                Err(e) => {
+                    firing = steadfast_drill::schedule::Firing::Skip {
+                        reason: format!("{e:?}"),
+                    }
+                }
+            }
+        }
+        sch.history.push(FiringRecord {
+            at: now,
+            firing: firing.clone(),
+            drill: drill.clone(),
+        });
+        let excess = sch.history.len().saturating_sub(SCHEDULE_HISTORY_MAX);
+        sch.history.drain(..excess);
+        fired.push((sch.id.clone(), firing, drill));
+    }
+    for (id, firing, drill) in fired {
+        let result = match &firing {
+            steadfast_drill::schedule::Firing::Start => "started".to_string(),
+            steadfast_drill::schedule::Firing::Skip { reason } => format!("skipped: {reason}"),
+        };
+        let _ = crate::api::append_audit(
+            s,
+            steadfast_store::control::AuditRecord {
+                at: now,
+                actor: "scheduler".into(),
+                action: "drill.schedule.fire".into(),
+                target: format!("schedule {id}"),
+                source: "local".into(),
+                result,
+                approver: None,
+                detail: json!({ "drill": drill }).to_string(),
+            },
+        )
+        .await;
+    }
+    // Written back whole: schedules created or deleted meanwhile are merged by id.
+    let _ = with_lists(s, move |c| {
+        let current: Vec<DrillSchedule> = read_list(c, SCHEDULES_KEY)?;
+        let merged: Vec<DrillSchedule> = current
+            .into_iter()
+            .map(|cur| {
+                schedules
+                    .iter()
+                    .find(|x| x.id == cur.id)
+                    .cloned()
+                    .unwrap_or(cur)
+            })
+            .collect();
+        write_list(c, SCHEDULES_KEY, &merged)
+    })
+    .await;
 }

@@ -40,6 +40,9 @@ pub use control_api::{create_local_user, killswitch_state, KillSwitch, NewUser};
 /// The rule file shipped with Steadfast, used when none is configured.
 pub const DEFAULT_RULES: &str = include_str!("../../../examples/rules.toml");
 
+/// How often drill schedules are checked; a cron time fires within this of being due.
+const SCHEDULER_TICK_MS: u64 = 500;
+
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
@@ -142,6 +145,18 @@ impl Server {
                 })
             }
         });
+        let scheduler = state.clone();
+        let mut rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(SCHEDULER_TICK_MS));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => drills::tick_schedules(&scheduler).await,
+                    _ = rx.changed() => return,
+                }
+            }
+        }));
         if let Some(path) = cfg.audit.export_file.clone() {
             tasks.push(tokio::spawn(audit_export::run(
                 state.clone(),

@@ -254,6 +254,29 @@ async fn every_state_changing_action_is_in_the_audit_log() {
         .0,
         200
     );
+    // A schedule and a blackout window, added and removed.
+    let (code, sch) = s
+        .call(
+            "post",
+            "/api/v1/drill-schedules",
+            Some(&s.token),
+            Some(json!({"name": "n", "cron": "0 0 3 * * *", "spec": spec})),
+        )
+        .await;
+    assert_eq!(code, 201, "{sch}");
+    let path = format!("/api/v1/drill-schedules/{}", sch["id"].as_str().unwrap());
+    assert_eq!(s.call("delete", &path, Some(&s.token), None).await.0, 200);
+    let (code, bo) = s
+        .call(
+            "post",
+            "/api/v1/drill-blackouts",
+            Some(&s.token),
+            Some(json!({"reason": "close", "cron": "0 0 0 28 * *", "duration_secs": 86400})),
+        )
+        .await;
+    assert_eq!(code, 201, "{bo}");
+    let path = format!("/api/v1/drill-blackouts/{}", bo["id"].as_str().unwrap());
+    assert_eq!(s.call("delete", &path, Some(&s.token), None).await.0, 200);
     // Signing out with a session token of its own.
     let (_, login) = s
         .call(

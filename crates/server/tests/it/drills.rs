@@ -356,3 +356,122 @@ async fn a_guard_aborts_the_drill_when_real_breaks_appear() {
     );
     s.stop().await;
 }
+
+async fn schedule_every_second(s: &TestServer, spec: &str) -> String {
+    let (code, v) = s
+        .call(
+            "post",
+            "/api/v1/drill-schedules",
+            Some(&s.token),
+            Some(json!({"name": "routine", "cron": "* * * * * *", "spec": spec, "pairs": 2})),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+async fn history(s: &TestServer, id: &str) -> Vec<Value> {
+    for _ in 0..100 {
+        let (_, list) = s.get("/api/v1/drill-schedules").await;
+        let h = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == id)
+            .map(|x| x["history"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default();
+        if !h.is_empty() {
+            return h;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("schedule {id} never fired");
+}
+
+#[tokio::test]
+async fn a_schedule_fires_a_routine_drill() {
+    let mut s = TestServer::start().await;
+    real_traffic(&s).await;
+    let (code, v) = s
+        .call(
+            "post",
+            "/api/v1/drill-schedules",
+            Some(&s.token),
+            Some(json!({"name": "x", "cron": "every day", "spec": OFF_BY_ONE})),
+        )
+        .await;
+    assert_eq!((code, v["code"].as_str()), (400, Some("bad_cron")), "{v}");
+    let id = schedule_every_second(&s, OFF_BY_ONE).await;
+    let h = history(&s, &id).await;
+    assert_eq!(h[0]["decision"], "start", "{h:?}");
+    let drill = h[0]["drill"].as_str().unwrap().to_string();
+    let d = wait_ended(&s, &s.token, &drill).await;
+    assert_eq!(d["report"]["discovered"], 2, "{d}");
+    assert!(d["created_by"].as_str().unwrap().starts_with("schedule:"));
+    assert_eq!(
+        s.call(
+            "delete",
+            &format!("/api/v1/drill-schedules/{id}"),
+            Some(&s.token),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_blackout_window_keeps_a_schedule_from_starting_drills() {
+    let mut s = TestServer::start().await;
+    real_traffic(&s).await;
+    let now = chrono_now();
+    let rfc = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339()
+    };
+    let (code, b) = s
+        .call(
+            "post",
+            "/api/v1/drill-blackouts",
+            Some(&s.token),
+            Some(json!({"reason": "month-end close", "from": rfc(now - 3_600_000), "to": rfc(now + 3_600_000)})),
+        )
+        .await;
+    assert_eq!(code, 201, "{b}");
+    let id = schedule_every_second(&s, OFF_BY_ONE).await;
+    let h = history(&s, &id).await;
+    assert_eq!(h[0]["decision"], "skip");
+    assert_eq!(h[0]["reason"], "blackout: month-end close");
+    assert!(h[0]["drill"].is_null());
+    let (_, drills) = s.get("/api/v1/drills").await;
+    assert_eq!(drills, json!([]), "no drill was started");
+    // Removing a blackout is for drill admins.
+    let op = s.token_for("operator", "o");
+    let bid = b["id"].as_str().unwrap();
+    assert_eq!(
+        s.call(
+            "delete",
+            &format!("/api/v1/drill-blackouts/{bid}"),
+            Some(&op),
+            None
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        s.call(
+            "delete",
+            &format!("/api/v1/drill-blackouts/{bid}"),
+            Some(&s.token),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    s.stop().await;
+}
