@@ -215,6 +215,11 @@ impl Faults {
         }
     }
 
+    /// The extra database time per query the slow-database mode promises.
+    pub fn slow_db_ms(&self) -> u64 {
+        self.slow_db_ms.load(Ordering::Relaxed) as u64
+    }
+
     /// Extra iterations of database work per query, from the calibrated speed.
     pub fn slow_db_iterations(&self) -> u64 {
         let ms = self.slow_db_ms.load(Ordering::Relaxed) as u64;

@@ -169,6 +169,7 @@ impl Svc {
         f: impl FnOnce(&mut Connection) -> Result<T, AppError> + Send + 'static,
     ) -> Result<T, AppError> {
         let slow = self.faults.slow_db_iterations();
+        let slow_ms = self.faults.slow_db_ms();
         if slow == 0 {
             // The common case: a query of some microseconds on an idle connection runs
             // right here. A thread hand-off would cost more than the query.
@@ -185,7 +186,14 @@ impl Svc {
             telemetry.db_span(&cx, statement, || {
                 let mut conn = conn.lock().expect("database lock");
                 if slow > 0 {
+                    let started = std::time::Instant::now();
                     burn(&conn, slow)?;
+                    // The calibration is an estimate (the machine may be faster now than
+                    // when it was measured); the mode promises at least `slow_db_ms`.
+                    let per_ms = (slow / slow_ms.max(1)).max(1);
+                    while started.elapsed() < std::time::Duration::from_millis(slow_ms) {
+                        burn(&conn, per_ms)?;
+                    }
                 }
                 f(&mut conn)
             })

@@ -666,7 +666,7 @@ async fn tokens_expire_are_revoked_at_once_and_keep_to_their_scope_and_rate() {
         ..spec("slow", "viewer")
     });
     let mut codes = vec![];
-    for _ in 0..4 {
+    for _ in 0..8 {
         let r = s
             .http
             .get(format!("{}/api/v1/status", s.base))
