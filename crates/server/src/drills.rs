@@ -116,6 +116,9 @@ pub struct Drill {
     pub injections: Vec<Injection>,
     pub report: Option<Report>,
     pub error: Option<String>,
+    /// The drill's breaks resolved when it ended.
+    #[serde(default)]
+    pub breaks_closed: usize,
 }
 
 impl Drill {
@@ -281,6 +284,7 @@ fn new_drill(s: &Shared, text: &str, pairs: Option<usize>, by: &str) -> Result<D
         injections: vec![],
         report: None,
         error: None,
+        breaks_closed: 0,
     })
 }
 
@@ -418,6 +422,11 @@ async fn run(s: Shared, mut d: Drill, mut stop: tokio::sync::watch::Receiver<boo
     }
     if d.lease.state == LeaseState::Running {
         d.lease.end(wall_ms(), Stop::Completed);
+    }
+    // Measured; now nothing of the drill stays open in the break store.
+    match close_drill_breaks(&s, &id).await {
+        Ok(n) => d.breaks_closed = n,
+        Err(e) => tracing::error!(drill = %id, error = ?e, "a drill's breaks could not be closed"),
     }
     if let Err(e) = save(&s, &d).await {
         tracing::error!(drill = %id, error = ?e, "a drill's result could not be stored");
@@ -583,6 +592,46 @@ async fn drive(
         d.spec.expect.within_ms,
     ));
     Ok(())
+}
+
+/// Resolves the drill's breaks that are still open or acknowledged, with the reason; they
+/// stay listed under the drill.
+async fn close_drill_breaks(s: &Shared, id: &str) -> Result<usize, ApiError> {
+    let store = s.pipeline.store.clone();
+    let drill = id.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut st = store.lock().expect("store lock");
+        let reason = format!("drill {drill} ended");
+        let (mut closed, mut after) = (0usize, None);
+        loop {
+            let page = st.list(&BreakFilter {
+                drill: Some(Some(drill.clone())),
+                after_id: after,
+                limit: steadfast_store::PAGE_MAX,
+                ..Default::default()
+            })?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.brk.id);
+            for r in page
+                .iter()
+                .filter(|r| r.status != steadfast_store::Status::Resolved)
+            {
+                st.transition(
+                    r.brk.id,
+                    Some(steadfast_store::Status::Resolved),
+                    None,
+                    "drill",
+                    Some(&reason),
+                    wall_ms(),
+                )?;
+                closed += 1;
+            }
+        }
+        Ok::<_, steadfast_store::StoreError>(closed)
+    })
+    .await
+    .map_err(|e| ApiError::internal("the break store task failed", e))?
+    .map_err(ApiError::from)
 }
 
 async fn drill_breaks(s: &Shared, id: &str) -> Result<Vec<Observed>, ApiError> {

@@ -134,6 +134,14 @@ async fn a_lossless_drill_of_100_faults_is_found_100_of_100_without_a_production
         .get(&format!("/api/v1/breaks?drill={id}&limit=1000"))
         .await;
     assert_eq!(mine.as_array().unwrap().len(), 100);
+    assert!(
+        mine.as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["status"] == "resolved"),
+        "nothing of the drill is left open"
+    );
+    assert_eq!(d["breaks_closed"], 100);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         received.lock().unwrap().is_empty(),
