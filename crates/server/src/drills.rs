@@ -780,20 +780,7 @@ pub async fn create_schedule(
         checked_to: now,
         history: vec![],
     };
-    let stored = sch.clone();
-    with_lists(&s, move |c| {
-        let mut list: Vec<DrillSchedule> = read_list(c, SCHEDULES_KEY)?;
-        if list.len() >= SCHEDULES_MAX {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "limit_reached",
-                format!("{SCHEDULES_MAX} schedules exist already"),
-            ));
-        }
-        list.push(stored);
-        write_list(c, SCHEDULES_KEY, &list)
-    })
-    .await?;
+    append(&s, SCHEDULES_KEY, sch.clone(), "schedules").await?;
     Ok(AuditNote {
         action: Some("drill.schedule.create".into()),
         target: Some(format!("schedule {}", sch.id)),
@@ -801,6 +788,28 @@ pub async fn create_schedule(
         approver: None,
     }
     .attach((StatusCode::CREATED, Json(sch)).into_response()))
+}
+
+/// Appends to a stored list, refused past `SCHEDULES_MAX` entries.
+async fn append<T: Serialize + serde::de::DeserializeOwned + Send + 'static>(
+    s: &Shared,
+    key: &'static str,
+    item: T,
+    what: &'static str,
+) -> Result<(), ApiError> {
+    with_lists(s, move |c| {
+        let mut list: Vec<T> = read_list(c, key)?;
+        if list.len() >= SCHEDULES_MAX {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "limit_reached",
+                format!("{SCHEDULES_MAX} {what} exist already"),
+            ));
+        }
+        list.push(item);
+        write_list(c, key, &list)
+    })
+    .await
 }
 
 async fn remove<T: Serialize + serde::de::DeserializeOwned + Send + 'static>(
@@ -866,20 +875,7 @@ pub async fn create_blackout(
         "blackout-{}",
         crate::auth::mint(crate::auth::TokenKind::Api).id
     );
-    let stored = bo.clone();
-    with_lists(&s, move |c| {
-        let mut list: Vec<steadfast_drill::schedule::Blackout> = read_list(c, BLACKOUTS_KEY)?;
-        if list.len() >= SCHEDULES_MAX {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "limit_reached",
-                format!("{SCHEDULES_MAX} blackout windows exist already"),
-            ));
-        }
-        list.push(stored);
-        write_list(c, BLACKOUTS_KEY, &list)
-    })
-    .await?;
+    append(&s, BLACKOUTS_KEY, bo.clone(), "blackout windows").await?;
     Ok(AuditNote {
         action: Some("drill.blackout.create".into()),
         target: Some(format!("blackout {}", bo.id)),

@@ -68,9 +68,13 @@ impl Conn {
 
     /// A GET whose answer is text (CSV, Markdown).
     pub async fn text(&self, path: &str) -> anyhow::Result<String> {
-        let resp = self
-            .client()?
-            .get(self.url(path))
+        let req = self.client()?.get(self.url(path));
+        Ok(self.send(req).await?.text().await?)
+    }
+
+    /// Sends a request with the token; the answer, or the server's error as text.
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = req
             .bearer_auth(self.token()?)
             .send()
             .await
@@ -79,7 +83,7 @@ impl Conn {
         if !resp.status().is_success() {
             bail!("{}", error_text(resp).await);
         }
-        Ok(resp.text().await?)
+        Ok(resp)
     }
 
     /// One API call with the token; the JSON answer, or the server's error as text.
@@ -89,23 +93,11 @@ impl Conn {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let token = self.token()?;
-        let mut req = self
-            .client()?
-            .request(method, self.url(path))
-            .bearer_auth(&token);
+        let mut req = self.client()?.request(method, self.url(path));
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| e.without_url())
-            .with_context(|| format!("could not reach {}", self.server))?;
-        if !resp.status().is_success() {
-            bail!("{}", error_text(resp).await);
-        }
-        Ok(resp.json().await.unwrap_or(Value::Null))
+        Ok(self.send(req).await?.json().await.unwrap_or(Value::Null))
     }
 }
 
