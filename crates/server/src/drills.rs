@@ -42,38 +42,55 @@ const POLL_MS: u64 = 100;
 /// spec sets no `expect.within_ms`.
 const DISCOVERY_GRACE_MS: i64 = 2_000;
 
-/// The latest real (not drill-marked) record of each stream, for shaping forgeries.
+/// Recent real (not drill-marked) records of each stream, for shaping forgeries. Several
+/// per stream, so that a rule side with a filter (`channel = credit`) finds one.
 #[derive(Default)]
 pub struct Samples {
-    latest: Mutex<HashMap<(String, String), FundRecord>>,
+    recent: Mutex<HashMap<(String, String), std::collections::VecDeque<FundRecord>>>,
 }
 
+/// Records kept per stream.
+const SAMPLES_PER_STREAM_MAX: usize = 32;
+/// Records of one stream taken from one batch: a few clones per batch at most.
+const SAMPLES_PER_BATCH_MAX: usize = 4;
+
 impl Samples {
-    /// Keeps the last record of each stream in a batch: a few clones per batch at most.
     pub fn observe(&self, records: &[FundRecord]) {
-        let mut seen: Vec<(&str, &str)> = Vec::new();
-        let mut latest = self.latest.lock().expect("samples lock");
+        let mut taken: Vec<((&str, &str), usize)> = Vec::new();
+        let mut recent = self.recent.lock().expect("samples lock");
         for r in records.iter().rev().filter(|r| r.drill.is_none()) {
             let stream = (r.source.as_str(), r.kind.as_str());
-            if seen.contains(&stream) {
+            let i = match taken.iter().position(|(s, _)| *s == stream) {
+                Some(i) => i,
+                None if taken.len() < 16 => {
+                    taken.push((stream, 0));
+                    taken.len() - 1
+                }
+                None => continue,
+            };
+            if taken[i].1 >= SAMPLES_PER_BATCH_MAX {
                 continue;
             }
-            seen.push(stream);
+            taken[i].1 += 1;
             let key = (r.source.clone(), r.kind.clone());
-            if latest.len() < SAMPLE_STREAMS_MAX || latest.contains_key(&key) {
-                latest.insert(key, r.clone());
+            if recent.len() >= SAMPLE_STREAMS_MAX && !recent.contains_key(&key) {
+                continue;
             }
-            if seen.len() >= 16 {
-                break;
+            let ring = recent.entry(key).or_default();
+            if ring.len() >= SAMPLES_PER_STREAM_MAX {
+                ring.pop_front();
             }
+            ring.push_back(r.clone());
         }
     }
 
+    /// Oldest first within each stream.
     pub fn all(&self) -> Vec<FundRecord> {
-        self.latest
+        self.recent
             .lock()
             .expect("samples lock")
             .values()
+            .flatten()
             .cloned()
             .collect()
     }

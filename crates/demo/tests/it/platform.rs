@@ -527,3 +527,65 @@ async fn traces_and_metrics_go_out_over_otlp_when_export_is_on() {
     assert!(traces.2 > 0);
     assert!(seen.iter().any(|(p, _, _)| p == "/v1/metrics"), "{seen:?}");
 }
+
+/// A lossless drill of 100 faults against the payment-to-bill rule of the running
+/// platform, over the real API: every fault discovered, no production break, and the
+/// platform's own data untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lossless_drill_on_the_platform_finds_100_of_100_without_touching_it() {
+    let rig = Rig::start(23, 500).await;
+    rig.drive(600, 600.0).await;
+    let db = rig.dir().join("platform").join("billing.db");
+    let bills_before = count(&db, "SELECT count(*) FROM bills");
+    let spec = "name = \"bills a cent high\"\nrules = [\"payment-bill\"]\n[[faults]]\nkind = \"bill\"\nfield = \"amount\"\nmutation = { offset_minor = 1 }\nlimits = { hits_max = 100 }\n";
+    let post = |path: String, body: Value| {
+        let (http, token) = (rig.http.clone(), rig.token.clone());
+        async move {
+            let r = http
+                .post(path)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (code, d) = post(
+        format!("{}/api/v1/drills", rig.base),
+        json!({"spec": spec, "pairs": 100}),
+    )
+    .await;
+    assert_eq!(code, 201, "{d}");
+    let id = d["id"].as_str().unwrap().to_string();
+    let (code, v) = post(format!("{}/api/v1/drills/{id}/start", rig.base), json!({})).await;
+    assert_eq!(code, 202, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let d = loop {
+        let d = rig.get(&format!("/api/v1/drills/{id}")).await;
+        if !matches!(d["state"].as_str(), Some("pending" | "running")) {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "the drill never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let r = &d["report"];
+    assert_eq!(
+        (r["injected"].as_u64(), r["discovered"].as_u64()),
+        (Some(100), Some(100)),
+        "{d}"
+    );
+    assert_eq!(r["false_positives"], json!([]));
+    assert_eq!(
+        rig.breaks().await,
+        Vec::<Value>::new(),
+        "no production break"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM bills"),
+        bills_before,
+        "no bill was written"
+    );
+    rig.stop().await;
+}
