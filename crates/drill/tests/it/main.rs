@@ -187,3 +187,11 @@ fn what_cannot_be_forged_is_refused_with_the_reason() {
     );
     assert!(err(&dropped, &samples(false)).contains("ingest refuses"));
 }
+
+#[test]
+fn the_shipped_example_drill_is_valid_and_targets_a_demo_rule() {
+    let spec = parse_spec(include_str!("../../../../examples/drill-pay-to-bill.toml")).unwrap();
+    let demo = parse_rules(include_str!("../../../../examples/demo-rules.toml")).unwrap();
+    let targets = steadfast_drill::forge::target_rules(&spec, &demo).unwrap();
+    assert_eq!(targets[0].name, "payment-bill");
+}
