@@ -3,8 +3,9 @@
 //! the faults decide (through the same [`Injector`] the proxy uses) whether one side is
 //! tampered with; pairs no fault hits are clean controls, which must raise nothing.
 //!
-//! Only 1:1 `match` rules are forged from here: their two sides are copied from a recent
-//! record of each side, made to agree on every compared field, then tampered with.
+//! 1:1 `match` rules get pairs: a copy of a recent record of each side, made to agree on
+//! every compared field. 1:N `sum_match` rules get groups: an upstream copy and three
+//! downstream parts that add up to it exactly. Then the faults tamper with them.
 //!
 //! Business filters look at the real record a forgery is shaped from (its key and
 //! attributes), so "only VIP users" forges from VIP traffic.
@@ -20,8 +21,10 @@ use steadfast_verify::RuleSet;
 use crate::spec::DrillSpec;
 use crate::tamper::{Action, Hit, Injector};
 
-/// Most pairs one plan forges.
+/// Most pairs (groups) one plan forges.
 pub const FORGED_PAIRS_MAX: usize = 100_000;
+/// Downstream parts of a forged 1:N (`sum_match`) group.
+const SUM_PARTS: usize = 3;
 
 /// A forged record and how long after the drill's start it is sent.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,7 +55,9 @@ pub enum ForgeError {
     UnknownRule(String),
     #[error("fund link {0:?} does not exist or has no rules")]
     UnknownLink(String),
-    #[error("rule {0:?} is not a 1:1 match rule; lossless drills forge match rules only")]
+    #[error(
+        "rule {0:?} is neither a match nor a sum_match rule; lossless drills forge only those"
+    )]
     Unsupported(String),
     #[error("no recent {0} record to shape a forgery from; send some traffic first")]
     NoSample(String),
@@ -139,18 +144,22 @@ fn key_of(side: &Side, r: &FundRecord) -> String {
 /// A forgery of `sample` for `side`: synthetic key values and record id, the drill marker.
 fn shape(
     drill: &str,
+    rule: &str,
     side: &Side,
     sample: &FundRecord,
     values: &[String],
+    n: usize,
     now_ms: i64,
 ) -> FundRecord {
     let mut r = sample.clone();
-    r.record_id = format!("drill.{drill}.{}.{}", values.join("."), side.kind);
+    r.record_id = format!("drill.{drill}.{}.{}.{n}", values.join("."), side.kind);
     r.keys = BTreeMap::new();
     for (k, v) in side.key.iter().zip(values) {
         r.keys.insert(k.clone(), v.clone());
     }
     r.drill = Some(drill.into());
+    r.attributes
+        .insert(steadfast_model::DRILL_RULES_ATTR.into(), rule.into());
     r.event_time = now_ms;
     r.trace_id = None;
     r.order_id = None;
@@ -184,31 +193,64 @@ pub fn forge(
         controls: Vec::new(),
     };
     for rule in target_rules(spec, rules)? {
-        let RuleKind::Match {
-            left,
-            right,
-            compare,
-        } = &rule.kind
-        else {
-            return Err(ForgeError::Unsupported(rule.name.clone()));
+        // The sides of the rule and the real record each is shaped from.
+        let (sides, compare): (Vec<&Side>, &[steadfast_verify::rules::FieldPair]) = match &rule.kind
+        {
+            RuleKind::Match {
+                left,
+                right,
+                compare,
+            } => (vec![left, right], compare),
+            RuleKind::SumMatch {
+                upstream,
+                downstream,
+            } => (vec![upstream, downstream], &[]),
+            _ => return Err(ForgeError::Unsupported(rule.name.clone())),
         };
-        let (ls, rs) = (sample(left, samples)?, sample(right, samples)?);
+        let real: Vec<&FundRecord> = sides
+            .iter()
+            .map(|side| sample(side, samples))
+            .collect::<Result<_, _>>()?;
+        let is_sum = matches!(rule.kind, RuleKind::SumMatch { .. });
         for i in 0..pairs {
-            let values: Vec<String> = (0..left.key.len())
+            let values: Vec<String> = (0..sides[0].key.len())
                 .map(|j| format!("DRILL-{drill}-{}-{i}-{j}", rule.name))
                 .collect();
-            let mut l = shape(drill, left, ls, &values, now_ms);
-            let mut r = shape(drill, right, rs, &values, now_ms);
-            // Agree on everything the rule compares, so only the fault can break the pair.
-            r.amount = l.amount;
-            for pair in compare {
-                if pair.left != "amount" && pair.left != "currency" {
-                    set_field(&mut r, &pair.right, l.field(&pair.left).map(String::from));
+            let first = shape(drill, &rule.name, sides[0], real[0], &values, 0, now_ms);
+            let mut group: Vec<(FundRecord, &Side, &FundRecord)> = Vec::new();
+            if is_sum {
+                // The upstream amount split exactly over the parts; the last takes the rest.
+                let total = first.amount.minor;
+                let share = total / SUM_PARTS as i64;
+                for n in 0..SUM_PARTS {
+                    let mut part = shape(drill, &rule.name, sides[1], real[1], &values, n, now_ms);
+                    part.amount = first.amount;
+                    part.amount.minor = if n + 1 == SUM_PARTS {
+                        total - share * (SUM_PARTS as i64 - 1)
+                    } else {
+                        share
+                    };
+                    group.push((part, sides[1], real[1]));
                 }
+            } else {
+                // Agree on everything the rule compares, so only the fault can break it.
+                let mut other = shape(drill, &rule.name, sides[1], real[1], &values, 0, now_ms);
+                other.amount = first.amount;
+                for pair in compare {
+                    if pair.left != "amount" && pair.left != "currency" {
+                        set_field(
+                            &mut other,
+                            &pair.right,
+                            first.field(&pair.left).map(String::from),
+                        );
+                    }
+                }
+                group.push((other, sides[1], real[1]));
             }
+            group.insert(0, (first, sides[0], real[0]));
             let key = values.join("|");
             let mut planted = false;
-            for (rec, side, real) in [(&mut l, left, ls), (&mut r, right, rs)] {
+            for (rec, side, real) in group.iter_mut() {
                 if planted {
                     break;
                 }
@@ -222,47 +264,42 @@ pub fn forge(
                 };
                 hit.key = key.clone();
                 let fault = hit.fault;
-                let mut extra = None;
-                let mut delay_ms = 0;
                 match action {
                     Action::Replace(v) => *rec = reparse(fault, &v)?,
-                    Action::Duplicate(v) => extra = Some(reparse(fault, &v)?),
+                    Action::Duplicate(v) => plan.records.push(Forged {
+                        record: reparse(fault, &v)?,
+                        delay_ms: 0,
+                    }),
                     Action::Drop => rec.record_id.clear(),
-                    Action::Delay(ms) => delay_ms = ms,
+                    Action::Delay(ms) => {
+                        // Held back: sent after the rest of its group, by the delay.
+                        plan.records.push(Forged {
+                            record: rec.clone(),
+                            delay_ms: ms,
+                        });
+                        rec.record_id.clear();
+                    }
                 }
                 plan.planted.push(Planted {
                     rule: rule.name.clone(),
                     key: key.clone(),
                     hit,
                 });
-                if let Some(x) = extra {
-                    plan.records.push(Forged {
-                        record: x,
-                        delay_ms: 0,
-                    });
-                }
-                if delay_ms > 0 {
-                    // Held back: sent after its counterpart, by the delay.
-                    plan.records.push(Forged {
-                        record: rec.clone(),
-                        delay_ms,
-                    });
-                    rec.record_id.clear();
-                }
                 planted = true;
             }
             if !planted {
                 plan.controls.push(key.clone());
             }
-            for rec in [l, r] {
-                // A cleared record id marks a record a fault dropped or moved.
-                if !rec.record_id.is_empty() {
-                    plan.records.push(Forged {
-                        record: rec,
+            // A cleared record id marks a record a fault dropped or moved.
+            plan.records.extend(
+                group
+                    .into_iter()
+                    .filter(|(rec, _, _)| !rec.record_id.is_empty())
+                    .map(|(record, _, _)| Forged {
+                        record,
                         delay_ms: 0,
-                    });
-                }
-            }
+                    }),
+            );
         }
     }
     plan.records.sort_by_key(|f| f.delay_ms);

@@ -16,6 +16,11 @@ pub mod wire;
 pub use money::{format_minor, Currency, Money, MoneyError, MINOR_UNITS_MAX};
 pub use record::{mask_account, Direction, FundRecord, RecordFp};
 
+/// The attribute with which a drill-marked record names the rules (comma-separated) that
+/// verify it; other rules reading its stream ignore it. A forgery aimed at one rule then
+/// raises nothing on the rules around it.
+pub const DRILL_RULES_ATTR: &str = "drill_rules";
+
 /// Milliseconds since the Unix epoch (UTC). All engine time is expressed in this unit.
 pub type Millis = i64;
 

@@ -795,7 +795,16 @@ impl Engine {
             let routes = routes
                 .get(record.source.as_str())
                 .and_then(|k| k.get(record.kind.as_str()));
+            let only = record
+                .drill
+                .as_ref()
+                .and(record.attributes.get(steadfast_model::DRILL_RULES_ATTR));
             for &(rule_index, side) in routes.iter().flat_map(|r| r.iter()) {
+                let named =
+                    |list: &String| list.split(',').any(|n| n == rules.rules[rule_index].name);
+                if only.is_some_and(|list| !named(list)) {
+                    continue;
+                }
                 self.apply(&rules, rule_index, side, loc, record, out);
             }
         }

@@ -177,8 +177,8 @@ fn what_cannot_be_forged_is_refused_with_the_reason() {
             .to_string()
     };
     assert!(err(OFF_BY_ONE, &[]).contains("no recent payment-core/payment record"));
-    let sum = OFF_BY_ONE.replace("payment-bill", "bill-instalments");
-    assert!(err(&sum, &samples(false)).contains("not a 1:1 match rule"));
+    let double_entry = OFF_BY_ONE.replace("payment-bill", "ledger-balanced");
+    assert!(err(&double_entry, &samples(false)).contains("neither a match nor a sum_match"));
     let unknown = OFF_BY_ONE.replace("payment-bill", "no-such-rule");
     assert!(err(&unknown, &samples(false)).contains("does not exist"));
     let dropped = OFF_BY_ONE.replace(
@@ -194,4 +194,56 @@ fn the_shipped_example_drill_is_valid_and_targets_a_demo_rule() {
     let demo = parse_rules(include_str!("../../../../examples/demo-rules.toml")).unwrap();
     let targets = steadfast_drill::forge::target_rules(&spec, &demo).unwrap();
     assert_eq!(targets[0].name, "payment-bill");
+}
+
+#[test]
+fn a_lossless_drill_on_a_one_to_many_rule_finds_every_fault() {
+    let mut real = samples(false);
+    real.push(record(serde_json::json!({
+        "record_id": "b-inst", "source": "billing", "kind": "bill", "keys": {"biz_id": "ORD-88"},
+        "amount": "100.01", "currency": "EUR", "status": "INSTALMENT", "event_time": NOW - 3_000,
+    })));
+    real.push(record(serde_json::json!({
+        "record_id": "i-1", "source": "billing", "kind": "instalment", "keys": {"biz_id": "ORD-88"},
+        "amount": "33.34", "currency": "EUR", "event_time": NOW - 3_000,
+    })));
+    let spec = parse_spec(
+        &OFF_BY_ONE
+            .replace("payment-bill", "bill-instalments")
+            .replace("kind = \"bill\"", "kind = \"instalment\"")
+            .replace("hits_max = 100", "hits_max = 20"),
+    )
+    .unwrap();
+    let rules = rules();
+    let plan = forge("d1", &spec, &rules, &real, 25, NOW).unwrap();
+    assert_eq!((plan.planted.len(), plan.controls.len()), (20, 5));
+    assert_eq!(
+        plan.records.len(),
+        25 * 4,
+        "a bill and three instalments per group"
+    );
+    let records: Vec<&FundRecord> = plan.records.iter().map(|f| &f.record).collect();
+    let events = verify_batch(Arc::new(rules), Limits::unbounded_batch(), records, |_| {});
+    let observed = drill_breaks(&events, "d1");
+    let injections: Vec<Injection> = plan
+        .planted
+        .iter()
+        .map(|p| Injection {
+            key: p.key.clone(),
+            at_ms: NOW,
+            corrected_at_ms: None,
+        })
+        .collect();
+    let report = Report::new(&injections, &observed, &["bill-instalments".into()], None);
+    assert_eq!(
+        (report.discovered, report.missed),
+        (20, 0),
+        "{}",
+        report.markdown("sum")
+    );
+    assert!(
+        report.false_positives.is_empty(),
+        "the 5 controls add up: {:?}",
+        report.false_positives
+    );
 }
