@@ -779,7 +779,12 @@ impl Engine {
             self.s
                 .seen_order
                 .push_back((self.s.now, [fp as u64, (fp >> 64) as u64]));
-            if let Some(&i) = self.source_index.get(record.source.as_str()) {
+            // A drill's forgery proves nothing about its source being alive.
+            let source = match record.drill {
+                None => self.source_index.get(record.source.as_str()),
+                Some(_) => None,
+            };
+            if let Some(&i) = source {
                 let now = self.s.now;
                 let st = &mut self.s.sources[i];
                 st.last_seen = Some(now);

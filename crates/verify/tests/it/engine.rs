@@ -289,6 +289,18 @@ fn a_silent_source_is_a_break_until_it_speaks_again() {
         .map(|b| b.key.clone())
         .collect();
     assert_eq!(silent, ["payment-core", "billing"]);
+    // A drill's forged bill does not make billing speak.
+    let mut forged = bill("b-drill", "D1", "1.00", T + 61_500);
+    forged.drill = Some("d1".into());
+    h.feed(T + 61_500, &[forged]);
+    assert_eq!(
+        h.open()
+            .iter()
+            .filter(|b| b.kind == BreakKind::SourceSilent)
+            .count(),
+        2,
+        "a drill record is no sign of life"
+    );
     h.feed(T + 62_000, &[payment("p2", "O2", "1.00", T + 62_000)]);
     assert_eq!(
         h.open()
