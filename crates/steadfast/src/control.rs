@@ -549,6 +549,160 @@ pub enum DrillCmd {
     /// The kill switch: stop every drill and refuse new ones.
     #[command(subcommand)]
     KillSwitch(KillSwitchCmd),
+    /// Routine drills on a cron schedule.
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
+    /// Windows in which no drill starts.
+    #[command(subcommand)]
+    Blackout(BlackoutCmd),
+}
+
+#[derive(clap::Subcommand)]
+pub enum ScheduleCmd {
+    /// Run SPEC at every cron time (`sec min hour day month weekday`, UTC).
+    Add {
+        name: String,
+        #[arg(long)]
+        cron: String,
+        spec: PathBuf,
+        #[arg(long)]
+        pairs: Option<usize>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Schedules with their last firing.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Rm {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum BlackoutCmd {
+    /// A fixed window (`--from`, `--to`, RFC 3339) or a recurring one (`--cron` starts,
+    /// each `--duration` long, e.g. `--cron "0 0 0 28 * *" --duration 4d`).
+    Add {
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        cron: Option<String>,
+        #[arg(long)]
+        duration: Option<humantime::Duration>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Rm {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+async fn schedule(cmd: ScheduleCmd) -> anyhow::Result<()> {
+    match cmd {
+        ScheduleCmd::Add {
+            name,
+            cron,
+            spec,
+            pairs,
+            conn,
+        } => {
+            let text = std::fs::read_to_string(&spec)
+                .with_context(|| format!("failed to read {}", spec.display()))?;
+            steadfast_drill::parse_spec(&text)?;
+            let v = conn
+                .call(
+                    Method::POST,
+                    "/api/v1/drill-schedules",
+                    Some(json!({ "name": name, "cron": cron, "spec": text, "pairs": pairs })),
+                )
+                .await?;
+            println!("{}", v["id"].as_str().unwrap_or(""));
+            Ok(())
+        }
+        ScheduleCmd::List { conn } => {
+            let v = conn
+                .call(Method::GET, "/api/v1/drill-schedules", None)
+                .await?;
+            println!("{:<22} {:<20} {:<24} LAST FIRING", "ID", "CRON", "NAME");
+            for s in v.as_array().into_iter().flatten() {
+                let last = s["history"].as_array().and_then(|h| h.last());
+                let last = match last {
+                    Some(f) if f["decision"] == "start" => {
+                        format!("started {}", f["drill"].as_str().unwrap_or(""))
+                    }
+                    Some(f) => format!("skipped: {}", f["reason"].as_str().unwrap_or("")),
+                    None => "-".into(),
+                };
+                println!(
+                    "{:<22} {:<20} {:<24} {last}",
+                    s["id"].as_str().unwrap_or(""),
+                    s["cron"].as_str().unwrap_or(""),
+                    s["name"].as_str().unwrap_or(""),
+                );
+            }
+            Ok(())
+        }
+        ScheduleCmd::Rm { id, conn } => {
+            conn.call(
+                Method::DELETE,
+                &format!("/api/v1/drill-schedules/{id}"),
+                None,
+            )
+            .await?;
+            eprintln!("schedule {id} deleted");
+            Ok(())
+        }
+    }
+}
+
+async fn blackout(cmd: BlackoutCmd) -> anyhow::Result<()> {
+    match cmd {
+        BlackoutCmd::Add {
+            reason,
+            from,
+            to,
+            cron,
+            duration,
+            conn,
+        } => {
+            let body = json!({ "reason": reason, "from": from, "to": to, "cron": cron,
+                               "duration_secs": duration.map(|d| d.as_secs()) });
+            let v = conn
+                .call(Method::POST, "/api/v1/drill-blackouts", Some(body))
+                .await?;
+            println!("{}", v["id"].as_str().unwrap_or(""));
+            Ok(())
+        }
+        BlackoutCmd::List { conn } => print(
+            &conn
+                .call(Method::GET, "/api/v1/drill-blackouts", None)
+                .await?,
+        ),
+        BlackoutCmd::Rm { id, conn } => {
+            conn.call(
+                Method::DELETE,
+                &format!("/api/v1/drill-blackouts/{id}"),
+                None,
+            )
+            .await?;
+            eprintln!("blackout {id} removed");
+            Ok(())
+        }
+    }
 }
 
 /// Longest `drill run` waits for a report.
@@ -645,6 +799,8 @@ pub async fn drill(cmd: DrillCmd) -> anyhow::Result<()> {
             Ok(())
         }
         DrillCmd::KillSwitch(cmd) => killswitch(cmd).await,
+        DrillCmd::Schedule(cmd) => schedule(cmd).await,
+        DrillCmd::Blackout(cmd) => blackout(cmd).await,
     }
 }
 

@@ -284,6 +284,45 @@ fn ingest_then_list_and_work_breaks_through_the_cli() {
     );
     let out = cli(&["drill", "list"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("completed"));
+    // A nightly routine drill, kept out of month-end close.
+    let out = cli(&[
+        "drill",
+        "schedule",
+        "add",
+        "nightly",
+        "--cron",
+        "0 0 2 * * *",
+        spec.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&[
+        "drill",
+        "blackout",
+        "add",
+        "--reason",
+        "month-end close",
+        "--cron",
+        "0 0 0 28 * *",
+        "--duration",
+        "4d",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["drill", "schedule", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nightly"));
+    let out = cli(&["drill", "blackout", "list"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"duration_secs\": 345600"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     std::fs::write(&spec, "name = \"typo\"\nrules = [\"payment-bill\"]\n[[faults]]\nkind = \"bill\"\nmutation = { offset_minor = 1 }\n").unwrap();
     let out = cli(&["drill", "run", spec.to_str().unwrap()]);
     assert!(!out.status.success());
