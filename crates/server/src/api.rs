@@ -937,7 +937,8 @@ pub(crate) fn view(s: &AppState, row: BreakRow, now: i64, unmasked: bool) -> Bre
     BreakView::new(row, sla, now)
 }
 
-async fn with_store<T: Send + 'static>(
+/// Runs `f` on the break store on a blocking thread.
+pub(crate) async fn with_store<T: Send + 'static>(
     s: &Shared,
     f: impl FnOnce(&mut steadfast_store::BreakStore) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {

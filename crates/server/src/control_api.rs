@@ -33,15 +33,16 @@ impl From<ControlError> for ApiError {
     }
 }
 
-async fn with_control<T: Send + 'static>(
+/// Runs `f` on the control store on a blocking thread.
+pub(crate) async fn with_control<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
     s: &Shared,
-    f: impl FnOnce(&mut ControlStore) -> Result<T, ControlError> + Send + 'static,
+    f: impl FnOnce(&mut ControlStore) -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
     let control = s.control.clone();
     tokio::task::spawn_blocking(move || f(&mut control.lock().expect("control store lock")))
         .await
         .map_err(|e| ApiError::internal("the control store task failed", e))?
-        .map_err(ApiError::from)
+        .map_err(Into::into)
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {

@@ -26,8 +26,9 @@ use steadfast_store::control::DrillRow;
 use steadfast_store::BreakFilter;
 use utoipa::ToSchema;
 
-use crate::api::{ApiError, AuditNote, ErrorBody, Shared};
+use crate::api::{with_store, ApiError, AuditNote, ErrorBody, Shared};
 use crate::auth::Caller;
+use crate::control_api::with_control;
 use crate::pipeline::wall_ms;
 
 /// Record streams (source, kind) whose latest real record is kept to shape forgeries.
@@ -174,29 +175,20 @@ impl Drill {
 
 async fn save(s: &Shared, d: &Drill) -> Result<(), ApiError> {
     let row = d.row();
-    let control = s.control.clone();
-    tokio::task::spawn_blocking(move || control.lock().expect("control store lock").put_drill(&row))
-        .await
-        .map_err(|e| ApiError::internal("the drill store task failed", e))?
-        .map_err(ApiError::from)
+    with_control(s, move |c| c.put_drill(&row)).await
 }
 
 async fn load(s: &Shared, id: &str) -> Result<Drill, ApiError> {
-    let control = s.control.clone();
     let key = id.to_string();
-    let row = tokio::task::spawn_blocking(move || {
-        control.lock().expect("control store lock").drill(&key)
-    })
-    .await
-    .map_err(|e| ApiError::internal("the drill store task failed", e))?
-    .map_err(ApiError::from)?
-    .ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("drill {id} does not exist"),
-        )
-    })?;
+    let row = with_control(s, move |c| c.drill(&key))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("drill {id} does not exist"),
+            )
+        })?;
     serde_json::from_value(row.body)
         .map_err(|e| ApiError::internal("a stored drill is unreadable", e))
 }
@@ -251,11 +243,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let Json(nd) =
         b.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text()))?;
-    let text = match &nd.spec {
-        Value::String(t) => t.clone(),
-        other => other.to_string(),
-    };
-    let d = new_drill(&s, &text, nd.pairs, &caller.subject)?;
+    let d = new_drill(&s, &spec_text(&nd.spec), nd.pairs, &caller.subject)?;
     save(&s, &d).await?;
     let (id, pairs) = (d.id.clone(), d.pairs);
     Ok(AuditNote {
@@ -265,6 +253,14 @@ pub async fn create(
         approver: None,
     }
     .attach((StatusCode::CREATED, Json(d.view())).into_response()))
+}
+
+/// A spec as given in a request: TOML or JSON text, or a JSON object.
+fn spec_text(spec: &Value) -> String {
+    match spec {
+        Value::String(t) => t.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Checks a spec and makes a pending drill of it.
@@ -308,13 +304,7 @@ fn new_drill(s: &Shared, text: &str, pairs: Option<usize>, by: &str) -> Result<D
 /// Drills, newest first.
 #[utoipa::path(get, path = "/api/v1/drills", responses((status = 200, description = "drills")), security(("token" = [])))]
 pub async fn list(State(s): State<Shared>) -> Result<Json<Vec<Value>>, ApiError> {
-    let control = s.control.clone();
-    let rows = tokio::task::spawn_blocking(move || {
-        control.lock().expect("control store lock").drills(100)
-    })
-    .await
-    .map_err(|e| ApiError::internal("the drill store task failed", e))?
-    .map_err(ApiError::from)?;
+    let rows = with_control(&s, |c| c.drills(100)).await?;
     Ok(Json(
         rows.into_iter()
             .map(|r| {
@@ -488,21 +478,15 @@ async fn may_go_on(s: &Shared, d: &mut Drill, stop: &tokio::sync::watch::Receive
 
 /// Production (non-drill) breaks detected since `since`, counted up to `max + 1`.
 async fn real_breaks_since(s: &Shared, since: i64, max: u64) -> Result<u64, ApiError> {
-    let store = s.pipeline.store.clone();
     let limit = (max as usize)
         .saturating_add(1)
         .min(steadfast_store::PAGE_MAX);
-    tokio::task::spawn_blocking(move || {
-        let rows = store.lock().expect("store lock").list(&BreakFilter {
-            detected_since: Some(since),
-            limit,
-            ..Default::default()
-        })?;
-        Ok::<_, steadfast_store::StoreError>(rows.len() as u64)
-    })
-    .await
-    .map_err(|e| ApiError::internal("the break store task failed", e))?
-    .map_err(ApiError::from)
+    let filter = BreakFilter {
+        detected_since: Some(since),
+        limit,
+        ..Default::default()
+    };
+    with_store(s, move |st| Ok(st.list(&filter)?.len() as u64)).await
 }
 
 async fn drive(
@@ -611,77 +595,68 @@ async fn drive(
     Ok(())
 }
 
+/// Every break of a drill, oldest first (bounded: a drill forges at most `PAIRS_MAX`
+/// groups per rule, each raising a few breaks).
+fn drill_rows(
+    st: &steadfast_store::BreakStore,
+    drill: &str,
+) -> Result<Vec<steadfast_store::BreakRow>, steadfast_store::StoreError> {
+    let mut out = Vec::new();
+    let mut after = None;
+    while out.len() < PAIRS_MAX * 8 {
+        let page = st.list(&BreakFilter {
+            drill: Some(Some(drill.to_string())),
+            after_id: after,
+            limit: steadfast_store::PAGE_MAX,
+            ..Default::default()
+        })?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.brk.id);
+        out.extend(page);
+    }
+    Ok(out)
+}
+
 /// Resolves the drill's breaks that are still open or acknowledged, with the reason; they
 /// stay listed under the drill.
 async fn close_drill_breaks(s: &Shared, id: &str) -> Result<usize, ApiError> {
-    let store = s.pipeline.store.clone();
     let drill = id.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut st = store.lock().expect("store lock");
+    with_store(s, move |st| {
         let reason = format!("drill {drill} ended");
-        let (mut closed, mut after) = (0usize, None);
-        loop {
-            let page = st.list(&BreakFilter {
-                drill: Some(Some(drill.clone())),
-                after_id: after,
-                limit: steadfast_store::PAGE_MAX,
-                ..Default::default()
-            })?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.brk.id);
-            for r in page
-                .iter()
-                .filter(|r| r.status != steadfast_store::Status::Resolved)
-            {
-                st.transition(
-                    r.brk.id,
-                    Some(steadfast_store::Status::Resolved),
-                    None,
-                    "drill",
-                    Some(&reason),
-                    wall_ms(),
-                )?;
-                closed += 1;
-            }
+        let mut closed = 0;
+        for r in drill_rows(st, &drill)?
+            .iter()
+            .filter(|r| r.status != steadfast_store::Status::Resolved)
+        {
+            st.transition(
+                r.brk.id,
+                Some(steadfast_store::Status::Resolved),
+                None,
+                "drill",
+                Some(&reason),
+                wall_ms(),
+            )?;
+            closed += 1;
         }
-        Ok::<_, steadfast_store::StoreError>(closed)
+        Ok(closed)
     })
     .await
-    .map_err(|e| ApiError::internal("the break store task failed", e))?
-    .map_err(ApiError::from)
 }
 
 async fn drill_breaks(s: &Shared, id: &str) -> Result<Vec<Observed>, ApiError> {
-    let store = s.pipeline.store.clone();
     let drill = id.to_string();
-    tokio::task::spawn_blocking(move || {
-        let st = store.lock().expect("store lock");
-        let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let page = st.list(&BreakFilter {
-                drill: Some(Some(drill.clone())),
-                after_id: after,
-                limit: steadfast_store::PAGE_MAX,
-                ..Default::default()
-            })?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.brk.id);
-            out.extend(page.into_iter().map(|r| Observed {
+    with_store(s, move |st| {
+        Ok(drill_rows(st, &drill)?
+            .into_iter()
+            .map(|r| Observed {
                 rule: r.brk.rule,
                 key: r.brk.key,
                 kind: r.brk.kind.as_str().into(),
                 detected_at_ms: r.detected_at,
-            }));
-            if out.len() >= PAIRS_MAX * 8 {
-                break;
-            }
-        }
-        Ok::<_, steadfast_store::StoreError>(out)
+            })
+            .collect())
     })
     .await
-    .map_err(|e| ApiError::internal("the break store task failed", e))?
-    .map_err(ApiError::from)
 }
 
 // ---- schedules and blackouts ---------------------------------------------------------
@@ -738,16 +713,6 @@ fn read_list<T: serde::de::DeserializeOwned>(
         .unwrap_or_default())
 }
 
-async fn with_lists<T: Send + 'static>(
-    s: &Shared,
-    f: impl FnOnce(&mut steadfast_store::ControlStore) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let control = s.control.clone();
-    tokio::task::spawn_blocking(move || f(&mut control.lock().expect("control store lock")))
-        .await
-        .map_err(|e| ApiError::internal("the control store task failed", e))?
-}
-
 fn write_list<T: Serialize>(
     c: &mut steadfast_store::ControlStore,
     key: &str,
@@ -761,7 +726,7 @@ fn write_list<T: Serialize>(
 #[utoipa::path(get, path = "/api/v1/drill-schedules", responses((status = 200, description = "schedules")), security(("token" = [])))]
 pub async fn list_schedules(State(s): State<Shared>) -> Result<Json<Vec<DrillSchedule>>, ApiError> {
     Ok(Json(
-        with_lists(&s, |c| read_list(c, SCHEDULES_KEY).map_err(ApiError::from)).await?,
+        with_control(&s, |c| read_list::<DrillSchedule>(c, SCHEDULES_KEY)).await?,
     ))
 }
 
@@ -775,10 +740,7 @@ pub async fn create_schedule(
 ) -> Result<Response, ApiError> {
     let Json(ns) =
         b.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text()))?;
-    let spec = match &ns.spec {
-        Value::String(t) => t.clone(),
-        other => other.to_string(),
-    };
+    let spec = spec_text(&ns.spec);
     new_drill(&s, &spec, ns.pairs, &caller.subject)?;
     steadfast_drill::schedule::check_cron(&ns.cron)
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_cron", m))?;
@@ -814,7 +776,7 @@ async fn append<T: Serialize + serde::de::DeserializeOwned + Send + 'static>(
     item: T,
     what: &'static str,
 ) -> Result<(), ApiError> {
-    with_lists(s, move |c| {
+    with_control(s, move |c| {
         let mut list: Vec<T> = read_list(c, key)?;
         if list.len() >= SCHEDULES_MAX {
             return Err(ApiError::new(
@@ -835,7 +797,7 @@ async fn remove<T: Serialize + serde::de::DeserializeOwned + Send + 'static>(
     id: String,
     id_of: fn(&T) -> &str,
 ) -> Result<(), ApiError> {
-    with_lists(s, move |c| {
+    with_control(s, move |c| {
         let mut list: Vec<T> = read_list(c, key)?;
         let before = list.len();
         list.retain(|x| id_of(x) != id);
@@ -873,7 +835,10 @@ pub async fn list_blackouts(
     State(s): State<Shared>,
 ) -> Result<Json<Vec<steadfast_drill::schedule::Blackout>>, ApiError> {
     Ok(Json(
-        with_lists(&s, |c| read_list(c, BLACKOUTS_KEY).map_err(ApiError::from)).await?,
+        with_control(&s, |c| {
+            read_list::<steadfast_drill::schedule::Blackout>(c, BLACKOUTS_KEY)
+        })
+        .await?,
     ))
 }
 
@@ -922,11 +887,11 @@ pub async fn delete_blackout(
 /// schedule per call, so a server that was down does not replay missed drills in a burst.
 pub async fn tick_schedules(s: &Shared) {
     let now = wall_ms();
-    let loaded = with_lists(s, |c| {
+    let loaded = with_control(s, |c| {
         let schedules: Vec<DrillSchedule> = read_list(c, SCHEDULES_KEY)?;
         let blackouts: Vec<steadfast_drill::schedule::Blackout> = read_list(c, BLACKOUTS_KEY)?;
         let engaged = crate::control_api::killswitch_state(c)?.engaged;
-        Ok((schedules, blackouts, engaged))
+        Ok::<_, ApiError>((schedules, blackouts, engaged))
     })
     .await;
     let Ok((mut schedules, blackouts, engaged)) = loaded else {
@@ -990,7 +955,7 @@ pub async fn tick_schedules(s: &Shared) {
         .await;
     }
     // Written back whole: schedules created or deleted meanwhile are merged by id.
-    let _ = with_lists(s, move |c| {
+    let _ = with_control(s, move |c| {
         let current: Vec<DrillSchedule> = read_list(c, SCHEDULES_KEY)?;
         let merged: Vec<DrillSchedule> = current
             .into_iter()
