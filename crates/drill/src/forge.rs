@@ -279,6 +279,16 @@ pub fn forge(
                         });
                         rec.record_id.clear();
                     }
+                    // Validation keeps availability faults out of lossless drills.
+                    Action::Respond(_)
+                    | Action::Reset
+                    | Action::Timeout(_)
+                    | Action::Throttle(_)
+                    | Action::BlackHole => {
+                        return Err(ForgeError::Tamper(
+                            "availability faults need the proxy (mode = \"lossy\")".into(),
+                        ))
+                    }
                 }
                 plan.planted.push(Planted {
                     rule: rule.name.clone(),

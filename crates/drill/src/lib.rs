@@ -9,12 +9,15 @@
 //!   for 1:1 match rules, some tampered by the faults, the rest clean controls.
 //! - [`lease`]: the drill's lifecycle as a lease whose TTL the injector enforces itself;
 //!   stop is idempotent and the kill switch ends every lease.
+//! - [`proxy`]: the fault-injection proxy's core (assigned drills with their own deadlines,
+//!   per-request decisions, the error-rate guard) and its sync protocol with the server.
 //! - [`schedule`]: cron schedules for routine drills and blackout windows.
 //! - [`report`]: injected faults against observed breaks: discovered, missed, time to
 //!   detect, false positives, as JSON and Markdown.
 
 pub mod forge;
 pub mod lease;
+pub mod proxy;
 pub mod report;
 pub mod schedule;
 pub mod spec;
@@ -23,5 +26,5 @@ pub mod tamper;
 pub use forge::{forge, ForgeError, Forged, Plan, Planted};
 pub use lease::{Lease, LeaseState, Stop};
 pub use report::{Injection, Observed, Report};
-pub use spec::{parse_spec, DrillSpec, Fault, Filter, HitLimits, Mode, Mutation, SpecError, Vip};
+pub use spec::{parse_spec, CorrectionSpec, DrillSpec, Fault, Filter, HitLimits, Mode, Mutation, SpecError, Vip};
 pub use tamper::{Hit, Injector, TamperError};

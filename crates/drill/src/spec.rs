@@ -34,6 +34,8 @@ pub const FAULTS_MAX: usize = 64;
 pub const HITS_MAX: u64 = 1_000_000;
 /// Longest delay a `delay_ms` mutation may hold a record.
 pub const DELAY_MS_MAX: u64 = 600_000;
+/// Slowest bandwidth limit: below this a response of a few kilobytes takes minutes.
+pub const BANDWIDTH_MIN: u64 = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -66,6 +68,19 @@ pub enum Mutation {
     DropRecord,
     /// Hold the record back this long.
     DelayMs(u64),
+    // Availability faults: the proxy only (lossy drills).
+    /// Hold the request `ms` ± `jitter_ms` (uniform) before forwarding it.
+    Latency { ms: u64, #[serde(default)] jitter_ms: u64 },
+    /// Answer with this HTTP status instead of forwarding (e.g. 503).
+    Error(u16),
+    /// Reset the client's connection (TCP RST) instead of answering.
+    Reset,
+    /// Wait this long, then answer 504 Gateway Timeout without forwarding.
+    Timeout(u64),
+    /// Send the response body at most this many bytes per second.
+    Bandwidth(u64),
+    /// Take the request and never answer; the connection is closed when the drill ends.
+    BlackHole,
 }
 
 impl Mutation {
@@ -74,6 +89,20 @@ impl Mutation {
         matches!(
             self,
             Mutation::Set(_) | Mutation::Scale(_) | Mutation::OffsetMinor(_) | Mutation::DropField
+        )
+    }
+
+    /// Whether the mutation is an availability fault (it changes how a request is served,
+    /// not what it carries); only the proxy applies these.
+    pub fn is_availability(&self) -> bool {
+        matches!(
+            self,
+            Mutation::Latency { .. }
+                | Mutation::Error(_)
+                | Mutation::Reset
+                | Mutation::Timeout(_)
+                | Mutation::Bandwidth(_)
+                | Mutation::BlackHole
         )
     }
 }
@@ -153,6 +182,17 @@ pub struct Guards {
     pub error_rate_percent_max: Option<u8>,
 }
 
+/// How a lossy drill's hits are put right afterwards.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorrectionSpec {
+    /// A correction target of the server's configuration (`[[drills.corrections]]`): the
+    /// downstream's correction API, booked from each hit's recorded original.
+    pub target: Option<String>,
+    /// Hand every hit to a person instead of correcting it automatically.
+    pub manual: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrillSpec {
@@ -173,6 +213,8 @@ pub struct DrillSpec {
     pub expect: Expect,
     #[serde(default)]
     pub guards: Guards,
+    #[serde(default)]
+    pub correction: CorrectionSpec,
 }
 
 fn lossless() -> Mode {
@@ -274,6 +316,36 @@ pub fn validate(spec: &DrillSpec) -> Result<(), SpecError> {
                     format!("must be between 1 and {DELAY_MS_MAX}"),
                 ))
             }
+            Mutation::Latency { ms, jitter_ms } if *ms > DELAY_MS_MAX || jitter_ms > ms => {
+                return Err(invalid(
+                    at("mutation.latency"),
+                    format!("ms must be at most {DELAY_MS_MAX} and jitter_ms at most ms"),
+                ))
+            }
+            Mutation::Timeout(ms) if *ms == 0 || *ms > DELAY_MS_MAX => {
+                return Err(invalid(
+                    at("mutation.timeout"),
+                    format!("must be between 1 and {DELAY_MS_MAX}"),
+                ))
+            }
+            Mutation::Error(status) if !(400..=599).contains(status) => {
+                return Err(invalid(
+                    at("mutation.error"),
+                    "an error response is a status from 400 to 599",
+                ))
+            }
+            Mutation::Bandwidth(b) if *b < BANDWIDTH_MIN => {
+                return Err(invalid(
+                    at("mutation.bandwidth"),
+                    format!("at least {BANDWIDTH_MIN} bytes per second"),
+                ))
+            }
+            m if m.is_availability() && spec.mode == Mode::Lossless => {
+                return Err(invalid(
+                    at("mutation"),
+                    "availability faults act on live requests through the proxy; use mode = \"lossy\"",
+                ))
+            }
             Mutation::OffsetMinor(0) => {
                 return Err(invalid(
                     at("mutation.offset_minor"),
@@ -294,6 +366,23 @@ pub fn validate(spec: &DrillSpec) -> Result<(), SpecError> {
                 "must be between 1 and 100",
             ));
         }
+    }
+    let changes_data = spec.faults.iter().any(|f| !f.mutation.is_availability());
+    if spec.mode == Mode::Lossy
+        && changes_data
+        && spec.correction.target.is_none()
+        && !spec.correction.manual
+    {
+        return Err(invalid(
+            "correction.target",
+            "a lossy drill that changes data must say how it is put right: a correction target, or manual = true",
+        ));
+    }
+    if spec.mode == Mode::Lossless && spec.correction != CorrectionSpec::default() {
+        return Err(invalid(
+            "correction",
+            "a lossless drill touches no real data; there is nothing to correct",
+        ));
     }
     if spec.expect.within_ms == Some(0) {
         return Err(invalid("expect.within_ms", "must be at least 1"));

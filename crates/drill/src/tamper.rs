@@ -36,8 +36,18 @@ pub enum Action {
     Duplicate(Value),
     /// Do not send it.
     Drop,
-    /// Send the original this many milliseconds later.
+    /// Send the original this many milliseconds later (a delayed record, or added latency).
     Delay(u64),
+    /// Answer with this status instead of forwarding.
+    Respond(u16),
+    /// Reset the client's connection.
+    Reset,
+    /// Wait this long, then answer 504 without forwarding.
+    Timeout(u64),
+    /// Forward, and send the response body at this many bytes per second.
+    Throttle(u64),
+    /// Never answer.
+    BlackHole,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,6 +111,15 @@ fn admits(filter: &Filter, key: &str, body: &Value) -> bool {
 fn sampled(drill: &str, fault: usize, key: &str, percent_max: u8) -> bool {
     let h = xxhash_rust::xxh3::xxh3_64(format!("{drill}\u{0}{fault}\u{0}{key}").as_bytes());
     (h % 100) < percent_max as u64
+}
+
+/// `ms` ± up to `jitter` (uniform, deterministic per drill, fault and hit).
+fn jittered(drill: &str, fault: usize, n: u64, ms: u64, jitter: u64) -> u64 {
+    if jitter == 0 {
+        return ms;
+    }
+    let h = xxhash_rust::xxh3::xxh3_64(format!("{drill}\u{0}{fault}\u{0}{n}").as_bytes());
+    ms - jitter + h % (2 * jitter + 1)
 }
 
 fn field_mut<'a>(body: &'a mut Value, path: &str) -> Option<&'a mut Value> {
@@ -249,6 +268,14 @@ impl Injector {
                 }
                 Mutation::DropRecord => Action::Drop,
                 Mutation::DelayMs(ms) => Action::Delay(*ms),
+                Mutation::Latency { ms, jitter_ms } => {
+                    Action::Delay(jittered(&self.drill, i, self.hits[i], *ms, *jitter_ms))
+                }
+                Mutation::Error(status) => Action::Respond(*status),
+                Mutation::Reset => Action::Reset,
+                Mutation::Timeout(ms) => Action::Timeout(*ms),
+                Mutation::Bandwidth(b) => Action::Throttle(*b),
+                Mutation::BlackHole => Action::BlackHole,
                 Mutation::SwapCurrency(code) => {
                     let mut out = body.clone();
                     let slot = out
