@@ -161,6 +161,28 @@ impl Active {
         self.version
     }
 
+    /// Drills assigned and not ended (their deadline may have passed unnoticed).
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// When a running drill's lease ends, on the proxy's clock.
+    pub fn deadline(&self, drill: &str) -> Option<i64> {
+        self.running
+            .iter()
+            .find(|r| r.drill == drill)
+            .map(|r| r.deadline_ms)
+    }
+
+    /// Whether the kill switch was engaged at the last sync.
+    pub fn killswitch(&self) -> bool {
+        self.killswitch
+    }
+
     /// Drill ids injecting now.
     pub fn running(&self, now_ms: i64) -> Vec<String> {
         self.running
