@@ -184,7 +184,7 @@ async fn decide(
             edge.now_ms(),
         )
     };
-    let d = match decided {
+    let mut d = match decided {
         Ok(Some(d)) => d,
         Ok(None) => return None,
         Err(e) => {
@@ -193,6 +193,10 @@ async fn decide(
             return None;
         }
     };
+    // Hits travel in wall-clock time: the server measures discovery against its breaks.
+    d.hit.hit.at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_millis() as i64);
     let e = edge.clone();
     let hit = d.hit.clone();
     match tokio::task::spawn_blocking(move || e.journal.append(&hit)).await {

@@ -36,6 +36,8 @@ pub struct AppState {
     pub samples: crate::drills::Samples,
     /// The running drills' stop signals.
     pub drills: crate::drills::Registry,
+    /// The fault-injection proxies and the lossy drills assigned to them.
+    pub proxies: crate::lossy::ProxyHub,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -60,7 +62,7 @@ impl RouteInfo {
         self.method != "get"
             && !matches!(
                 self.access,
-                Access::Need(Permission::Ingest | Permission::Beacon)
+                Access::Need(Permission::Ingest | Permission::Beacon | Permission::ProxySync)
             )
     }
 }
@@ -218,6 +220,24 @@ fn api() -> Api {
         post(drills::stop),
     )
     .route(
+        "post",
+        "/api/v1/drills/{id}/handover",
+        Need(P::Correction),
+        post(crate::lossy::handover),
+    )
+    .route(
+        "post",
+        "/api/v1/proxies/{name}/sync",
+        Need(P::ProxySync),
+        post(crate::lossy::sync),
+    )
+    .route(
+        "get",
+        "/api/v1/proxies",
+        Need(P::Read),
+        get(crate::lossy::list_proxies),
+    )
+    .route(
         "get",
         "/api/v1/drill-schedules",
         Need(P::Read),
@@ -297,9 +317,11 @@ pub fn router(state: Shared) -> Router {
         ctl::killswitch, ctl::pull_killswitch, ctl::release_killswitch, ctl::list_audit, ctl::verify_audit,
         drills::list, drills::create, drills::get, drills::report, drills::start, drills::stop,
         drills::list_schedules, drills::create_schedule, drills::delete_schedule,
-        drills::list_blackouts, drills::create_blackout, drills::delete_blackout),
+        drills::list_blackouts, drills::create_blackout, drills::delete_blackout,
+        crate::lossy::handover, crate::lossy::sync, crate::lossy::list_proxies),
     components(schemas(IngestAck, ErrorBody, StatusChange, RecordErrorDoc, crate::auth::TokenSpec,
-        ctl::Login, ctl::NewUser, ctl::Reason, drills::NewDrill, drills::NewSchedule)),
+        ctl::Login, ctl::NewUser, ctl::Reason, drills::NewDrill, drills::NewSchedule,
+        crate::lossy::Handover, crate::lossy::ProxySeen)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -51,6 +51,8 @@ pub enum Permission {
     Session,
     /// Read and verify the audit log.
     Audit,
+    /// Sync a fault-injection proxy: take its drill assignment, hand in its hits.
+    ProxySync,
     /// Tokens, users, roles and rules.
     Admin,
 }
@@ -74,10 +76,12 @@ pub enum Role {
     Admin,
     /// A browser's publishable key: beacons for its site and nothing else.
     Beacon,
+    /// A fault-injection proxy (`steadfast proxy`): its sync and nothing else.
+    Proxy,
 }
 
 impl Role {
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Viewer,
         Role::Ingest,
         Role::Operator,
@@ -85,6 +89,7 @@ impl Role {
         Role::RunbookExecutor,
         Role::Admin,
         Role::Beacon,
+        Role::Proxy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -96,6 +101,7 @@ impl Role {
             Role::RunbookExecutor => "runbook-executor",
             Role::Admin => "admin",
             Role::Beacon => "beacon",
+            Role::Proxy => "proxy",
         }
     }
 
@@ -128,6 +134,7 @@ impl Role {
             Role::RunbookExecutor => matches!(p, Read | Session | RunbookExecute | Approve),
             Role::Admin => !matches!(p, Beacon),
             Role::Beacon => matches!(p, Beacon),
+            Role::Proxy => matches!(p, ProxySync | Session),
         }
     }
 }

@@ -27,6 +27,30 @@ pub struct Config {
     pub auth: AuthConfig,
     pub approvals: ApprovalsConfig,
     pub audit: AuditConfig,
+    pub drills: DrillsConfig,
+}
+
+/// Where lossy drills book their corrections: named targets, so a drill spec names one and
+/// never makes the server call an address of its own choosing.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrillsConfig {
+    pub corrections: Vec<CorrectionTarget>,
+}
+
+/// A downstream's correction API.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectionTarget {
+    pub name: String,
+    /// POSTed once per hit.
+    pub url: String,
+    /// The JSON body, a template: a string that is exactly `{key}`, `{original}`,
+    /// `{tampered}`, `{field}`, `{record_id}`, `{drill}` or `{reason}` is replaced.
+    pub body: serde_json::Value,
+    /// A file holding a bearer token for the correction API (never logged).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -188,6 +212,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             approvals: ApprovalsConfig::default(),
             audit: AuditConfig::default(),
+            drills: DrillsConfig::default(),
         }
     }
 }
@@ -262,6 +287,20 @@ impl Config {
                     "approvals.required: unknown action {a:?} (one of: {})",
                     FOUR_EYES_ACTIONS.join(", ")
                 );
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for t in &self.drills.corrections {
+            if !names.insert(t.name.as_str()) {
+                anyhow::bail!("drills.corrections: {:?} is named twice", t.name);
+            }
+            let url = reqwest::Url::parse(&t.url)
+                .map_err(|e| anyhow::anyhow!("drills.corrections {:?}: url: {e}", t.name))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                anyhow::bail!("drills.corrections {:?}: url must be http or https", t.name);
+            }
+            if !t.body.is_object() {
+                anyhow::bail!("drills.corrections {:?}: body must be a JSON object (a table)", t.name);
             }
         }
         for r in &self.masking.unmasked_roles {

@@ -379,12 +379,12 @@ fn permission_of(action: &str) -> Option<Permission> {
     })
 }
 
-fn needs_approval(s: &Shared, action: &str) -> bool {
+pub(crate) fn needs_approval(s: &Shared, action: &str) -> bool {
     s.cfg.approvals.required.iter().any(|a| a == action)
 }
 
 /// Records a four-eyes request and answers 202 with it.
-async fn request_approval(
+pub(crate) async fn request_approval(
     s: &Shared,
     caller: &Caller,
     action: &str,
@@ -392,25 +392,8 @@ async fn request_approval(
     params: Value,
     reason: String,
 ) -> Result<Response, ApiError> {
-    let now = wall_ms();
-    let row = ApprovalRow {
-        id: 0,
-        action: action.into(),
-        target: target.into(),
-        params,
-        reason,
-        requested_by: caller.subject.clone(),
-        requested_at: now,
-        expires_at: now + s.cfg.approvals.ttl_secs as i64 * 1000,
-        status: "pending".into(),
-        decided_by: None,
-        decided_at: None,
-        decision_reason: None,
-        result: None,
-    };
-    let stored = row.clone();
-    let id = with_control(s, move |c| c.request_approval(&stored)).await?;
-    let row = ApprovalRow { id, ..row };
+    let row = file_approval(s, &caller.subject, action, target, params, reason).await?;
+    let id = row.id;
     Ok(AuditNote {
         action: Some(format!("{action}.request")),
         target: Some(target.into()),
@@ -426,10 +409,57 @@ async fn request_approval(
     ))
 }
 
+/// Stores a four-eyes request on `requester`'s name (a drill files its own correction
+/// request on the name of the person who started it).
+pub(crate) async fn file_approval(
+    s: &Shared,
+    requester: &str,
+    action: &str,
+    target: &str,
+    params: Value,
+    reason: String,
+) -> Result<ApprovalRow, ApiError> {
+    let now = wall_ms();
+    let row = ApprovalRow {
+        id: 0,
+        action: action.into(),
+        target: target.into(),
+        params,
+        reason,
+        requested_by: requester.into(),
+        requested_at: now,
+        expires_at: now + s.cfg.approvals.ttl_secs as i64 * 1000,
+        status: "pending".into(),
+        decided_by: None,
+        decided_at: None,
+        decision_reason: None,
+        result: None,
+    };
+    let stored = row.clone();
+    let id = with_control(s, move |c| c.request_approval(&stored)).await?;
+    Ok(ApprovalRow { id, ..row })
+}
+
+/// The drill an approval's parameters name.
+fn drill_param(params: &Value) -> Result<String, ApiError> {
+    params["drill"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| ApiError::internal("an approval names no drill", params.to_string()))
+}
+
 /// Runs an action once it may run (approved, or not under four-eyes).
-async fn run_action(s: &Shared, action: &str, by: &str, reason: &str) -> Result<Value, ApiError> {
+async fn run_action(
+    s: &Shared,
+    action: &str,
+    params: &Value,
+    by: &str,
+    reason: &str,
+) -> Result<Value, ApiError> {
     match action {
         "killswitch.release" => set_killswitch(s, false, by, reason).await,
+        "drill.lossy" => crate::drills::start_approved(s, &drill_param(params)?, by).await,
+        "correction" => crate::lossy::book_corrections(s, &drill_param(params)?, by).await,
         other => Err(ApiError::internal(
             "an approved action has no executor",
             format!("action {other}"),
@@ -527,7 +557,7 @@ async fn decide(
     if !approve {
         return Ok(note(Value::Null).attach(Json(decided).into_response()));
     }
-    let ran = run_action(s, &row.action, &row.requested_by, &row.reason).await;
+    let ran = run_action(s, &row.action, &row.params, &row.requested_by, &row.reason).await;
     let (ok, outcome) = match &ran {
         Ok(v) => (true, v.to_string()),
         Err(e) => (false, format!("{e:?}")),
@@ -628,6 +658,8 @@ async fn set_killswitch(
     };
     let text = serde_json::to_string(&state).expect("kill switch serializes");
     with_control(s, move |c| c.set_setting(KILLSWITCH_KEY, &text)).await?;
+    // Proxies learn of it on their long poll at once.
+    s.proxies.bump();
     Ok(serde_json::to_value(state).expect("kill switch serializes"))
 }
 
@@ -647,9 +679,17 @@ pub async fn pull_killswitch(
     b: Result<Json<Reason>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let why = reason(b)?;
-    let state = set_killswitch(&s, true, &caller.subject, &why).await?;
+    let mut state = set_killswitch(&s, true, &caller.subject, &why).await?;
     // Engaged first, so that a drill that looks now sees it; then tell the running ones.
     s.drills.stop_all();
+    // Return only once every live proxy has applied it (or say which did not).
+    let v = s.proxies.version();
+    state["proxies"] = serde_json::to_value(
+        s.proxies
+            .wait_applied(v, std::time::Duration::from_millis(crate::lossy::KILL_ACK_WAIT_MS))
+            .await,
+    )
+    .expect("acks serialize");
     Ok(AuditNote {
         action: Some("killswitch.pull".into()),
         target: Some("killswitch".into()),
@@ -681,7 +721,7 @@ pub async fn release_killswitch(
         )
         .await;
     }
-    let state = run_action(&s, "killswitch.release", &caller.subject, &why).await?;
+    let state = run_action(&s, "killswitch.release", &Value::Null, &caller.subject, &why).await?;
     Ok(AuditNote {
         action: Some("killswitch.release".into()),
         target: Some("killswitch".into()),

@@ -100,7 +100,7 @@ impl Samples {
 /// Stop signals of the running drills.
 #[derive(Default)]
 pub struct Registry {
-    running: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
+    pub(crate) running: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
 }
 
 impl Registry {
@@ -111,7 +111,7 @@ impl Registry {
         }
     }
 
-    fn stop(&self, id: &str) {
+    pub(crate) fn stop(&self, id: &str) {
         if let Some(tx) = self.running.lock().expect("registry lock").get(id) {
             let _ = tx.send(true);
         }
@@ -137,10 +137,24 @@ pub struct Drill {
     /// The drill's breaks resolved when it ended.
     #[serde(default)]
     pub breaks_closed: usize,
+    /// Who started it (a lossy drill's correction request goes on this name).
+    #[serde(default)]
+    pub started_by: Option<String>,
+    /// A lossy drill's hits as the proxies reported them, with their discovery and
+    /// correction.
+    #[serde(default)]
+    pub hits: Vec<crate::lossy::HitState>,
+    #[serde(default)]
+    pub correction: Option<crate::lossy::CorrectionState>,
 }
 
 impl Drill {
-    fn state(&self) -> String {
+    pub(crate) fn state(&self) -> String {
+        if let (LeaseState::Ended(_), Some(c)) = (self.lease.state, &self.correction) {
+            if !c.finished() {
+                return "correcting".into();
+            }
+        }
         match self.lease.state {
             LeaseState::Pending => "pending".into(),
             LeaseState::Running => "running".into(),
@@ -173,12 +187,12 @@ impl Drill {
     }
 }
 
-async fn save(s: &Shared, d: &Drill) -> Result<(), ApiError> {
+pub(crate) async fn save(s: &Shared, d: &Drill) -> Result<(), ApiError> {
     let row = d.row();
     with_control(s, move |c| c.put_drill(&row)).await
 }
 
-async fn load(s: &Shared, id: &str) -> Result<Drill, ApiError> {
+pub(crate) async fn load(s: &Shared, id: &str) -> Result<Drill, ApiError> {
     let key = id.to_string();
     let row = with_control(s, move |c| c.drill(&key))
         .await?
@@ -193,7 +207,7 @@ async fn load(s: &Shared, id: &str) -> Result<Drill, ApiError> {
         .map_err(|e| ApiError::internal("a stored drill is unreadable", e))
 }
 
-async fn killswitch_engaged(s: &Shared) -> bool {
+pub(crate) async fn killswitch_engaged(s: &Shared) -> bool {
     let control = s.control.clone();
     tokio::task::spawn_blocking(move || {
         crate::control_api::killswitch_state(&control.lock().expect("control store lock"))
@@ -244,15 +258,32 @@ pub async fn create(
     let Json(nd) =
         b.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text()))?;
     let d = new_drill(&s, &spec_text(&nd.spec), nd.pairs, &caller.subject)?;
+    may_run(&caller, &d)?;
     save(&s, &d).await?;
     let (id, pairs) = (d.id.clone(), d.pairs);
     Ok(AuditNote {
         action: Some("drill.create".into()),
         target: Some(format!("drill {id}")),
-        detail: json!({ "name": d.spec.name, "mode": "lossless", "pairs": pairs, "dry_run": d.spec.dry_run }),
+        detail: json!({ "name": d.spec.name, "mode": d.spec.mode, "pairs": pairs, "dry_run": d.spec.dry_run }),
         approver: None,
     }
     .attach((StatusCode::CREATED, Json(d.view())).into_response()))
+}
+
+/// Lossy drills tamper with real traffic: they need the drill-admin's permission, not
+/// only the lossless one the route asks for.
+fn may_run(caller: &Caller, d: &Drill) -> Result<(), ApiError> {
+    if d.spec.mode == Mode::Lossy && !caller.role.permits(crate::auth::Permission::DrillLossy) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "the {} role may not run lossy drills",
+                caller.role.as_str()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A spec as given in a request: TOML or JSON text, or a JSON object.
@@ -267,15 +298,17 @@ fn spec_text(spec: &Value) -> String {
 fn new_drill(s: &Shared, text: &str, pairs: Option<usize>, by: &str) -> Result<Drill, ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_spec", m);
     let spec = steadfast_drill::parse_spec(text).map_err(|e| bad(e.to_string()))?;
-    if spec.guards.error_rate_percent_max.is_some() {
+    if spec.guards.error_rate_percent_max.is_some() && spec.mode == Mode::Lossless {
         return Err(bad(
-            "guards.error_rate_percent_max needs the target's request telemetry, which this server does not collect yet; use guards.real_breaks_max".into(),
+            "guards.error_rate_percent_max watches the requests a proxy carries; a lossless drill carries none (use guards.real_breaks_max)".into(),
         ));
     }
-    if spec.mode == Mode::Lossy {
-        return Err(bad(
-            "lossy drills tamper real traffic through the fault-injection proxy, which this server does not run; use mode = \"lossless\"".into(),
-        ));
+    if let Some(t) = &spec.correction.target {
+        if !s.cfg.drills.corrections.iter().any(|c| &c.name == t) {
+            return Err(bad(format!(
+                "drill spec: correction.target: no correction target {t:?} is configured ([[drills.corrections]])"
+            )));
+        }
     }
     steadfast_drill::forge::target_rules(&spec, &s.pipeline.rules)
         .map_err(|e| bad(e.to_string()))?;
@@ -298,6 +331,9 @@ fn new_drill(s: &Shared, text: &str, pairs: Option<usize>, by: &str) -> Result<D
         report: None,
         error: None,
         breaks_closed: 0,
+        started_by: None,
+        hits: vec![],
+        correction: None,
     })
 }
 
@@ -365,8 +401,32 @@ pub async fn report(
 /// Starts a drill: refused while the kill switch is engaged.
 #[utoipa::path(post, path = "/api/v1/drills/{id}/start", params(("id" = String, Path)),
     responses((status = 202, description = "running"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("token" = [])))]
-pub async fn start(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let d = start_drill(&s, &id).await?;
+pub async fn start(
+    State(s): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let d = load(&s, &id).await?;
+    may_run(&caller, &d)?;
+    if d.spec.mode == Mode::Lossy && crate::control_api::needs_approval(&s, "drill.lossy") {
+        if d.lease.state != LeaseState::Pending {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "cannot_start",
+                format!("drill {id} is {}", d.state()),
+            ));
+        }
+        return crate::control_api::request_approval(
+            &s,
+            &caller,
+            "drill.lossy",
+            &format!("drill {id}"),
+            json!({ "drill": id }),
+            format!("lossy drill {:?}", d.spec.name),
+        )
+        .await;
+    }
+    let d = start_drill(&s, &id, &caller.subject).await?;
     Ok(AuditNote {
         action: Some("drill.start".into()),
         target: Some(format!("drill {id}")),
@@ -375,10 +435,16 @@ pub async fn start(State(s): State<Shared>, Path(id): Path<String>) -> Result<Re
     .attach((StatusCode::ACCEPTED, Json(d.view())).into_response()))
 }
 
+/// Starts a lossy drill a second person approved.
+pub(crate) async fn start_approved(s: &Shared, id: &str, by: &str) -> Result<Value, ApiError> {
+    Ok(start_drill(s, id, by).await?.view())
+}
+
 /// Starts a stored drill: refused under the kill switch, past the running bound, or when
 /// it is not pending.
-async fn start_drill(s: &Shared, id: &str) -> Result<Drill, ApiError> {
+async fn start_drill(s: &Shared, id: &str, by: &str) -> Result<Drill, ApiError> {
     let mut d = load(s, id).await?;
+    d.started_by = Some(by.into());
     let engaged = killswitch_engaged(s).await;
     let (tx, rx) = tokio::sync::watch::channel(false);
     {
@@ -397,7 +463,10 @@ async fn start_drill(s: &Shared, id: &str) -> Result<Drill, ApiError> {
         running.insert(id.to_string(), tx);
     }
     save(s, &d).await?;
-    tokio::spawn(run(s.clone(), d.clone(), rx));
+    match d.spec.mode {
+        Mode::Lossless => tokio::spawn(run(s.clone(), d.clone(), rx)),
+        Mode::Lossy => tokio::spawn(crate::lossy::run(s.clone(), d.clone(), rx)),
+    };
     Ok(d)
 }
 
@@ -442,7 +511,7 @@ async fn run(s: Shared, mut d: Drill, mut stop: tokio::sync::watch::Receiver<boo
 }
 
 /// Whether the drill may go on: not stopped, kill switch not pulled, lease not expired.
-async fn may_go_on(s: &Shared, d: &mut Drill, stop: &tokio::sync::watch::Receiver<bool>) -> bool {
+pub(crate) async fn may_go_on(s: &Shared, d: &mut Drill, stop: &tokio::sync::watch::Receiver<bool>) -> bool {
     let now = wall_ms();
     if *stop.borrow() {
         let engaged = killswitch_engaged(s).await;
@@ -458,7 +527,10 @@ async fn may_go_on(s: &Shared, d: &mut Drill, stop: &tokio::sync::watch::Receive
     }
     if let Some(max) = d.spec.guards.real_breaks_max {
         let since = d.lease.started_at.unwrap_or(now);
-        let breached = match real_breaks_since(s, since, max).await {
+        // A lossy drill's own hits raise real breaks: those are its findings, not a
+        // breach.
+        let own: BTreeSet<String> = d.hits.iter().map(|h| h.hit.hit.key.clone()).collect();
+        let breached = match real_breaks_since(s, since, max, &own).await {
             Ok(n) if n > max => Some(format!(
                 "guard breached: {n} real breaks since the drill started (at most {max})"
             )),
@@ -476,17 +548,32 @@ async fn may_go_on(s: &Shared, d: &mut Drill, stop: &tokio::sync::watch::Receive
     d.lease.may_inject(now, engaged)
 }
 
-/// Production (non-drill) breaks detected since `since`, counted up to `max + 1`.
-async fn real_breaks_since(s: &Shared, since: i64, max: u64) -> Result<u64, ApiError> {
+/// Production (non-drill) breaks detected since `since` on keys other than `own`, counted
+/// up to `max + 1`.
+async fn real_breaks_since(
+    s: &Shared,
+    since: i64,
+    max: u64,
+    own: &BTreeSet<String>,
+) -> Result<u64, ApiError> {
     let limit = (max as usize)
         .saturating_add(1)
+        .saturating_add(own.len())
         .min(steadfast_store::PAGE_MAX);
     let filter = BreakFilter {
         detected_since: Some(since),
         limit,
         ..Default::default()
     };
-    with_store(s, move |st| Ok(st.list(&filter)?.len() as u64)).await
+    let own = own.clone();
+    with_store(s, move |st| {
+        Ok(st
+            .list(&filter)?
+            .iter()
+            .filter(|r| !own.contains(&r.brk.key))
+            .count() as u64)
+    })
+    .await
 }
 
 async fn drive(
@@ -910,8 +997,13 @@ pub async fn tick_schedules(s: &Shared) {
         if firing == steadfast_drill::schedule::Firing::Start {
             let by = format!("schedule:{}", sch.created_by);
             let started = match new_drill(s, &sch.spec, sch.pairs, &by) {
+                Ok(d) if d.spec.mode == Mode::Lossy => Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_spec",
+                    "a schedule runs lossless drills only; a lossy drill needs a person to start it",
+                )),
                 Ok(d) => match save(s, &d).await {
-                    Ok(()) => start_drill(s, &d.id).await.map(|d| d.id),
+                    Ok(()) => start_drill(s, &d.id, &by).await.map(|d| d.id),
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),

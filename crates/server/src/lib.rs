@@ -17,6 +17,7 @@ pub mod auth;
 mod config;
 mod control_api;
 pub mod drills;
+mod lossy;
 pub mod metrics;
 pub mod pipeline;
 pub mod tls;
@@ -32,7 +33,7 @@ use steadfast_verify::RuleSet;
 
 pub use auth::bootstrap_admin_token;
 pub use config::{
-    ApprovalsConfig, AuditConfig, AuthConfig, Config, EngineConfig, LimitsConfig, MaskingConfig,
+    ApprovalsConfig, AuditConfig, AuthConfig, Config, CorrectionTarget, DrillsConfig, EngineConfig, LimitsConfig, MaskingConfig,
     TlsConfig, WebhookConfig, FOUR_EYES_ACTIONS,
 };
 pub use control_api::{create_local_user, killswitch_state, KillSwitch, NewUser};
@@ -110,6 +111,7 @@ impl Server {
             ),
             samples: drills::Samples::default(),
             drills: drills::Registry::default(),
+            proxies: lossy::ProxyHub::default(),
         });
         let router = api::router(state.clone());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);

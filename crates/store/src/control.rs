@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use steadfast_model::Millis;
 
@@ -30,6 +31,8 @@ pub const APPROVALS_PENDING_MAX: usize = 1_000;
 /// Most drills kept (with their reports).
 pub const DRILLS_MAX: usize = 100_000;
 /// Longest free-text detail kept in one audit entry.
+/// Hits stored for one drill: a lossy drill's tampered requests, each to be corrected.
+pub const DRILL_HITS_MAX: usize = 100_000;
 pub const AUDIT_DETAIL_BYTES_MAX: usize = 8 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +248,10 @@ CREATE TABLE IF NOT EXISTS drills (
   id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, created_by TEXT NOT NULL,
   state TEXT NOT NULL, body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS drill_hits (
+  id TEXT PRIMARY KEY, drill TEXT NOT NULL, body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS drill_hits_by_drill ON drill_hits (drill, rowid);
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
   target TEXT NOT NULL, source TEXT NOT NULL, result TEXT NOT NULL, approver TEXT,
@@ -634,6 +641,42 @@ impl ControlStore {
             .prepare("SELECT * FROM drills ORDER BY created_at DESC, id LIMIT ?1")?;
         let rows = st.query_map(params![limit.clamp(1, CONTROL_PAGE_MAX) as i64], drill_from)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Stores a lossy drill's hits as the proxy reported them, keyed by hit id: a hit sent
+    /// twice (a retried sync) is stored once. Returns how many were new. Past
+    /// `DRILL_HITS_MAX` for a drill, the rest are refused (the proxy keeps them).
+    pub fn insert_hits(&mut self, hits: &[(String, String, Value)]) -> Result<usize, ControlError> {
+        let tx = self.conn.transaction()?;
+        let mut new = 0;
+        for (id, drill, body) in hits {
+            let n: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM drill_hits WHERE drill = ?1",
+                params![drill],
+                |r| r.get(0),
+            )?;
+            if n as usize >= DRILL_HITS_MAX {
+                return Err(ControlError::Full(format!(
+                    "drill {drill} has {DRILL_HITS_MAX} hits stored already"
+                )));
+            }
+            new += tx.execute(
+                "INSERT OR IGNORE INTO drill_hits (id, drill, body) VALUES (?1, ?2, ?3)",
+                params![id, drill, body.to_string()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(new)
+    }
+
+    /// A drill's hits in the order they arrived.
+    pub fn drill_hits(&self, drill: &str) -> Result<Vec<Value>, ControlError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT body FROM drill_hits WHERE drill = ?1 ORDER BY rowid LIMIT ?2")?;
+        let rows = st.query_map(params![drill, DRILL_HITS_MAX as i64], |r| r.get::<_, String>(0))?;
+        rows.map(|t| Ok(serde_json::from_str(&t?).unwrap_or(Value::Null)))
+            .collect()
     }
 
     // ---- settings ----------------------------------------------------------------
