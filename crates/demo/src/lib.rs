@@ -75,6 +75,19 @@ impl PlatformConfig {
     }
 }
 
+/// Billing's correction API as a Steadfast correction target: the body re-books the bill
+/// (`biz_id`, the hit's key) at its recorded original amount.
+pub fn billing_correction(billing_url: &str) -> (String, serde_json::Value) {
+    (
+        format!("{}/v1/corrections", billing_url.trim_end_matches('/')),
+        serde_json::json!({ "biz_id": "{key}", "amount": "{original}", "reason": "{reason}" }),
+    )
+}
+
+/// The payment core → billing route a fault-injection proxy tampers with: method, path,
+/// record kind, business-key field.
+pub const BILLING_ROUTE: (&str, &str, &str, &str) = ("POST", "/v1/bills", "bill", "biz_id");
+
 /// The services in call order; ports follow this order from `base_port`.
 pub const SERVICES: [&str; 7] = [
     "gateway",

@@ -26,5 +26,7 @@ pub mod tamper;
 pub use forge::{forge, ForgeError, Forged, Plan, Planted};
 pub use lease::{Lease, LeaseState, Stop};
 pub use report::{Injection, Observed, Report};
-pub use spec::{parse_spec, CorrectionSpec, DrillSpec, Fault, Filter, HitLimits, Mode, Mutation, SpecError, Vip};
+pub use spec::{
+    parse_spec, CorrectionSpec, DrillSpec, Fault, Filter, HitLimits, Mode, Mutation, SpecError, Vip,
+};
 pub use tamper::{Hit, Injector, TamperError};

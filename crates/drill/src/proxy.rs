@@ -326,7 +326,9 @@ pub fn fill_correction(template: &Value, hit: &ProxyHit, reason: &str) -> Value 
             "{reason}" => Value::String(reason.into()),
             _ => template.clone(),
         },
-        Value::Array(a) => Value::Array(a.iter().map(|v| fill_correction(v, hit, reason)).collect()),
+        Value::Array(a) => {
+            Value::Array(a.iter().map(|v| fill_correction(v, hit, reason)).collect())
+        }
         Value::Object(o) => Value::Object(
             o.iter()
                 .map(|(k, v)| (k.clone(), fill_correction(v, hit, reason)))
@@ -466,7 +468,12 @@ mod tests {
     fn the_error_rate_guard_ends_the_drill() {
         let mut a = Active::new("p");
         a.apply(
-            &assign("d1", &spec("guards = { error_rate_percent_max = 10 }"), 60_000, 1),
+            &assign(
+                "d1",
+                &spec("guards = { error_rate_percent_max = 10 }"),
+                60_000,
+                1,
+            ),
             0,
         );
         for i in 0..ERROR_WINDOW_MIN {

@@ -70,7 +70,11 @@ pub enum Mutation {
     DelayMs(u64),
     // Availability faults: the proxy only (lossy drills).
     /// Hold the request `ms` ± `jitter_ms` (uniform) before forwarding it.
-    Latency { ms: u64, #[serde(default)] jitter_ms: u64 },
+    Latency {
+        ms: u64,
+        #[serde(default)]
+        jitter_ms: u64,
+    },
     /// Answer with this HTTP status instead of forwarding (e.g. 503).
     Error(u16),
     /// Reset the client's connection (TCP RST) instead of answering.
@@ -340,12 +344,10 @@ pub fn validate(spec: &DrillSpec) -> Result<(), SpecError> {
                     format!("at least {BANDWIDTH_MIN} bytes per second"),
                 ))
             }
-            m if m.is_availability() && spec.mode == Mode::Lossless => {
-                return Err(invalid(
-                    at("mutation"),
-                    "availability faults act on live requests through the proxy; use mode = \"lossy\"",
-                ))
-            }
+            m if m.is_availability() && spec.mode == Mode::Lossless => return Err(invalid(
+                at("mutation"),
+                "availability faults act on live requests through the proxy; use mode = \"lossy\"",
+            )),
             Mutation::OffsetMinor(0) => {
                 return Err(invalid(
                     at("mutation.offset_minor"),

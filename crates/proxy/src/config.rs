@@ -127,15 +127,13 @@ impl ProxyConfig {
     }
 
     pub fn journal_path(&self) -> PathBuf {
-        self.data_dir.join(format!("proxy-{}.hits.jsonl", self.name))
+        self.data_dir
+            .join(format!("proxy-{}.hits.jsonl", self.name))
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
         if !name_ok(&self.name) {
-            bail!(
-                "name {:?}: 1 to 64 letters, digits, - and _",
-                self.name
-            );
+            bail!("name {:?}: 1 to 64 letters, digits, - and _", self.name);
         }
         let up = reqwest::Url::parse(&self.upstream)
             .with_context(|| format!("upstream {:?} is not a URL", self.upstream))?;
@@ -222,10 +220,25 @@ mod tests {
         };
         base.validate().unwrap();
         let cases: Vec<(ProxyConfig, &str)> = vec![
-            (ProxyConfig { name: "a b".into(), ..base.clone() }, "name"),
-            (ProxyConfig { upstream: "ftp://x".into(), ..base.clone() }, "upstream"),
             (
-                ProxyConfig { listen: "0.0.0.0:7400".parse().unwrap(), ..base.clone() },
+                ProxyConfig {
+                    name: "a b".into(),
+                    ..base.clone()
+                },
+                "name",
+            ),
+            (
+                ProxyConfig {
+                    upstream: "ftp://x".into(),
+                    ..base.clone()
+                },
+                "upstream",
+            ),
+            (
+                ProxyConfig {
+                    listen: "0.0.0.0:7400".parse().unwrap(),
+                    ..base.clone()
+                },
                 "allow_plain_http",
             ),
             (

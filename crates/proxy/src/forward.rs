@@ -316,10 +316,16 @@ async fn handle(
             }
             match d.action {
                 Action::Replace(v) => body_out = serde_json::to_vec(&v).expect("JSON").into(),
-                Action::Duplicate(v) => duplicate = Some(Bytes::from(serde_json::to_vec(&v).expect("JSON"))),
+                Action::Duplicate(v) => {
+                    duplicate = Some(Bytes::from(serde_json::to_vec(&v).expect("JSON")))
+                }
                 // The upstream never sees it; the client is told it was accepted.
                 Action::Drop => {
-                    return (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], "{}")
+                    return (
+                        StatusCode::ACCEPTED,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        "{}",
+                    )
                         .into_response()
                 }
                 Action::Delay(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,

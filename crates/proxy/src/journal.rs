@@ -39,7 +39,9 @@ impl Journal {
                     ),
                     // A line torn by a crash mid-write is the last one; its request was
                     // never sent on, so nothing was tampered.
-                    Err(_) => tracing::warn!(path = %path.display(), line = n + 1, "torn journal line skipped"),
+                    Err(_) => {
+                        tracing::warn!(path = %path.display(), line = n + 1, "torn journal line skipped")
+                    }
                 }
             }
         }
@@ -49,7 +51,10 @@ impl Journal {
             .open(path)
             .with_context(|| format!("failed to open {}", path.display()))?;
         if !pending.is_empty() {
-            tracing::info!(hits = pending.len(), "unacknowledged hits replayed from the journal");
+            tracing::info!(
+                hits = pending.len(),
+                "unacknowledged hits replayed from the journal"
+            );
         }
         Ok(Journal {
             path: path.into(),

@@ -90,7 +90,9 @@ impl Proxy {
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(config::UPSTREAM_IDLE_MAX)
             .tcp_nodelay(true)
-            .connect_timeout(std::time::Duration::from_millis(cfg.upstream_connect_timeout_ms))
+            .connect_timeout(std::time::Duration::from_millis(
+                cfg.upstream_connect_timeout_ms,
+            ))
             .timeout(std::time::Duration::from_millis(cfg.upstream_timeout_ms))
             .build()
             .context("HTTP client")?;

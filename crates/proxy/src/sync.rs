@@ -14,7 +14,11 @@ use crate::config::{SYNC_RETRY_MS, SYNC_WAIT_MS};
 use crate::Edge;
 
 fn client(edge: &Edge) -> anyhow::Result<(reqwest::Client, String, String)> {
-    let c = edge.cfg.controller.as_ref().expect("sync runs with a controller");
+    let c = edge
+        .cfg
+        .controller
+        .as_ref()
+        .expect("sync runs with a controller");
     let token = match (&c.token, &c.token_file) {
         (Some(t), _) => t.clone(),
         (None, Some(f)) => std::fs::read_to_string(f)
@@ -25,7 +29,8 @@ fn client(edge: &Edge) -> anyhow::Result<(reqwest::Client, String, String)> {
     };
     let mut b = reqwest::Client::builder().timeout(Duration::from_millis(SYNC_WAIT_MS + 10_000));
     if let Some(ca) = &c.ca_cert {
-        let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("failed to read {}: {e}", ca.display()))?;
+        let pem = std::fs::read(ca)
+            .map_err(|e| anyhow::anyhow!("failed to read {}: {e}", ca.display()))?;
         b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
     }
     let url = format!(

@@ -300,7 +300,10 @@ impl Config {
                 anyhow::bail!("drills.corrections {:?}: url must be http or https", t.name);
             }
             if !t.body.is_object() {
-                anyhow::bail!("drills.corrections {:?}: body must be a JSON object (a table)", t.name);
+                anyhow::bail!(
+                    "drills.corrections {:?}: body must be a JSON object (a table)",
+                    t.name
+                );
             }
         }
         for r in &self.masking.unmasked_roles {

@@ -454,12 +454,15 @@ async fn run_action(
     action: &str,
     params: &Value,
     by: &str,
+    approver: Option<&str>,
     reason: &str,
 ) -> Result<Value, ApiError> {
     match action {
         "killswitch.release" => set_killswitch(s, false, by, reason).await,
         "drill.lossy" => crate::drills::start_approved(s, &drill_param(params)?, by).await,
-        "correction" => crate::lossy::book_corrections(s, &drill_param(params)?, by).await,
+        "correction" => {
+            crate::lossy::book_corrections(s, &drill_param(params)?, by, approver).await
+        }
         other => Err(ApiError::internal(
             "an approved action has no executor",
             format!("action {other}"),
@@ -557,7 +560,15 @@ async fn decide(
     if !approve {
         return Ok(note(Value::Null).attach(Json(decided).into_response()));
     }
-    let ran = run_action(s, &row.action, &row.params, &row.requested_by, &row.reason).await;
+    let ran = run_action(
+        s,
+        &row.action,
+        &row.params,
+        &row.requested_by,
+        Some(&caller.subject),
+        &row.reason,
+    )
+    .await;
     let (ok, outcome) = match &ran {
         Ok(v) => (true, v.to_string()),
         Err(e) => (false, format!("{e:?}")),
@@ -686,7 +697,10 @@ pub async fn pull_killswitch(
     let v = s.proxies.version();
     state["proxies"] = serde_json::to_value(
         s.proxies
-            .wait_applied(v, std::time::Duration::from_millis(crate::lossy::KILL_ACK_WAIT_MS))
+            .wait_applied(
+                v,
+                std::time::Duration::from_millis(crate::lossy::KILL_ACK_WAIT_MS),
+            )
             .await,
     )
     .expect("acks serialize");
@@ -721,7 +735,15 @@ pub async fn release_killswitch(
         )
         .await;
     }
-    let state = run_action(&s, "killswitch.release", &Value::Null, &caller.subject, &why).await?;
+    let state = run_action(
+        &s,
+        "killswitch.release",
+        &Value::Null,
+        &caller.subject,
+        None,
+        &why,
+    )
+    .await?;
     Ok(AuditNote {
         action: Some("killswitch.release".into()),
         target: Some("killswitch".into()),

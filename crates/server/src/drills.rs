@@ -277,10 +277,7 @@ fn may_run(caller: &Caller, d: &Drill) -> Result<(), ApiError> {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!(
-                "the {} role may not run lossy drills",
-                caller.role.as_str()
-            ),
+            format!("the {} role may not run lossy drills", caller.role.as_str()),
         ));
     }
     Ok(())
@@ -511,7 +508,11 @@ async fn run(s: Shared, mut d: Drill, mut stop: tokio::sync::watch::Receiver<boo
 }
 
 /// Whether the drill may go on: not stopped, kill switch not pulled, lease not expired.
-pub(crate) async fn may_go_on(s: &Shared, d: &mut Drill, stop: &tokio::sync::watch::Receiver<bool>) -> bool {
+pub(crate) async fn may_go_on(
+    s: &Shared,
+    d: &mut Drill,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> bool {
     let now = wall_ms();
     if *stop.borrow() {
         let engaged = killswitch_engaged(s).await;

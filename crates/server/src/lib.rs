@@ -33,8 +33,8 @@ use steadfast_verify::RuleSet;
 
 pub use auth::bootstrap_admin_token;
 pub use config::{
-    ApprovalsConfig, AuditConfig, AuthConfig, Config, CorrectionTarget, DrillsConfig, EngineConfig, LimitsConfig, MaskingConfig,
-    TlsConfig, WebhookConfig, FOUR_EYES_ACTIONS,
+    ApprovalsConfig, AuditConfig, AuthConfig, Config, CorrectionTarget, DrillsConfig, EngineConfig,
+    LimitsConfig, MaskingConfig, TlsConfig, WebhookConfig, FOUR_EYES_ACTIONS,
 };
 pub use control_api::{create_local_user, killswitch_state, KillSwitch, NewUser};
 
@@ -60,6 +60,18 @@ impl Server {
         cfg: Config,
         rules: Arc<RuleSet>,
         accept_new_rules: bool,
+    ) -> anyhow::Result<Server> {
+        Server::start_on(cfg, rules, accept_new_rules, None).await
+    }
+
+    /// Starts on a listener bound beforehand (its address is then known before the server
+    /// runs, e.g. to tell services that start first where to report); `cfg.listen` is
+    /// checked but not bound.
+    pub async fn start_on(
+        cfg: Config,
+        rules: Arc<RuleSet>,
+        accept_new_rules: bool,
+        bound: Option<std::net::TcpListener>,
     ) -> anyhow::Result<Server> {
         cfg.validate()?;
         // Certificates are read before recovery so that a bad one fails fast.
@@ -96,9 +108,15 @@ impl Server {
                 )
             })?;
         drills::end_orphans(&mut control, pipeline::wall_ms());
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("failed to listen on {}", cfg.listen))?;
+        let listener = match bound {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)?
+            }
+            None => tokio::net::TcpListener::bind(cfg.listen)
+                .await
+                .with_context(|| format!("failed to listen on {}", cfg.listen))?,
+        };
         let addr = listener.local_addr()?;
         let state = Arc::new(api::AppState {
             pipeline: pipeline.clone(),

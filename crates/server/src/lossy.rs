@@ -108,14 +108,11 @@ impl ProxyHub {
     }
 
     fn assign(&self, drill: &str, spec: &DrillSpec, ends_at: i64) {
-        self.assigned
-            .lock()
-            .expect("hub lock")
-            .push(Assigned {
-                drill: drill.into(),
-                spec: spec.clone(),
-                ends_at,
-            });
+        self.assigned.lock().expect("hub lock").push(Assigned {
+            drill: drill.into(),
+            spec: spec.clone(),
+            ends_at,
+        });
         self.bump();
     }
 
@@ -132,7 +129,12 @@ impl ProxyHub {
     }
 
     pub fn proxies(&self) -> Vec<ProxySeen> {
-        self.seen.lock().expect("hub lock").values().cloned().collect()
+        self.seen
+            .lock()
+            .expect("hub lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Waits until every proxy heard from recently has applied version `v`, at most
@@ -175,7 +177,9 @@ pub async fn sync(
     let Json(req) = b.map_err(|e| bad(e.body_text()))?;
     if name.is_empty()
         || name.len() > 64
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
         return Err(bad(format!("{name:?} is not a proxy name")));
     }
@@ -189,7 +193,13 @@ pub async fn sync(
     let rows: Vec<(String, String, Value)> = req
         .hits
         .iter()
-        .map(|h| (h.id.clone(), h.drill.clone(), serde_json::to_value(h).expect("hits serialize")))
+        .map(|h| {
+            (
+                h.id.clone(),
+                h.drill.clone(),
+                serde_json::to_value(h).expect("hits serialize"),
+            )
+        })
         .collect();
     let acked: Vec<String> = req.hits.iter().map(|h| h.id.clone()).collect();
     if !rows.is_empty() {
@@ -310,7 +320,10 @@ fn settle(d: &mut Drill) {
     if all_done {
         c.state = "done".into();
     } else if d.hits.iter().any(|h| h.state == FixState::NeedsPerson)
-        && !d.hits.iter().any(|h| matches!(h.state, FixState::Booked | FixState::Pending))
+        && !d
+            .hits
+            .iter()
+            .any(|h| matches!(h.state, FixState::Booked | FixState::Pending))
     {
         c.state = "needs_person".into();
     }
@@ -441,7 +454,12 @@ async fn watch(
     loop {
         merge(d, load_hits(s, &d.id).await?);
         discover(d, &breaks_since(s, rules.clone(), since).await?);
-        let last_hit = d.hits.iter().map(|h| h.hit.hit.at_ms).max().unwrap_or(since);
+        let last_hit = d
+            .hits
+            .iter()
+            .map(|h| h.hit.hit.at_ms)
+            .max()
+            .unwrap_or(since);
         let all_found = d.hits.iter().all(|h| h.discovered_at_ms.is_some());
         if exhausted(d) && (all_found || wall_ms() >= last_hit + lateness + GRACE_MS) {
             return Ok(());
@@ -548,7 +566,11 @@ async fn begin_corrections(s: &Shared, d: &mut Drill) -> Result<(), ApiError> {
             "correction",
             &format!("drill {}", d.id),
             json!({ "drill": d.id }),
-            format!("correct the {} hits of drill {:?}", d.hits.len(), d.spec.name),
+            format!(
+                "correct the {} hits of drill {:?}",
+                d.hits.len(),
+                d.spec.name
+            ),
         )
         .await?;
         append_audit(
@@ -586,7 +608,12 @@ async fn begin_corrections(s: &Shared, d: &mut Drill) -> Result<(), ApiError> {
 
 /// The approved action: books the drill's corrections (in the background) and answers at
 /// once.
-pub(crate) async fn book_corrections(s: &Shared, id: &str, by: &str) -> Result<Value, ApiError> {
+pub(crate) async fn book_corrections(
+    s: &Shared,
+    id: &str,
+    by: &str,
+    approver: Option<&str>,
+) -> Result<Value, ApiError> {
     let mut d = load(s, id).await?;
     let c = d.correction.get_or_insert_with(Default::default);
     if c.state != "awaiting_approval" {
@@ -597,7 +624,7 @@ pub(crate) async fn book_corrections(s: &Shared, id: &str, by: &str) -> Result<V
         ));
     }
     c.state = "booking".into();
-    c.approved_by = Some(by.into());
+    c.approved_by = approver.map(String::from);
     save(s, &d).await?;
     let (s2, id2, by2) = (s.clone(), id.to_string(), by.to_string());
     tokio::spawn(async move {
@@ -636,8 +663,16 @@ async fn correct(s: &Shared, id: &str, by: &str) -> Result<(), ApiError> {
         }
         let hit = d.hits[i].hit.clone();
         let (state, note) = match (&target, correctable(&hit.hit)) {
-            (None, _) => (FixState::NeedsPerson, Some(format!("correction target {target_name:?} is not configured"))),
-            (_, false) => (FixState::NeedsPerson, Some("this fault cannot be booked back automatically".into())),
+            (None, _) => (
+                FixState::NeedsPerson,
+                Some(format!(
+                    "correction target {target_name:?} is not configured"
+                )),
+            ),
+            (_, false) => (
+                FixState::NeedsPerson,
+                Some("this fault cannot be booked back automatically".into()),
+            ),
             (Some(t), true) => {
                 let body = fill_correction(&t.body, &hit, &reason);
                 let mut req = http.post(&t.url).json(&body);
@@ -648,10 +683,22 @@ async fn correct(s: &Shared, id: &str, by: &str) -> Result<(), ApiError> {
                     Ok(r) if r.status().is_success() => (FixState::Booked, None),
                     Ok(r) => {
                         let status = r.status();
-                        let text: String = r.text().await.unwrap_or_default().chars().take(300).collect();
-                        (FixState::NeedsPerson, Some(format!("correction refused: {status} {text}")))
+                        let text: String = r
+                            .text()
+                            .await
+                            .unwrap_or_default()
+                            .chars()
+                            .take(300)
+                            .collect();
+                        (
+                            FixState::NeedsPerson,
+                            Some(format!("correction refused: {status} {text}")),
+                        )
                     }
-                    Err(e) => (FixState::NeedsPerson, Some(format!("correction failed: {e}"))),
+                    Err(e) => (
+                        FixState::NeedsPerson,
+                        Some(format!("correction failed: {e}")),
+                    ),
                 }
             }
         };
@@ -695,9 +742,14 @@ async fn recover(s: &Shared, d: &mut Drill) -> Result<(), ApiError> {
     loop {
         let breaks = breaks_since(s, rules.clone(), since).await?;
         for h in d.hits.iter_mut().filter(|h| h.state == FixState::Booked) {
-            let own: Vec<&steadfast_store::BreakRow> =
-                breaks.iter().filter(|b| b.brk.key == h.hit.hit.key).collect();
-            if own.iter().all(|b| b.status == steadfast_store::Status::Resolved) {
+            let own: Vec<&steadfast_store::BreakRow> = breaks
+                .iter()
+                .filter(|b| b.brk.key == h.hit.hit.key)
+                .collect();
+            if own
+                .iter()
+                .all(|b| b.status == steadfast_store::Status::Resolved)
+            {
                 h.state = FixState::Recovered;
                 h.recovered_at_ms = Some(
                     own.iter()
@@ -743,14 +795,21 @@ pub async fn handover(
     let Json(h) =
         b.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text()))?;
     if h.note.trim().is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", "say in `note` who takes it over and why"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            "say in `note` who takes it over and why",
+        ));
     }
     let mut d = load(&s, &id).await?;
     if d.correction.is_none() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_correcting",
-            format!("drill {id} is {}; only an ended lossy drill's hits are handed over", d.state()),
+            format!(
+                "drill {id} is {}; only an ended lossy drill's hits are handed over",
+                d.state()
+            ),
         ));
     }
     let mut handed = Vec::new();
@@ -770,5 +829,7 @@ pub async fn handover(
         detail: json!({ "hits": handed, "note": h.note }),
         approver: None,
     }
-    .attach(Json(json!({ "drill": id, "handed_over": handed, "state": d.state() })).into_response()))
+    .attach(
+        Json(json!({ "drill": id, "handed_over": handed, "state": d.state() })).into_response(),
+    ))
 }

@@ -546,6 +546,18 @@ pub enum DrillCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Hand a lossy drill's uncorrected hits to a person (all of them unless --hit is given).
+    Handover {
+        id: String,
+        /// A hit id; repeat for several.
+        #[arg(long = "hit")]
+        hits: Vec<String>,
+        /// Who takes them over and why.
+        #[arg(long)]
+        note: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// The kill switch: stop every drill and refuse new ones.
     #[command(subcommand)]
     KillSwitch(KillSwitchCmd),
@@ -728,9 +740,16 @@ pub async fn drill(cmd: DrillCmd) -> anyhow::Result<()> {
                 )
                 .await?;
             let id = d["id"].as_str().unwrap_or("").to_string();
-            conn.call(Method::POST, &format!("/api/v1/drills/{id}/start"), None)
+            let started = conn
+                .call(Method::POST, &format!("/api/v1/drills/{id}/start"), None)
                 .await?;
-            eprintln!("drill {id} ({}) started", parsed.name);
+            match started["pending_approval"]["id"].as_u64() {
+                Some(a) => eprintln!(
+                    "drill {id} ({}) waits for a second person: `steadfast approve {a}`",
+                    parsed.name
+                ),
+                None => eprintln!("drill {id} ({}) started", parsed.name),
+            }
             if no_wait {
                 println!("{id}");
                 return Ok(());
@@ -753,6 +772,15 @@ pub async fn drill(cmd: DrillCmd) -> anyhow::Result<()> {
             };
             pb.finish_and_clear();
             eprintln!("drill {id} ended: {}", d["state"].as_str().unwrap_or(""));
+            if let Some(c) = d["correction"]["state"].as_str() {
+                eprintln!("  corrections: {c}");
+                if let Some(a) = d["correction"]["approval"]
+                    .as_u64()
+                    .filter(|_| c == "awaiting_approval")
+                {
+                    eprintln!("  a second person approves them with `steadfast approve {a}`");
+                }
+            }
             if let Some(e) = d["error"].as_str() {
                 eprintln!("  {e}");
             }
@@ -796,6 +824,27 @@ pub async fn drill(cmd: DrillCmd) -> anyhow::Result<()> {
                 .call(Method::POST, &format!("/api/v1/drills/{id}/stop"), None)
                 .await?;
             eprintln!("drill {id} is {}", d["state"].as_str().unwrap_or(""));
+            Ok(())
+        }
+        DrillCmd::Handover {
+            id,
+            hits,
+            note,
+            conn,
+        } => {
+            let body = json!({ "hits": (!hits.is_empty()).then_some(hits), "note": note });
+            let v = conn
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/drills/{id}/handover"),
+                    Some(body),
+                )
+                .await?;
+            eprintln!(
+                "{} hits handed over; drill {id} is {}",
+                v["handed_over"].as_array().map_or(0, |a| a.len()),
+                v["state"].as_str().unwrap_or("")
+            );
             Ok(())
         }
         DrillCmd::KillSwitch(cmd) => killswitch(cmd).await,

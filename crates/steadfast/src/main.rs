@@ -143,6 +143,9 @@ enum Command {
     /// Run, list, show and stop drills.
     #[command(subcommand)]
     Drill(control::DrillCmd),
+    /// Run the fault-injection proxy in front of a service of a fund link (lossy drills and
+    /// availability faults; the server assigns the drills).
+    Proxy(ProxyArgs),
     /// Show who the token speaks for and its role.
     Whoami {
         #[command(flatten)]
@@ -150,6 +153,110 @@ enum Command {
     },
     /// Print the default configuration, documented.
     DefaultConfig,
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// Proxy configuration file (TOML); the flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// How the server knows this proxy.
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// The service the proxy stands in front of, e.g. http://127.0.0.1:7404.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// The Steadfast server that assigns drills.
+    #[arg(long)]
+    controller: Option<String>,
+    /// A file holding a token of the `proxy` role.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A route: "METHOD PATH kind=KIND key=FIELD [side=request|response]"; repeat for
+    /// several.
+    #[arg(long = "route")]
+    routes: Vec<String>,
+}
+
+/// Parses `POST /v1/bills kind=bill key=biz_id side=request`.
+fn parse_route(text: &str) -> anyhow::Result<steadfast_proxy::Route> {
+    let mut words = text.split_whitespace();
+    let (Some(method), Some(path)) = (words.next(), words.next()) else {
+        anyhow::bail!("route {text:?}: give METHOD PATH kind=KIND key=FIELD");
+    };
+    let mut route = steadfast_proxy::Route {
+        method: method.to_uppercase(),
+        path: path.into(),
+        kind: String::new(),
+        key: String::new(),
+        side: Default::default(),
+    };
+    for w in words {
+        match w.split_once('=') {
+            Some(("kind", v)) => route.kind = v.into(),
+            Some(("key", v)) => route.key = v.into(),
+            Some(("side", "request")) => route.side = steadfast_drill::proxy::BodySide::Request,
+            Some(("side", "response")) => route.side = steadfast_drill::proxy::BodySide::Response,
+            _ => anyhow::bail!("route {text:?}: unknown part {w:?} (kind=, key=, side=)"),
+        }
+    }
+    if route.kind.is_empty() || route.key.is_empty() {
+        anyhow::bail!("route {text:?}: give kind= and key=");
+    }
+    Ok(route)
+}
+
+async fn proxy(a: ProxyArgs) -> anyhow::Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => steadfast_proxy::ProxyConfig::parse(
+            &std::fs::read_to_string(p)
+                .with_context(|| format!("failed to read {}", p.display()))?,
+        )?,
+        None => steadfast_proxy::ProxyConfig::default(),
+    };
+    if let Some(v) = a.name {
+        cfg.name = v;
+    }
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = a.upstream {
+        cfg.upstream = v;
+    }
+    if let Some(v) = a.data_dir {
+        cfg.data_dir = v;
+    }
+    if a.controller.is_some() || a.token_file.is_some() {
+        let c = cfg
+            .controller
+            .get_or_insert(steadfast_proxy::ControllerConfig {
+                url: String::new(),
+                token_file: None,
+                token: None,
+                ca_cert: None,
+            });
+        if let Some(v) = a.controller {
+            c.url = v;
+        }
+        if let Some(v) = a.token_file {
+            c.token_file = Some(v);
+        }
+    }
+    for r in &a.routes {
+        cfg.routes.push(parse_route(r)?);
+    }
+    if cfg.controller.is_none() {
+        eprintln!("no --controller: the proxy forwards, but no drill can be assigned to it");
+    }
+    let p = steadfast_proxy::Proxy::start(cfg).await?;
+    eprintln!("proxy listening on {}", p.addr);
+    tokio::signal::ctrl_c().await?;
+    p.stop().await;
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -195,6 +302,7 @@ fn load_rules(path: Option<&PathBuf>) -> anyhow::Result<Arc<RuleSet>> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Proxy(a) => proxy(a).await,
         Command::Serve {
             config,
             rules,

@@ -249,9 +249,9 @@ CREATE TABLE IF NOT EXISTS drills (
   state TEXT NOT NULL, body TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS drill_hits (
-  id TEXT PRIMARY KEY, drill TEXT NOT NULL, body TEXT NOT NULL
+  seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, drill TEXT NOT NULL, body TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS drill_hits_by_drill ON drill_hits (drill, rowid);
+CREATE INDEX IF NOT EXISTS drill_hits_by_drill ON drill_hits (drill, seq);
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
   target TEXT NOT NULL, source TEXT NOT NULL, result TEXT NOT NULL, approver TEXT,
@@ -673,8 +673,10 @@ impl ControlStore {
     pub fn drill_hits(&self, drill: &str) -> Result<Vec<Value>, ControlError> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT body FROM drill_hits WHERE drill = ?1 ORDER BY rowid LIMIT ?2")?;
-        let rows = st.query_map(params![drill, DRILL_HITS_MAX as i64], |r| r.get::<_, String>(0))?;
+            .prepare_cached("SELECT body FROM drill_hits WHERE drill = ?1 ORDER BY seq LIMIT ?2")?;
+        let rows = st.query_map(params![drill, DRILL_HITS_MAX as i64], |r| {
+            r.get::<_, String>(0)
+        })?;
         rows.map(|t| Ok(serde_json::from_str(&t?).unwrap_or(Value::Null)))
             .collect()
     }

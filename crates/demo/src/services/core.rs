@@ -163,6 +163,13 @@ impl Core {
         self.svc.router(business, admin)
     }
 
+    /// Sends billing calls to `url` from now on (a fault-injection proxy, or billing
+    /// itself again).
+    pub fn set_billing_upstream(&self, url: &str) {
+        self.upstreams.lock().expect("upstreams lock").billing =
+            url.trim_end_matches('/').to_string();
+    }
+
     fn upstreams(&self) -> Upstreams {
         self.upstreams.lock().expect("upstreams lock").clone()
     }

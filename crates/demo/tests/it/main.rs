@@ -1,4 +1,5 @@
 //! End-to-end tests of the demo platform with a Steadfast server in the same process.
 
+mod lossy;
 mod platform;
 mod support;

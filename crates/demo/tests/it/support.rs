@@ -18,6 +18,7 @@ pub const SETTLE_MS: u64 = 5_000 + 1_000 + 200;
 pub struct Rig {
     pub server: Option<Server>,
     pub platform: Option<Platform>,
+    pub proxy: Option<steadfast_proxy::Proxy>,
     pub base: String,
     pub token: String,
     pub http: reqwest::Client,
@@ -36,8 +37,11 @@ impl Rig {
         };
         cfg.engine.tick_ms = 50;
         let rules = Arc::new(parse_rules(DEMO_RULES).unwrap());
-        let server = Server::start(cfg.clone(), rules, false).await.unwrap();
-        let base = format!("http://{}", server.addr);
+        // The server's address first, so the platform can start before it: the server
+        // then knows billing's correction API.
+        let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", bound.local_addr().unwrap());
+        std::fs::create_dir_all(&cfg.data_dir).unwrap();
         let token = steadfast_server::bootstrap_admin_token(&cfg.data_dir, "test").unwrap();
         let traffic = Traffic::new(seed, users, 50);
         let wallets = traffic.wallets();
@@ -54,9 +58,22 @@ impl Rig {
         // false failure, not a finding.
         pcfg.call_timeout_ms = 20_000;
         let platform = Platform::start(pcfg, &wallets).await.unwrap();
+        let (url, body) = steadfast_demo::billing_correction(&platform.endpoints.billing);
+        cfg.drills
+            .corrections
+            .push(steadfast_server::CorrectionTarget {
+                name: "billing".into(),
+                url,
+                body,
+                token_file: None,
+            });
+        let server = Server::start_on(cfg, rules, false, Some(bound))
+            .await
+            .unwrap();
         Rig {
             server: Some(server),
             platform: Some(platform),
+            proxy: None,
             base,
             token,
             http: reqwest::Client::new(),
@@ -177,7 +194,93 @@ impl Rig {
             .sum()
     }
 
+    /// Puts a fault-injection proxy between the payment cores and billing.
+    pub async fn with_proxy(&mut self) {
+        let dir = self.dir().join("steadfast");
+        let (_, token) = steadfast_server::auth::create_local_token(
+            &dir,
+            &steadfast_server::auth::TokenSpec {
+                subject: "billing-proxy".into(),
+                name: "proxy".into(),
+                role: "proxy".into(),
+                links: vec![],
+                services: vec![],
+                site: None,
+                expires_in_secs: None,
+                rate_per_sec: None,
+                body_bytes_max: None,
+            },
+            "test",
+            86_400,
+        )
+        .unwrap();
+        let (method, path, kind, key) = steadfast_demo::BILLING_ROUTE;
+        let cfg = steadfast_proxy::ProxyConfig {
+            name: "billing".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: self.platform().endpoints.billing.clone(),
+            data_dir: self.dir().join("proxy"),
+            controller: Some(steadfast_proxy::ControllerConfig {
+                url: self.base.clone(),
+                token_file: None,
+                token: Some(token),
+                ca_cert: None,
+            }),
+            routes: vec![steadfast_proxy::Route {
+                method: method.into(),
+                path: path.into(),
+                kind: kind.into(),
+                key: key.into(),
+                side: Default::default(),
+            }],
+            ..steadfast_proxy::ProxyConfig::default()
+        };
+        let proxy = steadfast_proxy::Proxy::start(cfg).await.unwrap();
+        let url = format!("http://{}", proxy.addr);
+        self.platform().core.set_billing_upstream(&url);
+        self.platform().standby.set_billing_upstream(&url);
+        self.proxy = Some(proxy);
+        // The proxy's first sync, so the server knows it before a drill starts.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self
+            .get("/api/v1/proxies")
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty()
+        {
+            assert!(Instant::now() < deadline, "the proxy never synced");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A token of another admin: the second person of four-eyes.
+    pub fn second_person(&self) -> String {
+        let dir = self.dir().join("steadfast");
+        steadfast_server::auth::create_local_token(
+            &dir,
+            &steadfast_server::auth::TokenSpec {
+                subject: "second-person".into(),
+                name: "approver".into(),
+                role: "drill-admin".into(),
+                links: vec![],
+                services: vec![],
+                site: None,
+                expires_in_secs: None,
+                rate_per_sec: None,
+                body_bytes_max: None,
+            },
+            "test",
+            86_400,
+        )
+        .unwrap()
+        .1
+    }
+
     pub async fn stop(mut self) {
+        if let Some(p) = self.proxy.take() {
+            p.stop().await;
+        }
         if let Some(p) = self.platform.take() {
             p.shutdown().await;
         }
