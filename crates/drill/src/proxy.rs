@@ -49,6 +49,9 @@ pub struct ProxyHit {
     pub proxy: String,
     pub route: String,
     pub side: BodySide,
+    /// A dry run's hit: what would have been done; the request went on unchanged.
+    #[serde(default)]
+    pub dry_run: bool,
     #[serde(flatten)]
     pub hit: Hit,
 }
@@ -126,6 +129,7 @@ struct Running {
     deadline_ms: i64,
     kinds: Vec<String>,
     error_rate_max: Option<u8>,
+    dry_run: bool,
     /// Recent outcomes of requests on the drill's kinds: true for an error.
     window: VecDeque<bool>,
 }
@@ -214,6 +218,7 @@ impl Active {
                     deadline_ms: deadline,
                     kinds: a.spec.faults.iter().map(|f| f.kind.clone()).collect(),
                     error_rate_max: a.spec.guards.error_rate_percent_max,
+                    dry_run: a.spec.dry_run,
                     window: VecDeque::new(),
                 }),
             }
@@ -251,7 +256,8 @@ impl Active {
     }
 
     /// Decides one request. At most one drill acts on it: the first, in assignment order,
-    /// whose faults apply. A failed tampering leaves the request as it was.
+    /// whose faults apply. A failed tampering leaves the request as it was. A dry run's
+    /// decision carries `dry_run`: the edge reports it and changes nothing.
     pub fn decide(&mut self, seen: &Seen, now_ms: i64) -> Result<Option<Decision>, TamperError> {
         self.expire(now_ms);
         if self.killswitch || self.unacked >= HITS_UNACKED_MAX {
@@ -271,6 +277,7 @@ impl Active {
                 proxy: self.proxy.clone(),
                 route: seen.route.into(),
                 side: seen.side,
+                dry_run: r.dry_run,
                 hit,
             };
             return Ok(Some(Decision { action, hit }));
@@ -449,6 +456,16 @@ mod tests {
             body,
             json!({"biz_id": "K1", "amount": "10.00", "reason": "drill d1", "kept": "{nope}"})
         );
+    }
+
+    #[test]
+    fn a_dry_run_reports_what_it_would_do() {
+        let mut a = Active::new("p");
+        a.apply(&assign("d1", &spec("dry_run = true"), 60_000, 1), 0);
+        let b = bill("K1");
+        let d = a.decide(&seen("K1", &b), 1).unwrap().unwrap();
+        assert!(d.hit.dry_run);
+        assert_eq!(d.hit.hit.tampered, Some(json!("10.01")));
     }
 
     #[test]

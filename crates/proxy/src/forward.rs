@@ -206,8 +206,11 @@ async fn decide(
             return None;
         }
     }
-    edge.tampered.fetch_add(1, Ordering::Relaxed);
     edge.outbox.notify_one();
+    if d.hit.dry_run {
+        return None;
+    }
+    edge.tampered.fetch_add(1, Ordering::Relaxed);
     Some(d)
 }
 

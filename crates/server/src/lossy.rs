@@ -283,6 +283,8 @@ pub enum FixState {
     NeedsPerson,
     /// A person took it over.
     HandedOver,
+    /// A dry run's hit: nothing was changed, nothing to correct.
+    Untouched,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -313,10 +315,12 @@ fn settle(d: &mut Drill) {
     let Some(c) = d.correction.as_mut() else {
         return;
     };
-    let all_done = d
-        .hits
-        .iter()
-        .all(|h| matches!(h.state, FixState::Recovered | FixState::HandedOver));
+    let all_done = d.hits.iter().all(|h| {
+        matches!(
+            h.state,
+            FixState::Recovered | FixState::HandedOver | FixState::Untouched
+        )
+    });
     if all_done {
         c.state = "done".into();
     } else if d.hits.iter().any(|h| h.state == FixState::NeedsPerson)
@@ -544,7 +548,10 @@ fn report(d: &mut Drill, observed: &[steadfast_store::BreakRow], rules: &[String
 /// corrections, or books them now.
 async fn begin_corrections(s: &Shared, d: &mut Drill) -> Result<(), ApiError> {
     let mut c = CorrectionState::default();
-    if d.hits.is_empty() {
+    if d.hits.is_empty() || d.spec.dry_run {
+        for h in d.hits.iter_mut() {
+            h.state = FixState::Untouched;
+        }
         c.state = "done".into();
         d.correction = Some(c);
         return Ok(());
@@ -815,7 +822,12 @@ pub async fn handover(
     let mut handed = Vec::new();
     for st in d.hits.iter_mut() {
         let named = h.hits.as_ref().is_none_or(|ids| ids.contains(&st.hit.id));
-        if named && !matches!(st.state, FixState::Recovered | FixState::HandedOver) {
+        if named
+            && !matches!(
+                st.state,
+                FixState::Recovered | FixState::HandedOver | FixState::Untouched
+            )
+        {
             st.state = FixState::HandedOver;
             st.note = Some(format!("{}: {}", caller.subject, h.note));
             handed.push(st.hit.id.clone());
