@@ -99,16 +99,9 @@ fn traffic(
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<()>,
 ) {
-    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let (tx, rx) = tokio::sync::watch::channel(false);
     let rig = rig.clone();
-    let task = tokio::spawn(async move {
-        while !*rx.borrow() {
-            tokio::select! {
-                _ = rig.drive(200, 400.0) => {}
-                _ = rx.changed() => {}
-            }
-        }
-    });
+    let task = tokio::spawn(async move { rig.drive_until(300.0, rx).await });
     (tx, task)
 }
 

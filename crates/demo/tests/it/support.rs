@@ -114,6 +114,25 @@ impl Rig {
         stats
     }
 
+    /// Plays the seeded traffic at `rate` per second until `stop` (fresh operations all
+    /// along: a replayed operation is an idempotent retry and calls nothing downstream).
+    pub async fn drive_until(&self, rate: f64, stop: tokio::sync::watch::Receiver<bool>) {
+        drive(
+            Traffic::new(self.seed, self.users, 50),
+            self.platform().endpoints.gateway.clone(),
+            DriverConfig {
+                rate,
+                seasonal: false,
+                ops_max: None,
+                in_flight_max: 64,
+                ..DriverConfig::default()
+            },
+            Arc::new(DriverStats::default()),
+            stop,
+        )
+        .await;
+    }
+
     pub async fn get(&self, path: &str) -> Value {
         let r = self
             .http

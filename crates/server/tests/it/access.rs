@@ -277,6 +277,16 @@ async fn every_state_changing_action_is_in_the_audit_log() {
     assert_eq!(code, 201, "{bo}");
     let path = format!("/api/v1/drill-blackouts/{}", bo["id"].as_str().unwrap());
     assert_eq!(s.call("delete", &path, Some(&s.token), None).await.0, 200);
+    // Handing over the hits of a drill that has none: refused, and audited all the same.
+    let (code, _) = s
+        .call(
+            "post",
+            "/api/v1/drills/drill-none/handover",
+            Some(&s.token),
+            Some(json!({"note": "ops on call"})),
+        )
+        .await;
+    assert_eq!(code, 404);
     // Signing out with a session token of its own.
     let (_, login) = s
         .call(
