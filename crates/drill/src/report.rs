@@ -49,6 +49,11 @@ pub struct Report {
     /// Breaks on keys the drill did not tamper with.
     pub false_positives: Vec<Observed>,
     pub corrected: usize,
+    /// From injection to correction (the data right again), over the corrected ones.
+    #[serde(default)]
+    pub time_to_recover_ms_p50: Option<i64>,
+    #[serde(default)]
+    pub time_to_recover_ms_max: Option<i64>,
     /// Every injection discovered on time and no false positive.
     pub passed: bool,
     pub outcomes: Vec<Outcome>,
@@ -104,6 +109,11 @@ impl Report {
             .filter(|o| !injected_keys.contains(o.key.as_str()))
             .cloned()
             .collect();
+        let mut ttr: Vec<i64> = injections
+            .iter()
+            .filter_map(|i| i.corrected_at_ms.map(|c| c - i.at_ms))
+            .collect();
+        ttr.sort_unstable();
         let discovered = ttd.len();
         let injected = injections.len();
         Report {
@@ -114,6 +124,8 @@ impl Report {
             time_to_detect_ms_p50: percentile(&ttd, 50),
             time_to_detect_ms_p99: percentile(&ttd, 99),
             time_to_detect_ms_max: ttd.last().copied(),
+            time_to_recover_ms_p50: percentile(&ttr, 50),
+            time_to_recover_ms_max: ttr.last().copied(),
             corrected: outcomes
                 .iter()
                 .filter(|o| o.corrected_at_ms.is_some())
@@ -130,7 +142,7 @@ impl Report {
     pub fn markdown(&self, title: &str) -> String {
         let ms = |v: Option<i64>| v.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
         let mut out = format!(
-            "# Drill report: {title}\n\n**{}**\n\n| | |\n| --- | --- |\n| faults injected | {} |\n| discovered | {} ({}.{} %) |\n| missed | {} |\n| time to detect p50 / p99 / max | {} / {} / {} |\n| false positives | {} |\n| corrected | {} |\n",
+            "# Drill report: {title}\n\n**{}**\n\n| | |\n| --- | --- |\n| faults injected | {} |\n| discovered | {} ({}.{} %) |\n| missed | {} |\n| time to detect p50 / p99 / max | {} / {} / {} |\n| false positives | {} |\n| corrected | {} |\n| time to recover p50 / max | {} / {} |\n",
             if self.passed { "PASSED" } else { "FAILED" },
             self.injected,
             self.discovered,
@@ -142,6 +154,8 @@ impl Report {
             ms(self.time_to_detect_ms_max),
             self.false_positives.len(),
             self.corrected,
+            ms(self.time_to_recover_ms_p50),
+            ms(self.time_to_recover_ms_max),
         );
         let missed: Vec<&Outcome> = self.outcomes.iter().filter(|o| !o.on_time).collect();
         if !missed.is_empty() {
@@ -212,6 +226,22 @@ mod tests {
         );
         assert!(r.passed);
         assert!(r.markdown("t").contains("| discovered | 100 (100.0 %) |"));
+        assert_eq!(r.time_to_recover_ms_max, None, "nothing corrected");
+        let mut fixed = injections.clone();
+        fixed[0].corrected_at_ms = Some(4_000);
+        fixed[1].corrected_at_ms = Some(2_000);
+        let r = Report::new(&fixed, &observed, &[], None);
+        assert_eq!(
+            (
+                r.corrected,
+                r.time_to_recover_ms_p50,
+                r.time_to_recover_ms_max
+            ),
+            (2, Some(1_000), Some(3_000))
+        );
+        assert!(r
+            .markdown("t")
+            .contains("| time to recover p50 / max | 1000 ms / 3000 ms |"));
     }
 
     #[test]

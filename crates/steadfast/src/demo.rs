@@ -49,10 +49,17 @@ pub struct DemoArgs {
     /// accounting, billing, wallet, notification). Any free ports when 0.
     #[arg(long, default_value_t = 7430)]
     platform_port: u16,
-    /// Send the payment core's billing calls here (a fault-injection proxy) instead of
-    /// straight to billing.
+    /// Send the payment core's billing calls here (a fault-injection proxy of your own)
+    /// instead of through the built-in proxy.
     #[arg(long)]
     billing_upstream: Option<String>,
+    /// Where the built-in fault-injection proxy between the payment cores and billing
+    /// listens (lossy drills and availability faults go through it).
+    #[arg(long, default_value = "127.0.0.1:7428")]
+    proxy_listen: SocketAddr,
+    /// Send billing calls straight to billing, with no proxy in between.
+    #[arg(long)]
+    no_proxy: bool,
     /// Export the services' traces and metrics over OTLP/HTTP to this base URL.
     #[arg(long)]
     otlp_endpoint: Option<String>,
@@ -104,13 +111,18 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     };
     let rules = Arc::new(parse_rules(&rules_text).map_err(|e| anyhow::anyhow!("rules: {e}"))?);
     let server_dir = a.data_dir.join("steadfast");
-    let cfg = Config {
+    std::fs::create_dir_all(&server_dir)
+        .with_context(|| format!("failed to create {}", server_dir.display()))?;
+    let mut cfg = Config {
         data_dir: server_dir.clone(),
         listen: a.listen,
         ..Config::default()
     };
-    let server = Server::start(cfg, rules.clone(), false).await?;
-    let base = format!("http://{}", server.addr);
+    // The server's address is taken first: the platform, which reports to it, starts
+    // before it, so that the server knows billing's correction API.
+    let bound = std::net::TcpListener::bind(a.listen)
+        .with_context(|| format!("failed to listen on {}", a.listen))?;
+    let base = format!("http://{}", bound.local_addr()?);
     // A session admin token for the person watching, and an ingest token, scoped to the
     // demo's sources, for the platform's reporters: they can write records and nothing else.
     let token = steadfast_server::bootstrap_admin_token(&server_dir, "demo")?;
@@ -151,11 +163,33 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             ..OtlpConfig::default()
         };
     }
-    let platform = match Platform::start(pcfg, &wallets).await {
-        Ok(p) => p,
+    let platform = Platform::start(pcfg, &wallets).await?;
+    let (url, body) = steadfast_demo::billing_correction(&platform.endpoints.billing);
+    cfg.drills
+        .corrections
+        .push(steadfast_server::CorrectionTarget {
+            name: "billing".into(),
+            url,
+            body,
+            token_file: None,
+        });
+    let server = match Server::start_on(cfg, rules.clone(), false, Some(bound)).await {
+        Ok(s) => s,
         Err(e) => {
-            server.shutdown().await;
+            platform.shutdown().await;
             return Err(e);
+        }
+    };
+    let proxy = if a.no_proxy || a.billing_upstream.is_some() {
+        None
+    } else {
+        match start_proxy(&a, &server_dir, &base, &platform).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                platform.shutdown().await;
+                server.shutdown().await;
+                return Err(e);
+            }
         }
     };
 
@@ -176,6 +210,12 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     );
     for (name, url) in platform.endpoints.list() {
         eprintln!("  {name:<21} {url}  (admin: {url}/admin/faults)");
+    }
+    if let Some(p) = &proxy {
+        eprintln!(
+            "  proxy (core→billing)  http://{}  (lossy drills: examples/drill-lossy-bills.toml; a second person approves with a drill-admin token of their own)",
+            p.addr
+        );
     }
     eprintln!("Ctrl-C stops the traffic, reports everything written and shuts down.");
 
@@ -216,6 +256,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     summary.clear();
     eprintln!("stopping the platform: reporting every record written");
     let reports = platform.reports.clone();
+    if let Some(p) = proxy {
+        p.stop().await;
+    }
     platform.shutdown().await;
     let acknowledged: u64 = reports
         .iter()
@@ -240,6 +283,58 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     }
     eprintln!("data kept in {} until the next demo", a.data_dir.display());
     Ok(())
+}
+
+/// The built-in proxy between both payment cores and billing, synced with the server under
+/// a `proxy`-role token of its own.
+async fn start_proxy(
+    a: &DemoArgs,
+    server_dir: &Path,
+    base: &str,
+    platform: &Platform,
+) -> anyhow::Result<steadfast_proxy::Proxy> {
+    let (_, token) = steadfast_server::auth::create_local_token(
+        server_dir,
+        &steadfast_server::auth::TokenSpec {
+            subject: "demo-billing-proxy".into(),
+            name: "demo proxy".into(),
+            role: "proxy".into(),
+            links: vec![],
+            services: vec![],
+            site: None,
+            expires_in_secs: Some(7 * 86_400),
+            rate_per_sec: None,
+            body_bytes_max: None,
+        },
+        "demo",
+        7 * 86_400,
+    )?;
+    let (method, path, kind, key) = steadfast_demo::BILLING_ROUTE;
+    let proxy = steadfast_proxy::Proxy::start(steadfast_proxy::ProxyConfig {
+        name: "billing".into(),
+        listen: a.proxy_listen,
+        upstream: platform.endpoints.billing.clone(),
+        data_dir: a.data_dir.join("proxy"),
+        controller: Some(steadfast_proxy::ControllerConfig {
+            url: base.into(),
+            token_file: None,
+            token: Some(token),
+            ca_cert: None,
+        }),
+        routes: vec![steadfast_proxy::Route {
+            method: method.into(),
+            path: path.into(),
+            kind: kind.into(),
+            key: key.into(),
+            side: Default::default(),
+        }],
+        ..steadfast_proxy::ProxyConfig::default()
+    })
+    .await?;
+    let url = format!("http://{}", proxy.addr);
+    platform.core.set_billing_upstream(&url);
+    platform.standby.set_billing_upstream(&url);
+    Ok(proxy)
 }
 
 /// The live line: operations, records, open state, breaks, detection latency.

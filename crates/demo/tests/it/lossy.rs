@@ -9,18 +9,8 @@ use serde_json::{json, Value};
 
 use crate::support::Rig;
 
-const SPEC: &str = r#"
-name = "bill amounts a cent high, in flight"
-mode = "lossy"
-rules = ["payment-bill"]
-ttl_secs = 120
-correction = { target = "billing" }
-[[faults]]
-kind = "bill"
-field = "amount"
-mutation = { offset_minor = 1 }
-limits = { hits_max = 20 }
-"#;
+/// The shipped example: 20 bills a cent high, corrected through billing.
+const SPEC: &str = include_str!("../../../../examples/drill-lossy-bills.toml");
 
 async fn call(
     rig: &Rig,
@@ -152,6 +142,10 @@ async fn a_lossy_drill_tampers_20_bills_finds_20_and_corrects_every_one() {
     assert_eq!(hits.len(), 20);
     assert!(hits.iter().all(|h| h["state"] == "recovered"), "{d}");
     assert_eq!(d["report"]["corrected"], 20, "{d}");
+    assert!(
+        d["report"]["time_to_recover_ms_max"].as_i64().is_some(),
+        "{d}"
+    );
     // The bills hold their original amounts again, and the rule has nothing open.
     let billing = rig.platform().endpoints.billing.clone();
     for h in hits {

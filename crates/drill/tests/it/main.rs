@@ -194,6 +194,13 @@ fn the_shipped_example_drill_is_valid_and_targets_a_demo_rule() {
     let demo = parse_rules(include_str!("../../../../examples/demo-rules.toml")).unwrap();
     let targets = steadfast_drill::forge::target_rules(&spec, &demo).unwrap();
     assert_eq!(targets[0].name, "payment-bill");
+    let lossy = parse_spec(include_str!("../../../../examples/drill-lossy-bills.toml")).unwrap();
+    assert_eq!(lossy.mode, steadfast_drill::Mode::Lossy);
+    assert_eq!(lossy.correction.target.as_deref(), Some("billing"));
+    assert_eq!(
+        steadfast_drill::forge::target_rules(&lossy, &demo).unwrap()[0].name,
+        "payment-bill"
+    );
 }
 
 #[test]
