@@ -36,6 +36,7 @@ mod engine;
 mod http;
 mod ndjson;
 mod prom;
+mod proxy;
 mod restart;
 mod verify;
 
@@ -73,6 +74,9 @@ enum Command {
     Restart(restart::Args),
     /// Lossless drills while real traffic flows: time to detect per fault.
     Drill(drill::Args),
+    /// The fault-injection proxy: added latency next to a direct connection and nginx, and
+    /// the time from the kill switch to the last tampered request.
+    Proxy(proxy::Args),
     /// The server the `restart` benchmark runs and kills (internal).
     #[command(hide = true)]
     ServeChild(restart::ChildArgs),
@@ -88,6 +92,7 @@ impl Command {
             Command::Restart(_) => "restart",
             Command::Demo(_) => "demo",
             Command::Drill(_) => "drill",
+            Command::Proxy(_) => "proxy",
             Command::ServeChild(_) => "serve-child",
         }
     }
@@ -127,6 +132,11 @@ fn main() -> Result<()> {
         }
         Command::Drill(args) => {
             let report = drill::run(args)?;
+            print!("{}", report.table());
+            write_result(&out, &report)?;
+        }
+        Command::Proxy(args) => {
+            let report = proxy::run(args)?;
             print!("{}", report.table());
             write_result(&out, &report)?;
         }

@@ -89,6 +89,8 @@ pub struct ProxyConfig {
     pub routes: Vec<Route>,
     pub body_bytes_max: usize,
     pub upstream_connect_timeout_ms: u64,
+    /// A PEM CA to trust for an https upstream, besides the public roots.
+    pub upstream_ca_cert: Option<PathBuf>,
     /// A request the upstream has not answered by then gets 504.
     pub upstream_timeout_ms: u64,
 }
@@ -106,6 +108,7 @@ impl Default for ProxyConfig {
             routes: vec![],
             body_bytes_max: BODY_BYTES_MAX_DEFAULT,
             upstream_connect_timeout_ms: 2_000,
+            upstream_ca_cert: None,
             upstream_timeout_ms: 30_000,
         }
     }

@@ -71,49 +71,106 @@ fn key_at(body: &Value, path: &str) -> String {
     }
 }
 
+/// The upstream client: hyper's pooled HTTP/1 client, TLS by rustls for https upstreams.
+/// Bodies pass through as they are, lengths kept, with no copy on the way.
+pub(crate) type Client = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Body,
+>;
+
+pub(crate) fn client(cfg: &crate::ProxyConfig) -> anyhow::Result<Client> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(ca) = &cfg.upstream_ca_cert {
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("failed to read {}", ca.display()))?
+        {
+            roots
+                .add(c.with_context(|| format!("{} holds a malformed certificate", ca.display()))?)
+                .with_context(|| format!("{} holds an unusable CA certificate", ca.display()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_millis(cfg.upstream_connect_timeout_ms)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(crate::config::UPSTREAM_IDLE_MAX)
+            .build(https),
+    )
+}
+
 struct Upstream {
     status: StatusCode,
     headers: HeaderMap,
-    body: reqwest::Response,
+    body: Body,
 }
 
 async fn send(
     edge: &Edge,
     parts: &axum::http::request::Parts,
     peer: std::net::SocketAddr,
-    body: reqwest::Body,
+    body: Body,
+    same_body: bool,
 ) -> Result<Upstream, Response> {
-    let mut url = edge.upstream.clone();
-    let base = url.path().trim_end_matches('/').to_string();
-    url.set_path(&format!("{base}{}", parts.uri.path()));
-    url.set_query(parts.uri.query());
-    let mut headers = end_to_end(&parts.headers, false);
+    let base = edge.upstream.path().trim_end_matches('/');
+    let path = match parts.uri.query() {
+        Some(q) => format!("{base}{}?{q}", parts.uri.path()),
+        None => format!("{base}{}", parts.uri.path()),
+    };
+    let authority = edge.upstream.authority();
+    let uri = format!("{}://{authority}{path}", edge.upstream.scheme());
+    let mut req = axum::http::Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = match uri.parse() {
+        Ok(u) => u,
+        Err(_) => return Err(plain(StatusCode::BAD_REQUEST)),
+    };
+    let headers = req.headers_mut();
+    // A body read and sent anew gets its length from what is sent.
+    *headers = end_to_end(&parts.headers, same_body);
+    if let Ok(v) = HeaderValue::from_str(authority) {
+        headers.insert(header::HOST, v);
+    }
     if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
         headers.append(HeaderName::from_static("x-forwarded-for"), v);
     }
-    let sent = edge
-        .client
-        .request(parts.method.clone(), url)
-        .headers(headers)
-        .body(body)
-        .send()
-        .await;
-    match sent {
-        Ok(r) => Ok(Upstream {
-            status: r.status(),
-            headers: end_to_end(r.headers(), true),
-            body: r,
-        }),
-        Err(e) if e.is_timeout() => Err(plain(StatusCode::GATEWAY_TIMEOUT)),
-        Err(e) => {
+    let timeout = Duration::from_millis(edge.cfg.upstream_timeout_ms);
+    match tokio::time::timeout(timeout, edge.client.request(req)).await {
+        Ok(Ok(r)) => {
+            let (p, body) = r.into_parts();
+            Ok(Upstream {
+                status: p.status,
+                headers: end_to_end(&p.headers, true),
+                body: Body::new(body),
+            })
+        }
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, "upstream unreachable");
             Err(plain(StatusCode::BAD_GATEWAY))
         }
+        Err(_) => Err(plain(StatusCode::GATEWAY_TIMEOUT)),
     }
 }
 
 fn streamed(up: Upstream) -> Response {
-    let mut r = Response::new(Body::from_stream(up.body.bytes_stream()));
+    let mut r = Response::new(up.body);
     *r.status_mut() = up.status;
     *r.headers_mut() = up.headers;
     r
@@ -141,22 +198,10 @@ fn throttled(body: Bytes, bytes_per_sec: u64) -> Body {
     Body::from_stream(stream)
 }
 
-async fn read_whole(edge: &Edge, up: reqwest::Response) -> Result<Bytes, Response> {
-    let max = edge.cfg.body_bytes_max;
-    if up.content_length().is_some_and(|n| n as usize > max) {
-        return Err(plain(StatusCode::BAD_GATEWAY));
-    }
-    let mut out = Vec::new();
-    let mut stream = up.bytes_stream();
-    use futures_util::StreamExt;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| plain(StatusCode::BAD_GATEWAY))?;
-        if out.len() + chunk.len() > max {
-            return Err(plain(StatusCode::BAD_GATEWAY));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out.into())
+async fn read_whole(edge: &Edge, body: Body) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, edge.cfg.body_bytes_max)
+        .await
+        .map_err(|_| plain(StatusCode::BAD_GATEWAY))
 }
 
 /// Shows the core one body; records a hit durably before it takes effect.
@@ -291,8 +336,7 @@ async fn handle(
     let armed = route.is_some() && !edge.active.lock().expect("active lock").is_empty();
     let (parts, body) = req.into_parts();
     let Some(route) = route.filter(|_| armed) else {
-        let body = reqwest::Body::wrap_stream(body.into_data_stream());
-        return match send(&edge, &parts, conn.peer, body).await {
+        return match send(&edge, &parts, conn.peer, body, true).await {
             Ok(up) => {
                 if up.status.is_server_error() {
                     edge.errors.fetch_add(1, Ordering::Relaxed);
@@ -337,7 +381,7 @@ async fn handle(
             }
         }
     }
-    let up = match send(&edge, &parts, conn.peer, body_out.into()).await {
+    let up = match send(&edge, &parts, conn.peer, Body::from(body_out), false).await {
         Ok(up) => up,
         Err(r) => {
             outcome(&edge, route, true);
@@ -347,7 +391,7 @@ async fn handle(
     outcome(&edge, route, up.status.is_server_error());
     if let Some(copy) = duplicate {
         // The resend under a new record id; its answer is the upstream's business.
-        if let Err(r) = send(&edge, &parts, conn.peer, copy.into()).await {
+        if let Err(r) = send(&edge, &parts, conn.peer, Body::from(copy), false).await {
             tracing::warn!(status = %r.status(), "the duplicate could not be sent");
         }
     }

@@ -31,7 +31,7 @@ pub(crate) struct Edge {
     pub routes: Vec<config::CompiledRoute>,
     pub active: Mutex<Active>,
     pub journal: journal::Journal,
-    pub client: reqwest::Client,
+    pub client: forward::Client,
     pub upstream: reqwest::Url,
     pub epoch: Instant,
     /// Woken when the assignment changes (black-holed requests wait on it).
@@ -86,16 +86,7 @@ impl Proxy {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let upstream = reqwest::Url::parse(&cfg.upstream)
             .with_context(|| format!("upstream {:?} is not a URL", cfg.upstream))?;
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(config::UPSTREAM_IDLE_MAX)
-            .tcp_nodelay(true)
-            .connect_timeout(std::time::Duration::from_millis(
-                cfg.upstream_connect_timeout_ms,
-            ))
-            .timeout(std::time::Duration::from_millis(cfg.upstream_timeout_ms))
-            .build()
-            .context("HTTP client")?;
+        let client = forward::client(&cfg)?;
         let journal = journal::Journal::open(&cfg.journal_path())?;
         let (changed, _) = tokio::sync::watch::channel(0);
         let edge = Arc::new(Edge {
