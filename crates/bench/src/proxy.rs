@@ -28,6 +28,10 @@ pub struct Args {
     /// The nginx binary; the nginx row is left out when it is not found.
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx: String,
+    /// Rounds: each measures every target once, interleaved, so a noisy moment on the
+    /// machine hits all of them alike; the figures are the median round's.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Requests per second through the proxy while the kill switch is pulled.
     #[arg(long, default_value_t = 2_000)]
     kill_rate: u64,
@@ -35,6 +39,7 @@ pub struct Args {
 
 #[derive(Serialize)]
 pub struct Row {
+    pub round: usize,
     pub target: String,
     pub requests: u64,
     pub errors: u64,
@@ -51,8 +56,10 @@ pub struct Report {
     pub rate: u64,
     pub secs: u64,
     pub rows: Vec<Row>,
-    /// p99 through the proxy minus p99 direct.
+    /// p99 through the proxy minus p99 direct, per round, and the median of the rounds.
+    pub proxy_added_p99_us_rounds: Vec<i64>,
     pub proxy_added_p99_us: i64,
+    pub nginx_added_p99_us_rounds: Vec<i64>,
     pub nginx_added_p99_us: Option<i64>,
     /// How long the kill switch call took to return (every proxy confirmed).
     pub killswitch_call_ms: u64,
@@ -66,22 +73,23 @@ pub struct Report {
 impl Report {
     pub fn table(&self) -> String {
         let mut t = format!(
-            "proxy latency at {} requests/s, {} s per target ({} build)\n\n{:<34} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}\n",
-            self.rate, self.secs, self.profile, "target", "requests", "errors", "p50 µs", "p99 µs", "p99.9 µs", "max µs"
+            "proxy latency at {} requests/s, {} s per target and round ({} build)\n\n{:<6}{:<34} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}\n",
+            self.rate, self.secs, self.profile, "round", "target", "requests", "errors", "p50 µs", "p99 µs", "p99.9 µs", "max µs"
         );
         for r in &self.rows {
             let _ = writeln!(
                 t,
-                "{:<34} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}",
-                r.target, r.requests, r.errors, r.p50_us, r.p99_us, r.p999_us, r.max_us
+                "{:<6}{:<34} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}",
+                r.round, r.target, r.requests, r.errors, r.p50_us, r.p99_us, r.p999_us, r.max_us
             );
         }
         let _ = writeln!(
             t,
-            "\nadded p99: steadfast proxy {} µs (target ≤ 1000 µs){}",
+            "\nadded p99, median of rounds: steadfast proxy {} µs (target ≤ 1000 µs; rounds {:?}){}",
             self.proxy_added_p99_us,
+            self.proxy_added_p99_us_rounds,
             self.nginx_added_p99_us
-                .map(|n| format!(", nginx {n} µs"))
+                .map(|n| format!(", nginx {n} µs (rounds {:?})", self.nginx_added_p99_us_rounds))
                 .unwrap_or_default()
         );
         let _ = writeln!(
@@ -193,8 +201,10 @@ async fn load(
 fn measure(rt: &tokio::runtime::Runtime, name: &str, url: &str, a: &Args) -> Result<Row> {
     // Spawned, so the load runs on its runtime's thread and not on the caller's.
     rt.block_on(rt.spawn(load(url.into(), a.rate, 1, true)))??;
-    let (h, requests, errors) = rt.block_on(rt.spawn(load(url.into(), a.rate, a.secs, false)))??;
+    let (h, requests, errors) =
+        rt.block_on(rt.spawn(load(url.into(), a.rate, a.secs, false)))??;
     Ok(Row {
+        round: 0,
         target: name.into(),
         requests,
         errors,
@@ -268,30 +278,45 @@ pub fn run(a: &Args) -> Result<Report> {
         },
     ))?;
     let nginx = start_nginx(&a.nginx, &dir.path().join("nginx"), up)?;
-    let mut rows = vec![
-        measure(&load_rt, "direct", &format!("http://{up}/v1/bills"), a)?,
-        measure(
-            &load_rt,
+    let mut targets = vec![
+        ("direct", format!("http://{up}/v1/bills")),
+        (
             "steadfast proxy (no fault active)",
-            &format!("http://{}/v1/bills", proxy.addr),
-            a,
-        )?,
+            format!("http://{}/v1/bills", proxy.addr),
+        ),
     ];
     if let Some((_, addr)) = &nginx {
-        rows.push(measure(
-            &load_rt,
+        targets.push((
             "nginx (plain reverse proxy)",
-            &format!("http://{addr}/v1/bills"),
-            a,
-        )?);
+            format!("http://{addr}/v1/bills"),
+        ));
     }
+    let mut rows = Vec::new();
+    let (mut proxy_added, mut nginx_added) = (Vec::new(), Vec::new());
+    for round in 1..=a.rounds.max(1) {
+        let first = rows.len();
+        for (name, url) in &targets {
+            let mut row = measure(&load_rt, name, url, a)?;
+            row.round = round;
+            rows.push(row);
+        }
+        let p99 = |i: usize| rows.get(first + i).map(|r: &Row| r.p99_us as i64);
+        proxy_added.push(p99(1).unwrap_or(0) - p99(0).unwrap_or(0));
+        if let Some(n) = p99(2) {
+            nginx_added.push(n - p99(0).unwrap_or(0));
+        }
+    }
+    let median = |v: &[i64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
+    };
     if let Some((mut child, _)) = nginx {
         let _ = child.kill();
         let _ = child.wait();
     }
     proxy_rt.block_on(proxy.stop());
     let kill = kill_switch(a, &dir.path().join("kill"), up, &proxy_rt, &load_rt)?;
-    let added = |i: usize| rows.get(i).map(|r| r.p99_us as i64 - rows[0].p99_us as i64);
     Ok(Report {
         bench: "proxy",
         profile: if cfg!(debug_assertions) {
@@ -301,8 +326,10 @@ pub fn run(a: &Args) -> Result<Report> {
         },
         rate: a.rate,
         secs: a.secs,
-        proxy_added_p99_us: added(1).unwrap_or(0),
-        nginx_added_p99_us: added(2),
+        proxy_added_p99_us: median(&proxy_added).unwrap_or(0),
+        nginx_added_p99_us: median(&nginx_added),
+        proxy_added_p99_us_rounds: proxy_added,
+        nginx_added_p99_us_rounds: nginx_added,
         killswitch_call_ms: kill.0,
         killswitch_to_last_tamper_ms: kill.1,
         tampered_before_kill: kill.2,
