@@ -501,10 +501,48 @@ async fn run(s: Shared, mut d: Drill, mut stop: tokio::sync::watch::Receiver<boo
         Ok(n) => d.breaks_closed = n,
         Err(e) => tracing::error!(drill = %id, error = ?e, "a drill's breaks could not be closed"),
     }
+    if d.lease.state != LeaseState::Ended(Stop::Completed) {
+        sweep_later(&s, &d);
+    }
     if let Err(e) = save(&s, &d).await {
         tracing::error!(drill = %id, error = ?e, "a drill's result could not be stored");
     }
     s.drills.running.lock().expect("registry lock").remove(&id);
+}
+
+/// A drill ended early may leave forged records pending in the engine; they raise their
+/// breaks once their lateness budget runs out. Those are closed then too, so nothing of
+/// the drill stays open.
+fn sweep_later(s: &Shared, d: &Drill) {
+    let lateness = steadfast_drill::forge::target_rules(&d.spec, &s.pipeline.rules)
+        .map(|rules| {
+            rules
+                .iter()
+                .flat_map(|r| r.sides())
+                .map(|side| side.lateness_ms)
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    // Records held back and not yet sent when it ended are never sent: what is pending
+    // was sent by then, and breaks within its budget from now.
+    let wait = (lateness + DISCOVERY_GRACE_MS).max(0) as u64;
+    let (s, id) = (s.clone(), d.id.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        match close_drill_breaks(&s, &id).await {
+            Ok(0) => {}
+            Ok(n) => {
+                if let Ok(mut d) = load(&s, &id).await {
+                    d.breaks_closed += n;
+                    let _ = save(&s, &d).await;
+                }
+            }
+            Err(e) => {
+                tracing::error!(drill = %id, error = ?e, "a drill's late breaks could not be closed")
+            }
+        }
+    });
 }
 
 /// Whether the drill may go on: not stopped, kill switch not pulled, lease not expired.

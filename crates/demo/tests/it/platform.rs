@@ -587,5 +587,10 @@ async fn a_lossless_drill_on_the_platform_finds_100_of_100_without_touching_it()
         bills_before,
         "no bill was written"
     );
+    assert_eq!(
+        rig.status().await["open_records_total"],
+        0,
+        "the traffic has settled and nothing of the drill is left open in the engine"
+    );
     rig.stop().await;
 }

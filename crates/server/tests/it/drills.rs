@@ -483,3 +483,37 @@ async fn a_blackout_window_keeps_a_schedule_from_starting_drills() {
     );
     s.stop().await;
 }
+
+/// A drill stopped before its held-back records were sent leaves forged records pending
+/// in the engine; their breaks come once the lateness budget runs out, and are closed
+/// then, so nothing of the drill stays open.
+#[tokio::test]
+async fn a_drill_stopped_early_leaves_nothing_open() {
+    let mut s = TestServer::start().await;
+    real_traffic(&s).await;
+    let spec = OFF_BY_ONE.replace("offset_minor = 1", "delay_ms = 60000");
+    let id = create(&s, &s.token, &spec, 5).await;
+    let start = format!("/api/v1/drills/{id}/start");
+    assert_eq!(s.call("post", &start, Some(&s.token), None).await.0, 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stop = format!("/api/v1/drills/{id}/stop");
+    assert_eq!(s.call("post", &stop, Some(&s.token), None).await.0, 200);
+    let d = wait_ended(&s, &s.token, &id).await;
+    assert_eq!(d["state"], "stopped", "{d}");
+    // The lone payments of the held-back bills break once their budget runs out...
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        let (_, all) = s.get(&format!("/api/v1/breaks?drill={id}")).await;
+        seen = all.as_array().unwrap().clone();
+        if seen.len() >= 5 && seen.iter().all(|b| b["status"] == "resolved") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ... and are closed as soon as they come.
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert!(seen.iter().all(|b| b["status"] == "resolved"), "{seen:?}");
+    let (_, prod) = s.get("/api/v1/breaks").await;
+    assert_eq!(prod, json!([]), "and none is a production break");
+    s.stop().await;
+}
