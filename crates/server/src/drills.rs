@@ -508,6 +508,33 @@ async fn run(s: Shared, mut d: Drill, mut stop: tokio::sync::watch::Receiver<boo
         tracing::error!(drill = %id, error = ?e, "a drill's result could not be stored");
     }
     s.drills.running.lock().expect("registry lock").remove(&id);
+    audit_end(&s, &d).await;
+}
+
+/// Every drill's end is in the audit log with how it ended: completed, stopped, killed,
+/// aborted by a guard (with the breach), expired or failed.
+pub(crate) async fn audit_end(s: &Shared, d: &Drill) {
+    let state = d.state();
+    let action = if state == "aborted" {
+        "drill.abort"
+    } else {
+        "drill.end"
+    };
+    let rec = steadfast_store::control::AuditRecord {
+        at: wall_ms(),
+        actor: "drill".into(),
+        action: action.into(),
+        target: format!("drill {}", d.id),
+        source: "local".into(),
+        result: state.clone(),
+        approver: None,
+        detail: json!({ "error": d.error, "report": d.report.as_ref().map(|r| json!({
+            "injected": r.injected, "discovered": r.discovered, "passed": r.passed })) })
+        .to_string(),
+    };
+    if let Err(e) = crate::api::append_audit(s, rec).await {
+        tracing::error!(drill = %d.id, error = ?e, "a drill's end could not be audited");
+    }
 }
 
 /// A drill ended early may leave forged records pending in the engine; they raise their

@@ -436,6 +436,7 @@ pub async fn run(s: Shared, mut d: Drill, mut stop: tokio::sync::watch::Receiver
         tracing::error!(drill = %id, error = ?e, "a lossy drill could not be measured");
     }
     s.drills.running.lock().expect("registry lock").remove(&id);
+    crate::drills::audit_end(&s, &d).await;
     if let Err(e) = begin_corrections(&s, &mut d).await {
         tracing::error!(drill = %id, error = ?e, "a lossy drill's corrections could not begin");
         d.error.get_or_insert(format!("{e:?}"));

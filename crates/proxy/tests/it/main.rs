@@ -591,3 +591,89 @@ async fn a_dry_run_reports_hits_and_changes_nothing() {
     }
     env.stop().await;
 }
+
+/// The listener takes the TLS configuration, and an https upstream is verified against
+/// `upstream_ca_cert`: here the proxy speaks TLS to its client and to a Steadfast server
+/// behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_speaks_tls_on_both_sides() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "proxy test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .signed_by(&key, &ca_cert, &ca_key)
+        .unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (ca_pem, cert, key) = (
+        write("ca.pem", ca_cert.pem()),
+        write("cert.pem", leaf.pem()),
+        write("key.pem", key.serialize_pem()),
+    );
+    let tls = steadfast_server::TlsConfig {
+        cert: Some(cert),
+        key: Some(key),
+        ..Default::default()
+    };
+    let mut cfg = Config {
+        data_dir: dir.path().join("steadfast"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: tls.clone(),
+        ..Config::default()
+    };
+    cfg.approvals.required = vec![];
+    let rules = Arc::new(steadfast_verify::parse_rules(DEFAULT_RULES).unwrap());
+    let server = Server::start(cfg, rules, false).await.unwrap();
+    let proxy = Proxy::start(ProxyConfig {
+        name: "tls".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: format!("https://localhost:{}", server.addr.port()),
+        upstream_ca_cert: Some(ca_pem.clone()),
+        data_dir: dir.path().join("proxy"),
+        tls,
+        ..ProxyConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&ca_pem).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/healthz", proxy.addr.port());
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "through TLS, to a TLS upstream");
+    let plain = reqwest::Client::new()
+        .get(format!("http://localhost:{}/healthz", proxy.addr.port()))
+        .send()
+        .await;
+    assert!(plain.is_err(), "the listener speaks TLS only: {plain:?}");
+    // An upstream whose certificate the proxy cannot verify is a bad gateway.
+    let untrusting = Proxy::start(ProxyConfig {
+        name: "untrusting".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: format!("https://localhost:{}", server.addr.port()),
+        data_dir: dir.path().join("proxy2"),
+        ..ProxyConfig::default()
+    })
+    .await
+    .unwrap();
+    let r = reqwest::get(format!("http://{}/healthz", untrusting.addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    untrusting.stop().await;
+    proxy.stop().await;
+    server.shutdown().await;
+}

@@ -350,6 +350,19 @@ async fn a_guard_aborts_the_drill_when_real_breaks_appear() {
             .contains("guard breached: 1 real breaks"),
         "{d}"
     );
+    // The abort is in the audit log, with the breach.
+    let (_, audit) = s.get("/api/v1/audit?action=drill.abort").await;
+    let entry = audit
+        .as_array()
+        .unwrap()
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(entry["target"], format!("drill {id}"), "{audit}");
+    assert!(
+        entry["detail"].as_str().unwrap().contains("guard breached"),
+        "{entry}"
+    );
     let (code, v) = s
         .call(
             "post",
