@@ -255,28 +255,41 @@ fn start_nginx(
     Ok(Some((child, addr)))
 }
 
+/// A proxy in front of `up` with the bill route, synced with `controller` when given.
+fn proxy_config(
+    name: &str,
+    up: SocketAddr,
+    dir: &Path,
+    controller: Option<steadfast_proxy::ControllerConfig>,
+) -> Result<steadfast_proxy::ProxyConfig> {
+    Ok(steadfast_proxy::ProxyConfig {
+        name: name.into(),
+        listen: "127.0.0.1:0".parse()?,
+        upstream: format!("http://{up}"),
+        data_dir: dir.join("proxy"),
+        controller,
+        routes: vec![steadfast_proxy::Route::request(
+            "POST",
+            "/v1/bills",
+            "bill",
+            "biz_id",
+        )],
+        ..steadfast_proxy::ProxyConfig::default()
+    })
+}
+
 pub fn run(a: &Args) -> Result<Report> {
     let dir = tempfile::tempdir()?;
     let up_rt = runtime("upstream")?;
     let proxy_rt = runtime("proxy")?;
     let load_rt = runtime("load")?;
     let up = up_rt.block_on(upstream())?;
-    let proxy = proxy_rt.block_on(steadfast_proxy::Proxy::start(
-        steadfast_proxy::ProxyConfig {
-            name: "bench".into(),
-            listen: "127.0.0.1:0".parse()?,
-            upstream: format!("http://{up}"),
-            data_dir: dir.path().join("proxy"),
-            routes: vec![steadfast_proxy::Route {
-                method: "POST".into(),
-                path: "/v1/bills".into(),
-                kind: "bill".into(),
-                key: "biz_id".into(),
-                side: Default::default(),
-            }],
-            ..steadfast_proxy::ProxyConfig::default()
-        },
-    ))?;
+    let proxy = proxy_rt.block_on(steadfast_proxy::Proxy::start(proxy_config(
+        "bench",
+        up,
+        dir.path(),
+        None,
+    )?))?;
     let nginx = start_nginx(&a.nginx, &dir.path().join("nginx"), up)?;
     let mut targets = vec![
         ("direct", format!("http://{up}/v1/bills")),
@@ -363,42 +376,21 @@ fn kill_switch(
     let admin = steadfast_server::bootstrap_admin_token(&cfg.data_dir, "bench")?;
     let (_, ptoken) = steadfast_server::auth::create_local_token(
         &cfg.data_dir,
-        &steadfast_server::auth::TokenSpec {
-            subject: "proxy".into(),
-            name: "proxy".into(),
-            role: "proxy".into(),
-            links: vec![],
-            services: vec![],
-            site: None,
-            expires_in_secs: None,
-            rate_per_sec: None,
-            body_bytes_max: None,
-        },
+        &steadfast_server::auth::TokenSpec::new(
+            "proxy",
+            "proxy",
+            steadfast_server::auth::Role::Proxy,
+        ),
         "bench",
         86_400,
     )?;
-    let proxy = proxy_rt.block_on(steadfast_proxy::Proxy::start(
-        steadfast_proxy::ProxyConfig {
-            name: "kill".into(),
-            listen: "127.0.0.1:0".parse()?,
-            upstream: format!("http://{up}"),
-            data_dir: dir.join("proxy"),
-            controller: Some(steadfast_proxy::ControllerConfig {
-                url: base.clone(),
-                token_file: None,
-                token: Some(ptoken),
-                ca_cert: None,
-            }),
-            routes: vec![steadfast_proxy::Route {
-                method: "POST".into(),
-                path: "/v1/bills".into(),
-                kind: "bill".into(),
-                key: "biz_id".into(),
-                side: Default::default(),
-            }],
-            ..steadfast_proxy::ProxyConfig::default()
-        },
-    ))?;
+    let controller = steadfast_proxy::ControllerConfig::with_token(&base, ptoken);
+    let proxy = proxy_rt.block_on(steadfast_proxy::Proxy::start(proxy_config(
+        "kill",
+        up,
+        dir,
+        Some(controller),
+    )?))?;
     let via = format!("http://{}/v1/bills", proxy.addr);
     let result = load_rt.block_on(async {
         let http = reqwest::Client::new();

@@ -61,6 +61,19 @@ fn any() -> String {
     "*".into()
 }
 
+impl Route {
+    /// A route whose request bodies carry records of `kind`, keyed by the field `key`.
+    pub fn request(method: &str, path: &str, kind: &str, key: &str) -> Route {
+        Route {
+            method: method.into(),
+            path: path.into(),
+            kind: kind.into(),
+            key: key.into(),
+            side: BodySide::Request,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
@@ -73,6 +86,18 @@ pub struct ControllerConfig {
     pub token: Option<String>,
     /// A PEM CA to trust for the server's certificate, besides the system's.
     pub ca_cert: Option<PathBuf>,
+}
+
+impl ControllerConfig {
+    /// A controller at `url`, authenticated with a token given directly.
+    pub fn with_token(url: &str, token: String) -> ControllerConfig {
+        ControllerConfig {
+            url: url.into(),
+            token_file: None,
+            token: Some(token),
+            ca_cert: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

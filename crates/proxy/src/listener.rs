@@ -159,6 +159,26 @@ where
     }
 }
 
+fn spawn_serve<L>(
+    listener: ResetListener<L>,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    L: Listener<Addr = ConnInfo>,
+    L::Io: Socket,
+{
+    let service = router.into_make_service_with_connect_info::<Conn>();
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "proxy listener failed");
+        }
+    })
+}
+
 /// Binds and serves until `stop`.
 pub(crate) async fn serve(
     edge: Arc<Edge>,
@@ -181,30 +201,12 @@ pub(crate) async fn serve(
         let _ = stop.changed().await;
     };
     let task = match tls_config {
-        Some(config) => {
-            let listener = ResetListener(tls::TlsListener::new(tcp, config)?);
-            let service = router.into_make_service_with_connect_info::<Conn>();
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, service)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "proxy listener failed");
-                }
-            })
-        }
-        None => {
-            let listener = ResetListener(tls::PlainListener(tcp));
-            let service = router.into_make_service_with_connect_info::<Conn>();
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, service)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "proxy listener failed");
-                }
-            })
-        }
+        Some(config) => spawn_serve(
+            ResetListener(tls::TlsListener::new(tcp, config)?),
+            router,
+            shutdown,
+        ),
+        None => spawn_serve(ResetListener(tls::PlainListener(tcp)), router, shutdown),
     };
     Ok((addr, task))
 }

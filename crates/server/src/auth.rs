@@ -301,6 +301,23 @@ pub struct TokenSpec {
     pub body_bytes_max: Option<u64>,
 }
 
+impl TokenSpec {
+    /// A token of `role` for `subject`, unscoped, with the configured lifetime and limits.
+    pub fn new(subject: &str, name: &str, role: Role) -> TokenSpec {
+        TokenSpec {
+            subject: subject.into(),
+            name: name.into(),
+            role: role.as_str().into(),
+            links: vec![],
+            services: vec![],
+            site: None,
+            expires_in_secs: None,
+            rate_per_sec: None,
+            body_bytes_max: None,
+        }
+    }
+}
+
 /// Longest token lifetime: ten years.
 pub const TOKEN_LIFETIME_SECS_MAX: u64 = 10 * 365 * 86_400;
 /// Longest subject or name.

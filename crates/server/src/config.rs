@@ -53,6 +53,18 @@ pub struct CorrectionTarget {
     pub token_file: Option<PathBuf>,
 }
 
+impl CorrectionTarget {
+    /// A target with no token.
+    pub fn new(name: &str, url: String, body: serde_json::Value) -> CorrectionTarget {
+        CorrectionTarget {
+            name: name.into(),
+            url,
+            body,
+            token_file: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {

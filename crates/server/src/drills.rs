@@ -541,16 +541,7 @@ pub(crate) async fn audit_end(s: &Shared, d: &Drill) {
 /// breaks once their lateness budget runs out. Those are closed then too, so nothing of
 /// the drill stays open.
 fn sweep_later(s: &Shared, d: &Drill) {
-    let lateness = steadfast_drill::forge::target_rules(&d.spec, &s.pipeline.rules)
-        .map(|rules| {
-            rules
-                .iter()
-                .flat_map(|r| r.sides())
-                .map(|side| side.lateness_ms)
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0);
+    let lateness = lateness_of(s, &d.spec);
     // Records held back and not yet sent when it ended are never sent: what is pending
     // was sent by then, and breaks within its budget from now.
     let wait = (lateness + DISCOVERY_GRACE_MS).max(0) as u64;
@@ -748,26 +739,53 @@ async fn drive(
     Ok(())
 }
 
-/// Every break of a drill, oldest first (bounded: a drill forges at most `PAIRS_MAX`
-/// groups per rule, each raising a few breaks).
-fn drill_rows(
+/// Every break `filter` selects, oldest first, page by page (bounded: a drill forges at
+/// most `PAIRS_MAX` groups per rule, each raising a few breaks).
+pub(crate) fn all_breaks(
     st: &steadfast_store::BreakStore,
-    drill: &str,
+    filter: BreakFilter,
 ) -> Result<Vec<steadfast_store::BreakRow>, steadfast_store::StoreError> {
     let mut out = Vec::new();
     let mut after = None;
     while out.len() < PAIRS_MAX * 8 {
         let page = st.list(&BreakFilter {
-            drill: Some(Some(drill.to_string())),
             after_id: after,
             limit: steadfast_store::PAGE_MAX,
-            ..Default::default()
+            ..filter.clone()
         })?;
         let Some(last) = page.last() else { break };
         after = Some(last.brk.id);
         out.extend(page);
     }
     Ok(out)
+}
+
+/// Every break of a drill, oldest first.
+fn drill_rows(
+    st: &steadfast_store::BreakStore,
+    drill: &str,
+) -> Result<Vec<steadfast_store::BreakRow>, steadfast_store::StoreError> {
+    all_breaks(
+        st,
+        BreakFilter {
+            drill: Some(Some(drill.to_string())),
+            ..Default::default()
+        },
+    )
+}
+
+/// The longest lateness budget of a spec's target rules (0 when they cannot be found).
+pub(crate) fn lateness_of(s: &Shared, spec: &DrillSpec) -> i64 {
+    steadfast_drill::forge::target_rules(spec, &s.pipeline.rules)
+        .map(|rules| {
+            rules
+                .iter()
+                .flat_map(|r| r.sides())
+                .map(|side| side.lateness_ms)
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
 }
 
 /// Resolves the drill's breaks that are still open or acknowledged, with the reason; they

@@ -364,21 +364,14 @@ async fn breaks_since(
     since: i64,
 ) -> Result<Vec<steadfast_store::BreakRow>, ApiError> {
     with_store(s, move |st| {
-        let mut out = Vec::new();
-        let mut after = None;
-        while out.len() < crate::drills::PAIRS_MAX * 8 {
-            let page = st.list(&BreakFilter {
-                rules_in: Some(rules.clone()),
+        crate::drills::all_breaks(
+            st,
+            BreakFilter {
+                rules_in: Some(rules),
                 detected_since: Some(since),
-                after_id: after,
-                limit: steadfast_store::PAGE_MAX,
                 ..Default::default()
-            })?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.brk.id);
-            out.extend(page);
-        }
-        Ok(out)
+            },
+        )
     })
     .await
 }
@@ -386,13 +379,10 @@ async fn breaks_since(
 fn target_rules(s: &Shared, d: &Drill) -> Result<(Vec<String>, i64), ApiError> {
     let rules = steadfast_drill::forge::target_rules(&d.spec, &s.pipeline.rules)
         .map_err(|e| ApiError::internal("the drill's rules vanished", e))?;
-    let lateness = rules
-        .iter()
-        .flat_map(|r| r.sides())
-        .map(|side| side.lateness_ms)
-        .max()
-        .unwrap_or(0);
-    Ok((rules.iter().map(|r| r.name.clone()).collect(), lateness))
+    Ok((
+        rules.iter().map(|r| r.name.clone()).collect(),
+        crate::drills::lateness_of(s, &d.spec),
+    ))
 }
 
 /// Marks discoveries: the first break of a target rule on a hit's key, at or after it.

@@ -167,12 +167,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let (url, body) = steadfast_demo::billing_correction(&platform.endpoints.billing);
     cfg.drills
         .corrections
-        .push(steadfast_server::CorrectionTarget {
-            name: "billing".into(),
-            url,
-            body,
-            token_file: None,
-        });
+        .push(steadfast_server::CorrectionTarget::new(
+            "billing", url, body,
+        ));
     let server = match Server::start_on(cfg, rules.clone(), false, Some(bound)).await {
         Ok(s) => s,
         Err(e) => {
@@ -296,15 +293,12 @@ async fn start_proxy(
     let (_, token) = steadfast_server::auth::create_local_token(
         server_dir,
         &steadfast_server::auth::TokenSpec {
-            subject: "demo-billing-proxy".into(),
-            name: "demo proxy".into(),
-            role: "proxy".into(),
-            links: vec![],
-            services: vec![],
-            site: None,
             expires_in_secs: Some(7 * 86_400),
-            rate_per_sec: None,
-            body_bytes_max: None,
+            ..steadfast_server::auth::TokenSpec::new(
+                "demo-billing-proxy",
+                "demo proxy",
+                steadfast_server::auth::Role::Proxy,
+            )
         },
         "demo",
         7 * 86_400,
@@ -315,19 +309,8 @@ async fn start_proxy(
         listen: a.proxy_listen,
         upstream: platform.endpoints.billing.clone(),
         data_dir: a.data_dir.join("proxy"),
-        controller: Some(steadfast_proxy::ControllerConfig {
-            url: base.into(),
-            token_file: None,
-            token: Some(token),
-            ca_cert: None,
-        }),
-        routes: vec![steadfast_proxy::Route {
-            method: method.into(),
-            path: path.into(),
-            kind: kind.into(),
-            key: key.into(),
-            side: Default::default(),
-        }],
+        controller: Some(steadfast_proxy::ControllerConfig::with_token(base, token)),
+        routes: vec![steadfast_proxy::Route::request(method, path, kind, key)],
         ..steadfast_proxy::ProxyConfig::default()
     })
     .await?;

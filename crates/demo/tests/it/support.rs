@@ -61,12 +61,9 @@ impl Rig {
         let (url, body) = steadfast_demo::billing_correction(&platform.endpoints.billing);
         cfg.drills
             .corrections
-            .push(steadfast_server::CorrectionTarget {
-                name: "billing".into(),
-                url,
-                body,
-                token_file: None,
-            });
+            .push(steadfast_server::CorrectionTarget::new(
+                "billing", url, body,
+            ));
         let server = Server::start_on(cfg, rules, false, Some(bound))
             .await
             .unwrap();
@@ -215,43 +212,17 @@ impl Rig {
 
     /// Puts a fault-injection proxy between the payment cores and billing.
     pub async fn with_proxy(&mut self) {
-        let dir = self.dir().join("steadfast");
-        let (_, token) = steadfast_server::auth::create_local_token(
-            &dir,
-            &steadfast_server::auth::TokenSpec {
-                subject: "billing-proxy".into(),
-                name: "proxy".into(),
-                role: "proxy".into(),
-                links: vec![],
-                services: vec![],
-                site: None,
-                expires_in_secs: None,
-                rate_per_sec: None,
-                body_bytes_max: None,
-            },
-            "test",
-            86_400,
-        )
-        .unwrap();
+        let token = self.token_for("billing-proxy", steadfast_server::auth::Role::Proxy);
         let (method, path, kind, key) = steadfast_demo::BILLING_ROUTE;
         let cfg = steadfast_proxy::ProxyConfig {
             name: "billing".into(),
             listen: "127.0.0.1:0".parse().unwrap(),
             upstream: self.platform().endpoints.billing.clone(),
             data_dir: self.dir().join("proxy"),
-            controller: Some(steadfast_proxy::ControllerConfig {
-                url: self.base.clone(),
-                token_file: None,
-                token: Some(token),
-                ca_cert: None,
-            }),
-            routes: vec![steadfast_proxy::Route {
-                method: method.into(),
-                path: path.into(),
-                kind: kind.into(),
-                key: key.into(),
-                side: Default::default(),
-            }],
+            controller: Some(steadfast_proxy::ControllerConfig::with_token(
+                &self.base, token,
+            )),
+            routes: vec![steadfast_proxy::Route::request(method, path, kind, key)],
             ..steadfast_proxy::ProxyConfig::default()
         };
         let proxy = steadfast_proxy::Proxy::start(cfg).await.unwrap();
@@ -273,22 +244,17 @@ impl Rig {
         }
     }
 
-    /// A token of another admin: the second person of four-eyes.
+    /// A token of another drill admin: the second person of four-eyes.
     pub fn second_person(&self) -> String {
-        let dir = self.dir().join("steadfast");
+        self.token_for("second-person", steadfast_server::auth::Role::DrillAdmin)
+    }
+
+    /// A new token of `role` for `subject`, written to the server's data directory.
+    pub fn token_for(&self, subject: &str, role: steadfast_server::auth::Role) -> String {
+        let spec = steadfast_server::auth::TokenSpec::new(subject, subject, role);
         steadfast_server::auth::create_local_token(
-            &dir,
-            &steadfast_server::auth::TokenSpec {
-                subject: "second-person".into(),
-                name: "approver".into(),
-                role: "drill-admin".into(),
-                links: vec![],
-                services: vec![],
-                site: None,
-                expires_in_secs: None,
-                rate_per_sec: None,
-                body_bytes_max: None,
-            },
+            &self.dir().join("steadfast"),
+            &spec,
             "test",
             86_400,
         )

@@ -103,43 +103,25 @@ impl Env {
         let token = steadfast_server::bootstrap_admin_token(&cfg.data_dir, "test").unwrap();
         let (_, proxy_token) = steadfast_server::auth::create_local_token(
             &cfg.data_dir,
-            &steadfast_server::auth::TokenSpec {
-                subject: "proxy".into(),
-                name: "proxy".into(),
-                role: "proxy".into(),
-                links: vec![],
-                services: vec![],
-                site: None,
-                expires_in_secs: None,
-                rate_per_sec: None,
-                body_bytes_max: None,
-            },
+            &steadfast_server::auth::TokenSpec::new(
+                "proxy",
+                "proxy",
+                steadfast_server::auth::Role::Proxy,
+            ),
             "test",
             86_400,
         )
         .unwrap();
         let base = format!("http://{}", server.addr);
-        let route = |method: &str, path: &str, kind: &str, key: &str| Route {
-            method: method.into(),
-            path: path.into(),
-            kind: kind.into(),
-            key: key.into(),
-            side: Default::default(),
-        };
         let proxy = Proxy::start(ProxyConfig {
             name: "edge".into(),
             listen: "127.0.0.1:0".parse().unwrap(),
             upstream: format!("http://{up}"),
             data_dir: dir.path().join("proxy"),
-            controller: Some(ControllerConfig {
-                url: base.clone(),
-                token_file: None,
-                token: Some(proxy_token),
-                ca_cert: None,
-            }),
+            controller: Some(ControllerConfig::with_token(&base, proxy_token)),
             routes: vec![
-                route("POST", "/v1/bills", "bill", "biz_id"),
-                route("GET", "/big", "big", "none"),
+                Route::request("POST", "/v1/bills", "bill", "biz_id"),
+                Route::request("GET", "/big", "big", "none"),
             ],
             ..ProxyConfig::default()
         })
@@ -220,6 +202,19 @@ impl Env {
         .1
     }
 
+    /// Waits until the drill shows the hits the proxy reported.
+    async fn with_hits(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let d = self.drill_state(id).await;
+            if d["hits"].as_array().is_some_and(|h| !h.is_empty()) {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "no hit reached the server: {d}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn bill(&self, key: &str) -> reqwest::Result<reqwest::Response> {
         self.http
             .post(format!("{}/v1/bills", self.via))
@@ -289,18 +284,7 @@ async fn a_lossy_drill_tampers_the_amount_and_records_the_original() {
         v["body"]["amount"], "10.05",
         "the upstream saw the tampered amount"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let d = loop {
-        let d = env.drill_state(&id).await;
-        if d["hits"].as_array().is_some_and(|h| !h.is_empty()) {
-            break d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the hit never reached the server: {d}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let d = env.with_hits(&id).await;
     let h = &d["hits"][0]["hit"];
     assert_eq!(
         (
@@ -578,17 +562,10 @@ async fn a_dry_run_reports_hits_and_changes_nothing() {
     let v: Value = env.bill("K1").await.unwrap().json().await.unwrap();
     assert_eq!(v["body"]["amount"], "10.00", "forwarded unchanged");
     assert_eq!(env.proxy().counters().tampered, 0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let d = env.drill_state(&id).await;
-        if let Some(h) = d["hits"].as_array().and_then(|h| h.first()) {
-            assert_eq!(h["hit"]["dry_run"], true);
-            assert_eq!(h["hit"]["tampered"], "10.01", "what it would have done");
-            break;
-        }
-        assert!(Instant::now() < deadline, "{d}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let d = env.with_hits(&id).await;
+    let h = &d["hits"][0]["hit"];
+    assert_eq!(h["dry_run"], true);
+    assert_eq!(h["tampered"], "10.01", "what it would have done");
     env.stop().await;
 }
 
