@@ -71,6 +71,7 @@ struct Env {
 async fn serve_upstream(u: Arc<Upstream>) -> SocketAddr {
     let app = Router::new()
         .route("/v1/bills", post(bills))
+        .route("/v1/quotes", post(bills))
         .route("/v1/corrections", post(corrections))
         .route("/big", get(big))
         .with_state(u);
@@ -122,6 +123,10 @@ impl Env {
             routes: vec![
                 Route::request("POST", "/v1/bills", "bill", "biz_id"),
                 Route::request("GET", "/big", "big", "none"),
+                Route {
+                    side: steadfast_drill::proxy::BodySide::Response,
+                    ..Route::request("POST", "/v1/quotes", "quote", "body.biz_id")
+                },
             ],
             ..ProxyConfig::default()
         })
@@ -302,6 +307,62 @@ async fn a_lossy_drill_tampers_the_amount_and_records_the_original() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_route_tampers_what_the_client_is_told() {
+    let env = Env::start().await;
+    let spec = "{ set = \"0.00\" }";
+    let field_spec = format!(
+        "name = \"t\"\nmode = \"lossy\"\nrules = [\"payment-bill\"]\ncorrection = {{ manual = true }}\n[[faults]]\nkind = \"quote\"\nfield = \"body.amount\"\nmutation = {spec}\n"
+    );
+    let (code, d) = env
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/drills",
+            json!({ "spec": field_spec }),
+        )
+        .await;
+    assert_eq!(code, 201, "{d}");
+    let id = d["id"].as_str().unwrap().to_string();
+    env.api(
+        reqwest::Method::POST,
+        &format!("/api/v1/drills/{id}/start"),
+        json!({}),
+    )
+    .await;
+    while !env.proxy().running().contains(&id) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = env
+        .http
+        .post(format!("{}/v1/quotes", env.via))
+        .json(&json!({"biz_id": "Q1", "amount": "10.00", "currency": "USD"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["body"]["amount"], "0.00",
+        "the client was told the tampered amount"
+    );
+    assert_eq!(
+        env.upstream.bills.lock().unwrap()[0]["amount"],
+        "10.00",
+        "the upstream wrote the real one"
+    );
+    let d = env.with_hits(&id).await;
+    let h = &d["hits"][0]["hit"];
+    assert_eq!(
+        (
+            h["key"].as_str(),
+            h["side"].as_str(),
+            h["original"].as_str()
+        ),
+        (Some("Q1"), Some("response"), Some("10.00"))
+    );
     env.stop().await;
 }
 
