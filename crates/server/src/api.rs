@@ -38,6 +38,8 @@ pub struct AppState {
     pub drills: crate::drills::Registry,
     /// The fault-injection proxies and the lossy drills assigned to them.
     pub proxies: crate::lossy::ProxyHub,
+    /// The data chain's store (spans, logs, metrics).
+    pub chain: crate::chain_api::Chain,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -110,6 +112,36 @@ fn api() -> Api {
         "/api/v1/breaks/{id}/status",
         Need(P::BreakWork),
         post(change_status),
+    )
+    .route(
+        "post",
+        "/v1/traces",
+        Need(P::Ingest),
+        post(crate::chain_api::traces),
+    )
+    .route(
+        "post",
+        "/v1/metrics",
+        Need(P::Ingest),
+        post(crate::chain_api::metrics),
+    )
+    .route(
+        "post",
+        "/v1/logs",
+        Need(P::Ingest),
+        post(crate::chain_api::logs),
+    )
+    .route(
+        "post",
+        "/api/v1/query",
+        Need(P::Read),
+        post(crate::chain_api::query),
+    )
+    .route(
+        "get",
+        "/api/v1/traces/{trace_id}",
+        Need(P::Read),
+        get(crate::chain_api::trace),
     )
     .route("get", "/api/v1/rules", Need(P::Read), get(rules))
     .route("get", "/api/v1/status", Need(P::Read), get(status))
@@ -318,10 +350,12 @@ pub fn router(state: Shared) -> Router {
         drills::list, drills::create, drills::get, drills::report, drills::start, drills::stop,
         drills::list_schedules, drills::create_schedule, drills::delete_schedule,
         drills::list_blackouts, drills::create_blackout, drills::delete_blackout,
-        crate::lossy::handover, crate::lossy::sync, crate::lossy::list_proxies),
+        crate::lossy::handover, crate::lossy::sync, crate::lossy::list_proxies,
+        crate::chain_api::traces, crate::chain_api::metrics, crate::chain_api::logs,
+        crate::chain_api::query, crate::chain_api::trace),
     components(schemas(IngestAck, ErrorBody, StatusChange, RecordErrorDoc, crate::auth::TokenSpec,
         ctl::Login, ctl::NewUser, ctl::Reason, drills::NewDrill, drills::NewSchedule,
-        crate::lossy::Handover, crate::lossy::ProxySeen)),
+        crate::lossy::Handover, crate::lossy::ProxySeen, crate::chain_api::Query)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -28,6 +28,26 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     pub audit: AuditConfig,
     pub drills: DrillsConfig,
+    pub chain: ChainConfig,
+}
+
+/// The data chain's storage (`DATA_DIR/chain`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChainConfig {
+    /// Files whose newest row is older than this are deleted.
+    pub retention_secs: u64,
+    /// Past this many bytes of files, the oldest are deleted.
+    pub max_bytes: u64,
+}
+
+impl Default for ChainConfig {
+    fn default() -> ChainConfig {
+        ChainConfig {
+            retention_secs: 7 * 86_400,
+            max_bytes: 10 * 1024 * 1024 * 1024,
+        }
+    }
 }
 
 /// Where lossy drills book their corrections: named targets, so a drill spec names one and
@@ -225,6 +245,7 @@ impl Default for Config {
             approvals: ApprovalsConfig::default(),
             audit: AuditConfig::default(),
             drills: DrillsConfig::default(),
+            chain: ChainConfig::default(),
         }
     }
 }

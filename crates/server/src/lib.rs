@@ -14,6 +14,7 @@
 pub mod api;
 mod audit_export;
 pub mod auth;
+mod chain_api;
 mod config;
 mod control_api;
 pub mod drills;
@@ -33,8 +34,8 @@ use steadfast_verify::RuleSet;
 
 pub use auth::bootstrap_admin_token;
 pub use config::{
-    ApprovalsConfig, AuditConfig, AuthConfig, Config, CorrectionTarget, DrillsConfig, EngineConfig,
-    LimitsConfig, MaskingConfig, TlsConfig, WebhookConfig, FOUR_EYES_ACTIONS,
+    ApprovalsConfig, AuditConfig, AuthConfig, ChainConfig, Config, CorrectionTarget, DrillsConfig,
+    EngineConfig, LimitsConfig, MaskingConfig, TlsConfig, WebhookConfig, FOUR_EYES_ACTIONS,
 };
 pub use control_api::{create_local_user, killswitch_state, KillSwitch, NewUser};
 
@@ -108,6 +109,13 @@ impl Server {
                 )
             })?;
         drills::end_orphans(&mut control, pipeline::wall_ms());
+        let chain_dir = cfg.data_dir.join("chain");
+        let chain = tokio::task::spawn_blocking(move || {
+            steadfast_store::chain::ChainStore::open(&chain_dir)
+        })
+        .await
+        .context("the data chain recovery task failed")?
+        .context("failed to open the data chain store")?;
         let listener = match bound {
             Some(l) => {
                 l.set_nonblocking(true)?;
@@ -130,6 +138,7 @@ impl Server {
             samples: drills::Samples::default(),
             drills: drills::Registry::default(),
             proxies: lossy::ProxyHub::default(),
+            chain: std::sync::Arc::new(std::sync::Mutex::new(chain)),
         });
         let router = api::router(state.clone());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -165,6 +174,10 @@ impl Server {
                 })
             }
         });
+        tasks.push(tokio::spawn(chain_api::maintain(
+            state.clone(),
+            stop_rx.clone(),
+        )));
         let scheduler = state.clone();
         let mut rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {

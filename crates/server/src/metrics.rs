@@ -32,6 +32,8 @@ pub struct Metrics {
     /// Requests refused by access control, by code (unauthorized, forbidden, rate_limited...).
     pub requests_denied: Family<RefusalLabels, Counter>,
     pub audit_export_failures: Counter,
+    /// Spans, log records and metric points stored by the data chain.
+    pub chain_rows: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,8 +106,15 @@ impl Metrics {
             "Audit exports (file or webhook) that failed and will be retried",
             audit_export_failures.clone(),
         );
+        let chain_rows = Counter::default();
+        registry.register(
+            "chain_rows",
+            "Spans, log records and metric points stored (logged durably) by the data chain",
+            chain_rows.clone(),
+        );
         Metrics {
             registry,
+            chain_rows,
             requests_denied,
             audit_export_failures,
             recent_detection_ms: Default::default(),

@@ -146,6 +146,15 @@ enum Command {
     /// Run the fault-injection proxy in front of a service of a fund link (lossy drills and
     /// availability faults; the server assigns the drills).
     Proxy(ProxyArgs),
+    /// Run SQL over the stored spans, logs and metrics (tables `spans`, `logs`, `metrics`).
+    Query {
+        sql: String,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
     /// Show who the token speaks for and its role.
     Whoami {
         #[command(flatten)]
@@ -257,6 +266,55 @@ async fn proxy(a: ProxyArgs) -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     p.stop().await;
     Ok(())
+}
+
+/// JSON rows as an aligned text table, columns in first-seen order.
+fn rows_table(rows: &[serde_json::Value]) -> String {
+    let mut cols: Vec<String> = Vec::new();
+    for r in rows {
+        for k in r
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            if !cols.contains(&k) {
+                cols.push(k);
+            }
+        }
+    }
+    let cell = |r: &serde_json::Value, c: &str| match &r[c] {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    let widths: Vec<usize> = cols
+        .iter()
+        .map(|c| {
+            rows.iter()
+                .map(|r| cell(r, c).len())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+                .min(60)
+        })
+        .collect();
+    let mut out = String::new();
+    let line = |vals: Vec<String>| -> String {
+        vals.iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{:<w$}", v.chars().take(*w).collect::<String>(), w = *w))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+            + "\n"
+    };
+    out += &line(cols.clone());
+    for r in rows {
+        out += &line(cols.iter().map(|c| cell(r, c)).collect());
+    }
+    out += &format!("({} rows)\n", rows.len());
+    out
 }
 
 fn main() -> std::process::ExitCode {
@@ -400,6 +458,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Reject { id, reason, conn } => control::decide(id, false, reason, &conn).await,
         Command::Killswitch(cmd) => control::killswitch(cmd).await,
         Command::Drill(cmd) => control::drill(cmd).await,
+        Command::Query { sql, format, conn } => {
+            let v = conn
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/query",
+                    Some(serde_json::json!({ "sql": sql })),
+                )
+                .await?;
+            let rows = v["rows"].as_array().cloned().unwrap_or_default();
+            match format.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&rows)?),
+                "table" => print!("{}", rows_table(&rows)),
+                other => anyhow::bail!("unknown --format {other:?} (table or json)"),
+            }
+            if v["truncated"] == true {
+                eprintln!(
+                    "(more rows than shown: the answer is cut at 10 000; add a LIMIT or a WHERE)"
+                );
+            }
+            Ok(())
+        }
         Command::Whoami { conn } => {
             let v = conn
                 .call(reqwest::Method::GET, "/api/v1/whoami", None)

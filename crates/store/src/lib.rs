@@ -8,6 +8,7 @@
 //! - [`ControlStore`]: tokens, users, approvals, settings and the hash-chained audit log.
 
 mod breaks;
+pub mod chain;
 pub mod checkpoint;
 pub mod control;
 mod wal;

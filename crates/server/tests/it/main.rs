@@ -3,5 +3,6 @@
 
 mod access;
 mod api;
+mod chain;
 mod drills;
 mod support;

@@ -1,0 +1,199 @@
+//! Rows as Arrow record batches: one typed column per hot key (times as nanosecond
+//! timestamps, ids and names as strings), the remaining attributes as a JSON string.
+//! The tables are `spans`, `logs` and `metrics`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampNanosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
+
+use crate::rows::{LogRow, MetricRow, SpanRow};
+
+fn ts(name: &str) -> Field {
+    Field::new(name, DataType::Timestamp(TimeUnit::Nanosecond, None), false)
+}
+
+fn text(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Utf8, nullable)
+}
+
+pub fn span_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        ts("start_time"),
+        ts("end_time"),
+        Field::new("duration_ns", DataType::Int64, false),
+        text("trace_id", false),
+        text("span_id", false),
+        text("parent_span_id", true),
+        text("service", false),
+        text("name", false),
+        text("kind", false),
+        text("status", false),
+        text("user_id", true),
+        text("session_id", true),
+        text("order_id", true),
+        text("http_method", true),
+        text("http_route", true),
+        Field::new("http_status", DataType::Int64, true),
+        text("db_statement", true),
+        text("attributes", false),
+    ]))
+}
+
+pub fn log_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        ts("time"),
+        text("service", false),
+        Field::new("severity_number", DataType::Int32, false),
+        text("severity_text", false),
+        text("body", false),
+        text("trace_id", true),
+        text("span_id", true),
+        text("user_id", true),
+        text("session_id", true),
+        text("attributes", false),
+    ]))
+}
+
+pub fn metric_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        ts("time"),
+        text("service", false),
+        text("name", false),
+        text("unit", false),
+        text("kind", false),
+        Field::new("value", DataType::Float64, false),
+        Field::new("count", DataType::Int64, true),
+        text("attributes", false),
+    ]))
+}
+
+fn strs<'a, T: 'a>(rows: &'a [T], f: impl Fn(&'a T) -> &'a str) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+}
+
+fn opt_strs<'a, T: 'a>(rows: &'a [T], f: impl Fn(&'a T) -> Option<&'a str>) -> ArrayRef {
+    Arc::new(rows.iter().map(f).collect::<StringArray>())
+}
+
+fn times<T>(rows: &[T], f: impl Fn(&T) -> i64) -> ArrayRef {
+    Arc::new(TimestampNanosecondArray::from_iter_values(
+        rows.iter().map(f),
+    ))
+}
+
+pub fn spans_batch(rows: &[SpanRow]) -> Result<RecordBatch, ArrowError> {
+    RecordBatch::try_new(
+        span_schema(),
+        vec![
+            times(rows, |r| r.start_ns),
+            times(rows, |r| r.end_ns),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.end_ns.saturating_sub(r.start_ns)),
+            )),
+            strs(rows, |r| &r.trace_id),
+            strs(rows, |r| &r.span_id),
+            opt_strs(rows, |r| r.parent_span_id.as_deref()),
+            strs(rows, |r| &r.service),
+            strs(rows, |r| &r.name),
+            strs(rows, |r| &r.kind),
+            strs(rows, |r| &r.status),
+            opt_strs(rows, |r| r.user_id.as_deref()),
+            opt_strs(rows, |r| r.session_id.as_deref()),
+            opt_strs(rows, |r| r.order_id.as_deref()),
+            opt_strs(rows, |r| r.http_method.as_deref()),
+            opt_strs(rows, |r| r.http_route.as_deref()),
+            Arc::new(rows.iter().map(|r| r.http_status).collect::<Int64Array>()),
+            opt_strs(rows, |r| r.db_statement.as_deref()),
+            strs(rows, |r| &r.attributes),
+        ],
+    )
+}
+
+pub fn logs_batch(rows: &[LogRow]) -> Result<RecordBatch, ArrowError> {
+    RecordBatch::try_new(
+        log_schema(),
+        vec![
+            times(rows, |r| r.time_ns),
+            strs(rows, |r| &r.service),
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| r.severity_number),
+            )),
+            strs(rows, |r| &r.severity_text),
+            strs(rows, |r| &r.body),
+            opt_strs(rows, |r| r.trace_id.as_deref()),
+            opt_strs(rows, |r| r.span_id.as_deref()),
+            opt_strs(rows, |r| r.user_id.as_deref()),
+            opt_strs(rows, |r| r.session_id.as_deref()),
+            strs(rows, |r| &r.attributes),
+        ],
+    )
+}
+
+pub fn metrics_batch(rows: &[MetricRow]) -> Result<RecordBatch, ArrowError> {
+    RecordBatch::try_new(
+        metric_schema(),
+        vec![
+            times(rows, |r| r.time_ns),
+            strs(rows, |r| &r.service),
+            strs(rows, |r| &r.name),
+            strs(rows, |r| &r.unit),
+            strs(rows, |r| &r.kind),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.value))),
+            Arc::new(rows.iter().map(|r| r.count).collect::<Int64Array>()),
+            strs(rows, |r| &r.attributes),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_carry_every_row_with_nulls_where_absent() {
+        let rows = vec![
+            SpanRow {
+                start_ns: 10,
+                end_ns: 25,
+                trace_id: "t".into(),
+                span_id: "s".into(),
+                user_id: Some("u".into()),
+                http_status: Some(200),
+                attributes: "{}".into(),
+                ..Default::default()
+            },
+            SpanRow {
+                attributes: "{}".into(),
+                ..Default::default()
+            },
+        ];
+        let b = spans_batch(&rows).unwrap();
+        assert_eq!(
+            (b.num_rows(), b.num_columns()),
+            (2, span_schema().fields().len())
+        );
+        let dur = b
+            .column_by_name("duration_ns")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(dur.value(0), 15);
+        assert!(b.column_by_name("user_id").unwrap().is_null(1));
+        assert_eq!(logs_batch(&[]).unwrap().num_rows(), 0);
+        assert_eq!(
+            metrics_batch(&[MetricRow {
+                attributes: "{}".into(),
+                ..Default::default()
+            }])
+            .unwrap()
+            .num_rows(),
+            1
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! The data chain's vocabulary: OTLP requests (traces, metrics, logs; protobuf or JSON,
+//! gzip or not) decoded with the maintained protocol crates and normalised into typed
+//! rows, with limits on everything, and those rows as Arrow record batches.
+//!
+//! Pure: bytes in, rows and counts out. The server does the IO and the store the files.
+//!
+//! - [`otlp`]: decoding, size limits, partial success.
+//! - [`rows`]: the row types and attribute normalisation (old and new OpenTelemetry
+//!   semantic conventions; `enduser.id` → `user.id`).
+//! - [`arrow_rows`]: rows as Arrow batches with typed columns for the hot keys.
+
+pub mod arrow_rows;
+pub mod otlp;
+pub mod rows;
+
+pub use otlp::{decode, Decoded, Encoding, OtlpError, Signal};
+pub use rows::{LogRow, MetricRow, Rows, SpanRow};

@@ -1,0 +1,320 @@
+//! The data chain over HTTP: OTLP traces, logs and metrics in (protobuf, JSON with hex
+//! ids, gzip), durable before the answer, queryable with SQL, a trace by id; bad input
+//! refused with the right status, partial success for the spans refused on their own.
+
+use std::io::Write;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+    }
+}
+
+fn resource(service: &str) -> Option<Resource> {
+    Some(Resource {
+        attributes: vec![kv("service.name", service)],
+        ..Default::default()
+    })
+}
+
+fn traces(trace: u8, n: u8, user: &str) -> ExportTraceServiceRequest {
+    let spans = (1..=n)
+        .map(|i| Span {
+            trace_id: vec![trace; 16],
+            span_id: vec![0, 0, 0, 0, 0, 0, trace, i],
+            parent_span_id: if i > 1 {
+                vec![0, 0, 0, 0, 0, 0, trace, 1]
+            } else {
+                vec![]
+            },
+            name: format!("op-{i}"),
+            kind: 2,
+            start_time_unix_nano: 1_700_000_000_000_000_000 + i as u64 * 1000,
+            end_time_unix_nano: 1_700_000_000_000_000_000 + i as u64 * 1000 + 500,
+            attributes: vec![kv("enduser.id", user)],
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: resource("gateway"),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+async fn send(
+    s: &TestServer,
+    path: &str,
+    ct: &str,
+    gzip: bool,
+    body: Vec<u8>,
+) -> (u16, Vec<u8>, String) {
+    let mut req = s
+        .http
+        .post(format!("{}{path}", s.base))
+        .bearer_auth(&s.token)
+        .header("content-type", ct);
+    let body = if gzip {
+        req = req.header("content-encoding", "gzip");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&body).unwrap();
+        gz.finish().unwrap()
+    } else {
+        body
+    };
+    let r = req.body(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (status, r.bytes().await.unwrap().to_vec(), ct)
+}
+
+async fn sql(s: &TestServer, q: &str) -> Value {
+    let (code, v) = s
+        .call(
+            "post",
+            "/api/v1/query",
+            Some(&s.token),
+            Some(json!({ "sql": q })),
+        )
+        .await;
+    assert_eq!(code, 200, "{q}: {v}");
+    v["rows"].clone()
+}
+
+#[tokio::test]
+async fn otlp_traces_logs_and_metrics_are_stored_and_queryable() {
+    let mut s = TestServer::start().await;
+    let pb = "application/x-protobuf";
+    let (code, body, ct) = send(
+        &s,
+        "/v1/traces",
+        pb,
+        false,
+        traces(1, 3, "u-1").encode_to_vec(),
+    )
+    .await;
+    assert_eq!((code, ct.as_str()), (200, pb));
+    assert!(ExportTraceServiceResponse::decode(&body[..])
+        .unwrap()
+        .partial_success
+        .is_none());
+    // JSON with hex ids, gzipped.
+    let json = serde_json::to_vec(&traces(2, 2, "u-2")).unwrap();
+    assert_eq!(
+        send(&s, "/v1/traces", "application/json", true, json)
+            .await
+            .0,
+        200
+    );
+    let logs = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: resource("billing"),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![LogRecord {
+                    time_unix_nano: 1_700_000_000_000_000_000,
+                    severity_text: "WARN".into(),
+                    body: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue("slow bill".into())),
+                    }),
+                    trace_id: vec![1; 16],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    assert_eq!(
+        send(&s, "/v1/logs", pb, true, logs.encode_to_vec()).await.0,
+        200
+    );
+    let metrics = ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: resource("wallet"),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: "payments".into(),
+                    data: Some(metric::Data::Sum(Sum {
+                        data_points: vec![NumberDataPoint {
+                            time_unix_nano: 1_700_000_000_000_000_000,
+                            value: Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(42)),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    assert_eq!(
+        send(
+            &s,
+            "/v1/metrics",
+            "application/json",
+            false,
+            serde_json::to_vec(&metrics).unwrap()
+        )
+        .await
+        .0,
+        200
+    );
+
+    let rows = sql(
+        &s,
+        "SELECT user_id, count(*) AS n FROM spans GROUP BY user_id ORDER BY user_id",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        json!([{"user_id": "u-1", "n": 3}, {"user_id": "u-2", "n": 2}])
+    );
+    assert_eq!(
+        sql(&s, "SELECT body FROM logs").await,
+        json!([{"body": "slow bill"}])
+    );
+    assert_eq!(
+        sql(&s, "SELECT name, value FROM metrics").await,
+        json!([{"name": "payments", "value": 42.0}])
+    );
+    // Across a flush to Parquet the answer is the same.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(
+        sql(&s, "SELECT count(*) AS n FROM spans").await,
+        json!([{"n": 5}])
+    );
+    let (code, t) = s.get(&format!("/api/v1/traces/{}", "01".repeat(16))).await;
+    assert_eq!(code, 200, "{t}");
+    let names: Vec<&str> = t["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["op-1", "op-2", "op-3"]);
+    assert_eq!(
+        s.get(&format!("/api/v1/traces/{}", "0f".repeat(16)))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(s.get("/api/v1/traces/nothex").await.0, 400);
+    s.stop().await;
+
+    // Acknowledged means durable: a restart still has every row.
+    let mut again = TestServer::start_with(s.cfg.clone()).await;
+    assert_eq!(
+        sql(&again, "SELECT count(*) AS n FROM spans").await,
+        json!([{"n": 5}])
+    );
+    again.stop().await;
+}
+
+#[tokio::test]
+async fn bad_otlp_is_refused_clearly_and_invalid_ids_only_cost_their_span() {
+    let mut s = TestServer::start().await;
+    let pb = "application/x-protobuf";
+    let bytes = traces(1, 2, "u").encode_to_vec();
+    assert_eq!(
+        send(
+            &s,
+            "/v1/traces",
+            pb,
+            false,
+            bytes[..bytes.len() - 4].to_vec()
+        )
+        .await
+        .0,
+        400,
+        "truncated protobuf"
+    );
+    assert_eq!(
+        send(&s, "/v1/traces", "text/plain", false, bytes.clone())
+            .await
+            .0,
+        415,
+        "wrong content type"
+    );
+    let bomb = vec![0u8; 17 * 1024 * 1024];
+    assert_eq!(
+        send(&s, "/v1/traces", pb, true, bomb).await.0,
+        413,
+        "past the limit once inflated"
+    );
+    let mut bad = traces(3, 2, "u");
+    bad.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![0; 16];
+    let (code, body, _) = send(&s, "/v1/traces", pb, false, bad.encode_to_vec()).await;
+    assert_eq!(code, 200);
+    let p = ExportTraceServiceResponse::decode(&body[..])
+        .unwrap()
+        .partial_success
+        .unwrap();
+    assert_eq!(p.rejected_spans, 1, "{}", p.error_message);
+    assert_eq!(
+        sql(&s, "SELECT count(*) AS n FROM spans").await,
+        json!([{"n": 1}])
+    );
+    let (code, v) = s
+        .call(
+            "post",
+            "/api/v1/query",
+            Some(&s.token),
+            Some(json!({"sql": "DROP TABLE spans"})),
+        )
+        .await;
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = s
+        .call(
+            "post",
+            "/api/v1/query",
+            Some(&s.token),
+            Some(json!({"sql": "SELECT nope FROM spans"})),
+        )
+        .await;
+    assert_eq!((code, v["code"].as_str()), (400, Some("bad_query")), "{v}");
+    // A viewer may query but not ingest.
+    let viewer = s.token_for("viewer", "vic");
+    let r = s
+        .http
+        .post(format!("{}/v1/traces", s.base))
+        .bearer_auth(&viewer)
+        .header("content-type", pb)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    s.stop().await;
+}
