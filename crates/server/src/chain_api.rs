@@ -224,7 +224,7 @@ pub async fn maintain(s: Shared, mut stop: tokio::sync::watch::Receiver<bool>) {
         if let Err(e) = with_chain(&s, |c| c.flush()).await {
             tracing::error!(error = ?e, "data chain flush failed");
         }
-        if n % (MAINTAIN_EVERY_SECS * 1000 / FLUSH_EVERY_MS) == 0 {
+        if n.is_multiple_of(MAINTAIN_EVERY_SECS * 1000 / FLUSH_EVERY_MS) {
             let keep_ns = s.cfg.chain.retention_secs as i64 * 1_000_000_000;
             let max_bytes = s.cfg.chain.max_bytes;
             let now_ns = crate::pipeline::wall_ms() * 1_000_000;
