@@ -287,6 +287,16 @@ async fn every_state_changing_action_is_in_the_audit_log() {
         )
         .await;
     assert_eq!(code, 404);
+    // A query over the data chain: a read, but who asked what is kept.
+    let (code, _) = s
+        .call(
+            "post",
+            "/api/v1/query",
+            Some(&s.token),
+            Some(json!({"sql": "SELECT count(*) AS n FROM spans"})),
+        )
+        .await;
+    assert_eq!(code, 200);
     // Signing out with a session token of its own.
     let (_, login) = s
         .call(
