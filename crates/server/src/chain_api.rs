@@ -3,7 +3,7 @@
 //! one trace by id. Rows are logged durably before a request is acknowledged; a task
 //! flushes them to Parquet every second, compacts small files and applies retention.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -27,7 +27,7 @@ pub const COMPACT_SMALL_BYTES: u64 = 8 * 1024 * 1024;
 /// How often compaction and retention run.
 const MAINTAIN_EVERY_SECS: u64 = 60;
 
-pub type Chain = Arc<Mutex<ChainStore>>;
+pub type Chain = Arc<ChainStore>;
 
 impl From<ChainError> for ApiError {
     fn from(e: ChainError) -> ApiError {
@@ -54,10 +54,10 @@ fn otlp_error(e: OtlpError) -> ApiError {
 
 async fn with_chain<T: Send + 'static>(
     s: &Shared,
-    f: impl FnOnce(&mut ChainStore) -> Result<T, ChainError> + Send + 'static,
+    f: impl FnOnce(&ChainStore) -> Result<T, ChainError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let chain = s.chain.clone();
-    tokio::task::spawn_blocking(move || f(&mut chain.lock().expect("chain lock")))
+    tokio::task::spawn_blocking(move || f(&chain))
         .await
         .map_err(|e| ApiError::internal("the data chain task failed", e))?
         .map_err(ApiError::from)

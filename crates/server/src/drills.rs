@@ -671,14 +671,18 @@ async fn drive(
             break;
         }
         let batch: Vec<FundRecord> = pending[..n].iter().map(|f| f.record.clone()).collect();
-        s.pipeline.submit(wall_ms(), batch).await.map_err(|e| {
+        // The fault exists from the moment it is sent: the engine may raise its break
+        // before `submit` returns (the break is stored while the WAL commit is awaited),
+        // so the clock is read before, never after.
+        let sent_at = wall_ms();
+        s.pipeline.submit(sent_at, batch).await.map_err(|e| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "injection_failed",
                 format!("{e:?}"),
             )
         })?;
-        injected_at.get_or_insert(wall_ms());
+        injected_at.get_or_insert(sent_at);
         pending = &pending[n..];
     }
     let Some(at) = injected_at else {

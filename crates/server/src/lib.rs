@@ -138,7 +138,7 @@ impl Server {
             samples: drills::Samples::default(),
             drills: drills::Registry::default(),
             proxies: lossy::ProxyHub::default(),
-            chain: std::sync::Arc::new(std::sync::Mutex::new(chain)),
+            chain: std::sync::Arc::new(chain),
         });
         let router = api::router(state.clone());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
