@@ -143,6 +143,27 @@ pub fn decode(signal: Signal, encoding: Encoding, body: &[u8]) -> Result<Decoded
     Ok(out)
 }
 
+/// Rows of a decoded trace export (the gRPC service receives messages already decoded).
+pub fn from_traces(req: ExportTraceServiceRequest) -> Decoded {
+    let mut out = Decoded::default();
+    spans(req, &mut out);
+    out
+}
+
+/// Rows of a decoded logs export.
+pub fn from_logs(req: ExportLogsServiceRequest) -> Decoded {
+    let mut out = Decoded::default();
+    logs(req, &mut out);
+    out
+}
+
+/// Rows of a decoded metrics export.
+pub fn from_metrics(req: ExportMetricsServiceRequest) -> Decoded {
+    let mut out = Decoded::default();
+    metrics(req, &mut out);
+    out
+}
+
 /// The export response, with partial success when something was rejected, in the
 /// request's encoding.
 pub fn response(signal: Signal, encoding: Encoding, d: &Decoded) -> Vec<u8> {

@@ -133,6 +133,24 @@ fn api() -> Api {
     )
     .route(
         "post",
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        Need(P::Ingest),
+        post(crate::otlp_grpc::grpc_traces),
+    )
+    .route(
+        "post",
+        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        Need(P::Ingest),
+        post(crate::otlp_grpc::grpc_metrics),
+    )
+    .route(
+        "post",
+        "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+        Need(P::Ingest),
+        post(crate::otlp_grpc::grpc_logs),
+    )
+    .route(
+        "post",
         "/api/v1/query",
         Need(P::Read),
         post(crate::chain_api::query),
@@ -336,6 +354,7 @@ pub fn router(state: Shared) -> Router {
     api.router
         .layer(axum::middleware::from_fn_with_state(guard_state, guard))
         .layer(axum::extract::DefaultBodyLimit::max(body_max))
+        .layer(axum::middleware::from_fn(crate::otlp_grpc::as_grpc_status))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(state)
 }
@@ -352,6 +371,7 @@ pub fn router(state: Shared) -> Router {
         drills::list_blackouts, drills::create_blackout, drills::delete_blackout,
         crate::lossy::handover, crate::lossy::sync, crate::lossy::list_proxies,
         crate::chain_api::traces, crate::chain_api::metrics, crate::chain_api::logs,
+        crate::otlp_grpc::grpc_traces, crate::otlp_grpc::grpc_metrics, crate::otlp_grpc::grpc_logs,
         crate::chain_api::query, crate::chain_api::trace),
     components(schemas(IngestAck, ErrorBody, StatusChange, RecordErrorDoc, crate::auth::TokenSpec,
         ctl::Login, ctl::NewUser, ctl::Reason, drills::NewDrill, drills::NewSchedule,
@@ -397,8 +417,8 @@ pub struct RecordErrorDoc {
 
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    body: ErrorBody,
+    pub(crate) status: StatusCode,
+    pub(crate) body: ErrorBody,
     retry_after_secs: Option<u64>,
 }
 

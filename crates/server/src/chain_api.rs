@@ -86,15 +86,21 @@ async fn export(
     .map_err(|e| ApiError::internal("the decoding task failed", e))?
     .map_err(otlp_error)?;
     let answer = otlp::response(signal, encoding, &decoded);
-    let rows = decoded.rows;
-    let n = rows.len() as u64;
-    with_chain(&s, move |c| c.append(rows)).await?;
-    s.metrics.chain_rows.inc_by(n);
+    store(&s, decoded).await?;
     let ct = match encoding {
         Encoding::Protobuf => "application/x-protobuf",
         Encoding::Json => "application/json",
     };
     Ok(([(header::CONTENT_TYPE, ct)], answer).into_response())
+}
+
+/// Logs a decoded request's rows durably (OTLP/HTTP and OTLP/gRPC alike).
+pub(crate) async fn store(s: &Shared, decoded: otlp::Decoded) -> Result<(), ApiError> {
+    let rows = decoded.rows;
+    let n = rows.len() as u64;
+    with_chain(s, move |c| c.append(rows)).await?;
+    s.metrics.chain_rows.inc_by(n);
+    Ok(())
 }
 
 /// OTLP/HTTP traces: `ExportTraceServiceRequest`, protobuf or JSON, optionally gzip.
@@ -192,11 +198,16 @@ pub async fn trace(State(s): State<Shared>, Path(id): Path<String>) -> Result<Re
             "a trace id is 32 hex digits",
         ));
     }
-    let (rows, _) = run_query(
-        &s,
-        format!("SELECT * FROM spans WHERE trace_id = '{id}' ORDER BY start_time"),
-    )
-    .await?;
+    let wanted = u128::from_str_radix(&id, 16).expect("32 hex digits");
+    let snapshot = with_chain(&s, move |c| c.snapshot())
+        .await?
+        .narrow(|i| i.has_trace(wanted));
+    let (batches, _) = snapshot
+        .query(&format!(
+            "SELECT * FROM spans WHERE trace_id = '{id}' ORDER BY start_time"
+        ))
+        .await?;
+    let rows = batches_to_json(&batches)?;
     if rows.as_array().is_none_or(|r| r.is_empty()) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

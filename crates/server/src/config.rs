@@ -39,6 +39,11 @@ pub struct ChainConfig {
     pub retention_secs: u64,
     /// Past this many bytes of files, the oldest are deleted.
     pub max_bytes: u64,
+    /// Where OTLP/gRPC is served (the standard port is 4317). Off unless set here;
+    /// `steadfast serve` sets 127.0.0.1:4317 unless told otherwise.
+    pub otlp_grpc_listen: Option<std::net::SocketAddr>,
+    /// Where OTLP/HTTP is served besides the main listener (the standard port is 4318).
+    pub otlp_http_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ChainConfig {
@@ -46,6 +51,8 @@ impl Default for ChainConfig {
         ChainConfig {
             retention_secs: 7 * 86_400,
             max_bytes: 10 * 1024 * 1024 * 1024,
+            otlp_grpc_listen: None,
+            otlp_http_listen: None,
         }
     }
 }

@@ -20,6 +20,7 @@ mod control_api;
 pub mod drills;
 mod lossy;
 pub mod metrics;
+mod otlp_grpc;
 pub mod pipeline;
 pub mod tls;
 pub mod view;
@@ -48,6 +49,9 @@ const SCHEDULER_TICK_MS: u64 = 500;
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
+    /// The OTLP/gRPC and OTLP/HTTP listeners, when configured (`[chain]`).
+    pub otlp_grpc_addr: Option<SocketAddr>,
+    pub otlp_http_addr: Option<SocketAddr>,
     /// Whether the listener speaks TLS.
     pub tls: bool,
     pipeline: Arc<pipeline::Pipeline>,
@@ -143,37 +147,33 @@ impl Server {
         let router = api::router(state.clone());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
-        let mut rx = stop_rx.clone();
-        let shutdown = async move {
-            let _ = rx.changed().await;
-        };
         let tls = tls_config.is_some();
-        tasks.push(match tls_config {
-            Some(config) => {
-                let listener = tls::TlsListener::new(listener, config)?;
-                let service = router.into_make_service_with_connect_info::<tls::ConnInfo>();
-                tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, service)
-                        .with_graceful_shutdown(shutdown)
-                        .await
-                    {
-                        tracing::error!(error = %e, "HTTPS server failed");
-                    }
-                })
+        tasks.push(serve(
+            listener,
+            router.clone(),
+            tls_config.clone(),
+            stop_rx.clone(),
+        )?);
+        // The OTLP ports serve the same router (same guard, limits and TLS): gRPC on
+        // one, HTTP on the other, as collectors and SDKs expect by default.
+        let mut otlp_addrs = [None, None];
+        for (i, want) in [cfg.chain.otlp_grpc_listen, cfg.chain.otlp_http_listen]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(a) = want {
+                let l = tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("failed to listen for OTLP on {a}"))?;
+                otlp_addrs[i] = Some(l.local_addr()?);
+                tasks.push(serve(
+                    l,
+                    router.clone(),
+                    tls_config.clone(),
+                    stop_rx.clone(),
+                )?);
             }
-            None => {
-                let listener = tls::PlainListener(listener);
-                let service = router.into_make_service_with_connect_info::<tls::ConnInfo>();
-                tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, service)
-                        .with_graceful_shutdown(shutdown)
-                        .await
-                    {
-                        tracing::error!(error = %e, "HTTP server failed");
-                    }
-                })
-            }
-        });
+        }
         tasks.push(tokio::spawn(chain_api::maintain(
             state.clone(),
             stop_rx.clone(),
@@ -222,6 +222,8 @@ impl Server {
         }
         Ok(Server {
             addr,
+            otlp_grpc_addr: otlp_addrs[0],
+            otlp_http_addr: otlp_addrs[1],
             tls,
             pipeline,
             stop,
@@ -239,4 +241,41 @@ impl Server {
         let p = self.pipeline.clone();
         let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
     }
+}
+
+/// Serves `router` on `listener` (TLS when configured) until `stop` changes.
+fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls_config: Option<Arc<rustls::ServerConfig>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let shutdown = async move {
+        let _ = stop.changed().await;
+    };
+    let service = router.into_make_service_with_connect_info::<tls::ConnInfo>();
+    Ok(match tls_config {
+        Some(config) => {
+            let listener = tls::TlsListener::new(listener, config)?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, service)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "HTTPS server failed");
+                }
+            })
+        }
+        None => {
+            let listener = tls::PlainListener(listener);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, service)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            })
+        }
+    })
 }

@@ -205,6 +205,7 @@ pub fn server_config(
     let mut config = builder
         .with_single_cert(chain, key)
         .context("the TLS certificate does not match its key")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // h2 for OTLP/gRPC (and any HTTP/2 client), HTTP/1.1 for the rest.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -49,6 +49,16 @@ enum Command {
         /// Start with a rule file that differs from the one the data was verified with.
         #[arg(long)]
         accept_new_rules: bool,
+        /// OTLP/gRPC listener, unless the configuration sets `[chain] otlp_grpc_listen`.
+        #[arg(long, default_value = "127.0.0.1:4317")]
+        otlp_grpc_listen: std::net::SocketAddr,
+        /// OTLP/HTTP listener, unless the configuration sets `[chain] otlp_http_listen`
+        /// (the main listener takes OTLP/HTTP too).
+        #[arg(long, default_value = "127.0.0.1:4318")]
+        otlp_http_listen: std::net::SocketAddr,
+        /// Serve OTLP on the main listener only.
+        #[arg(long)]
+        no_otlp_ports: bool,
     },
     /// Send NDJSON or CSV exports to a server, through the same validation.
     Ingest {
@@ -367,6 +377,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             data_dir,
             listen,
             accept_new_rules,
+            otlp_grpc_listen,
+            otlp_http_listen,
+            no_otlp_ports,
         } => {
             let mut cfg = match &config {
                 Some(p) => Config::load(p)?,
@@ -381,6 +394,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if rules.is_some() {
                 cfg.rules = rules;
             }
+            if no_otlp_ports {
+                cfg.chain.otlp_grpc_listen = None;
+                cfg.chain.otlp_http_listen = None;
+            } else {
+                cfg.chain.otlp_grpc_listen.get_or_insert(otlp_grpc_listen);
+                cfg.chain.otlp_http_listen.get_or_insert(otlp_http_listen);
+            }
             let rule_set = load_rules(cfg.rules.as_ref())?;
             let server = Server::start(cfg.clone(), rule_set.clone(), accept_new_rules).await?;
             let scheme = if server.tls { "https" } else { "http" };
@@ -394,6 +414,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 server.addr, server.addr
             );
             eprintln!("  metrics: {scheme}://{}/metrics", server.addr);
+            if let Some(a) = server.otlp_grpc_addr {
+                eprintln!("  OTLP:    gRPC {a}");
+            }
+            if let Some(a) = server.otlp_http_addr {
+                eprintln!("  OTLP:    HTTP {scheme}://{a}/v1/traces, /v1/metrics, /v1/logs");
+            }
             let has_admin = steadfast_store::ControlStore::open(&cfg.data_dir)
                 .and_then(|c| c.has_live("admin", chrono::Utc::now().timestamp_millis()))
                 .unwrap_or(false);

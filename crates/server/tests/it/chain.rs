@@ -67,6 +67,51 @@ fn traces(trace: u8, n: u8, user: &str) -> ExportTraceServiceRequest {
     }
 }
 
+fn logs_request() -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: resource("billing"),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![LogRecord {
+                    time_unix_nano: 1_700_000_000_000_000_000,
+                    severity_text: "WARN".into(),
+                    body: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue("slow bill".into())),
+                    }),
+                    trace_id: vec![1; 16],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn metrics_request() -> ExportMetricsServiceRequest {
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: resource("wallet"),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: "payments".into(),
+                    data: Some(metric::Data::Sum(Sum {
+                        data_points: vec![NumberDataPoint {
+                            time_unix_nano: 1_700_000_000_000_000_000,
+                            value: Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(42)),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
 async fn send(
     s: &TestServer,
     path: &str,
@@ -136,49 +181,12 @@ async fn otlp_traces_logs_and_metrics_are_stored_and_queryable() {
             .0,
         200
     );
-    let logs = ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            resource: resource("billing"),
-            scope_logs: vec![ScopeLogs {
-                log_records: vec![LogRecord {
-                    time_unix_nano: 1_700_000_000_000_000_000,
-                    severity_text: "WARN".into(),
-                    body: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue("slow bill".into())),
-                    }),
-                    trace_id: vec![1; 16],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
+    let logs = logs_request();
     assert_eq!(
         send(&s, "/v1/logs", pb, true, logs.encode_to_vec()).await.0,
         200
     );
-    let metrics = ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: resource("wallet"),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    name: "payments".into(),
-                    data: Some(metric::Data::Sum(Sum {
-                        data_points: vec![NumberDataPoint {
-                            time_unix_nano: 1_700_000_000_000_000_000,
-                            value: Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(42)),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
+    let metrics = metrics_request();
     assert_eq!(
         send(
             &s,
@@ -316,5 +324,75 @@ async fn bad_otlp_is_refused_clearly_and_invalid_ids_only_cost_their_span() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn otlp_grpc_takes_traces_logs_and_metrics_with_an_ingest_token() {
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use tonic::codec::CompressionEncoding;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.chain.otlp_grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut s = TestServer::start_with(cfg).await;
+    let addr = s.server.as_ref().unwrap().otlp_grpc_addr.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let ingest = s.token_for("ingest", "collector");
+    let authed = |msg| {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {ingest}").parse().unwrap());
+        r
+    };
+    let mut t = TraceServiceClient::new(channel.clone()).send_compressed(CompressionEncoding::Gzip);
+    let answer = t.export(authed(traces(9, 4, "u-9"))).await.unwrap();
+    assert!(answer.into_inner().partial_success.is_none());
+    let mut l = LogsServiceClient::new(channel.clone());
+    let mut r = tonic::Request::new(logs_request());
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {ingest}").parse().unwrap());
+    l.export(r).await.unwrap();
+    let mut m = MetricsServiceClient::new(channel.clone());
+    let mut r = tonic::Request::new(metrics_request());
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {ingest}").parse().unwrap());
+    m.export(r).await.unwrap();
+    assert_eq!(
+        sql(&s, "SELECT count(*) AS n FROM spans WHERE user_id = 'u-9'").await,
+        json!([{"n": 4}])
+    );
+    assert_eq!(
+        sql(&s, "SELECT count(*) AS n FROM logs").await,
+        json!([{"n": 1}])
+    );
+    assert_eq!(
+        sql(&s, "SELECT count(*) AS n FROM metrics").await,
+        json!([{"n": 1}])
+    );
+    // Without a token, or with one that may not ingest: refused, nothing stored.
+    let e = t.export(traces(8, 1, "x")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let viewer = s.token_for("viewer", "v");
+    let mut r = tonic::Request::new(traces(8, 1, "x"));
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {viewer}").parse().unwrap());
+    let e = t.export(r).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    // A span with a bad id costs only itself: partial success, as over HTTP.
+    let mut bad = traces(7, 2, "u-7");
+    bad.resource_spans[0].scope_spans[0].spans[1].span_id = vec![1, 2, 3];
+    let answer = t.export(authed(bad)).await.unwrap().into_inner();
+    assert_eq!(answer.partial_success.unwrap().rejected_spans, 1);
+    assert_eq!(
+        sql(&s, "SELECT count(*) AS n FROM spans").await,
+        json!([{"n": 5}])
+    );
     s.stop().await;
 }
