@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampNanosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 
-use crate::rows::{LogRow, MetricRow, SpanRow};
+use crate::rows::{FundRow, LogRow, MetricRow, SpanRow};
 
 fn ts(name: &str) -> Field {
     Field::new(name, DataType::Timestamp(TimeUnit::Nanosecond, None), false)
@@ -40,6 +40,7 @@ pub fn span_schema() -> SchemaRef {
         text("http_route", true),
         Field::new("http_status", DataType::Int64, true),
         text("db_statement", true),
+        text("db_system", true),
         text("attributes", false),
     ]))
 }
@@ -69,6 +70,22 @@ pub fn metric_schema() -> SchemaRef {
         Field::new("value", DataType::Float64, false),
         Field::new("count", DataType::Int64, true),
         text("attributes", false),
+    ]))
+}
+
+pub fn fund_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        ts("time"),
+        text("source", false),
+        text("kind", false),
+        text("record_id", false),
+        text("order_id", true),
+        text("trace_id", true),
+        Field::new("amount_minor", DataType::Int64, false),
+        text("currency", false),
+        Field::new("scale", DataType::Int32, false),
+        text("status", true),
+        text("keys", false),
     ]))
 }
 
@@ -109,6 +126,7 @@ pub fn spans_batch(rows: &[SpanRow]) -> Result<RecordBatch, ArrowError> {
             opt_strs(rows, |r| r.http_route.as_deref()),
             Arc::new(rows.iter().map(|r| r.http_status).collect::<Int64Array>()),
             opt_strs(rows, |r| r.db_statement.as_deref()),
+            opt_strs(rows, |r| r.db_system.as_deref()),
             strs(rows, |r| &r.attributes),
         ],
     )
@@ -148,6 +166,78 @@ pub fn metrics_batch(rows: &[MetricRow]) -> Result<RecordBatch, ArrowError> {
             strs(rows, |r| &r.attributes),
         ],
     )
+}
+
+pub fn funds_batch(rows: &[FundRow]) -> Result<RecordBatch, ArrowError> {
+    RecordBatch::try_new(
+        fund_schema(),
+        vec![
+            times(rows, |r| r.time_ns),
+            strs(rows, |r| &r.source),
+            strs(rows, |r| &r.kind),
+            strs(rows, |r| &r.record_id),
+            opt_strs(rows, |r| r.order_id.as_deref()),
+            opt_strs(rows, |r| r.trace_id.as_deref()),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.amount_minor),
+            )),
+            strs(rows, |r| &r.currency),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.scale))),
+            opt_strs(rows, |r| r.status.as_deref()),
+            strs(rows, |r| &r.keys),
+        ],
+    )
+}
+
+fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, ArrowError> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| ArrowError::SchemaError(format!("no column {name} of the expected type")))
+}
+
+/// Spans back from batches of the `spans` schema (a query's `SELECT *`).
+pub fn spans_from_batches(batches: &[RecordBatch]) -> Result<Vec<SpanRow>, ArrowError> {
+    let mut out = Vec::new();
+    for b in batches {
+        let start = col::<TimestampNanosecondArray>(b, "start_time")?;
+        let end = col::<TimestampNanosecondArray>(b, "end_time")?;
+        let s = |n: &str| col::<StringArray>(b, n);
+        let (trace, span, parent) = (s("trace_id")?, s("span_id")?, s("parent_span_id")?);
+        let (service, name, kind, status) = (s("service")?, s("name")?, s("kind")?, s("status")?);
+        let (user, session, order) = (s("user_id")?, s("session_id")?, s("order_id")?);
+        let (method, route, db, db_system, attrs) = (
+            s("http_method")?,
+            s("http_route")?,
+            s("db_statement")?,
+            s("db_system")?,
+            s("attributes")?,
+        );
+        let http_status = col::<Int64Array>(b, "http_status")?;
+        let opt = |a: &StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_string());
+        for i in 0..b.num_rows() {
+            out.push(SpanRow {
+                start_ns: start.value(i),
+                end_ns: end.value(i),
+                trace_id: trace.value(i).into(),
+                span_id: span.value(i).into(),
+                parent_span_id: opt(parent, i),
+                service: service.value(i).into(),
+                name: name.value(i).into(),
+                kind: kind.value(i).into(),
+                status: status.value(i).into(),
+                user_id: opt(user, i),
+                session_id: opt(session, i),
+                order_id: opt(order, i),
+                http_method: opt(method, i),
+                http_route: opt(route, i),
+                http_status: http_status.is_valid(i).then(|| http_status.value(i)),
+                db_statement: opt(db, i),
+                db_system: opt(db_system, i),
+                attributes: attrs.value(i).into(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -8,10 +8,12 @@
 //! - [`rows`]: the row types and attribute normalisation (old and new OpenTelemetry
 //!   semantic conventions; `enduser.id` → `user.id`).
 //! - [`arrow_rows`]: rows as Arrow batches with typed columns for the hot keys.
+//! - [`journey`]: a user's traces summarised, with where their time went.
 
 pub mod arrow_rows;
+pub mod journey;
 pub mod otlp;
 pub mod rows;
 
 pub use otlp::{decode, Decoded, Encoding, OtlpError, Signal};
-pub use rows::{LogRow, MetricRow, Rows, SpanRow};
+pub use rows::{FundRow, LogRow, MetricRow, Rows, SpanRow};

@@ -361,6 +361,7 @@ fn spans(req: ExportTraceServiceRequest, out: &mut Decoded) {
                     http_route: take_str(&mut a, &["http.route", "url.path"]),
                     http_status,
                     db_statement: take_str(&mut a, &["db.query.text"]),
+                    db_system: take_str(&mut a, &["db.system.name"]),
                     attributes: Value::Object(a).to_string(),
                 });
             }

@@ -76,6 +76,8 @@ pub struct SpanRow {
     pub http_route: Option<String>,
     pub http_status: Option<i64>,
     pub db_statement: Option<String>,
+    /// `db.system.name`: postgresql, mysql, redis...
+    pub db_system: Option<String>,
     /// Every other attribute, normalised, as a JSON object.
     pub attributes: String,
 }
@@ -110,17 +112,39 @@ pub struct MetricRow {
     pub attributes: String,
 }
 
+/// A fund record as the verification pipeline accepted it, kept beside the telemetry so
+/// that a journey finds the money its requests moved (by trace id or order id). Money is
+/// exact: minor units and the currency's scale.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FundRow {
+    /// Event time, nanoseconds since the Unix epoch.
+    pub time_ns: i64,
+    pub source: String,
+    pub kind: String,
+    pub record_id: String,
+    pub order_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub amount_minor: i64,
+    pub currency: String,
+    /// Digits after the decimal point of `currency`.
+    pub scale: i32,
+    pub status: Option<String>,
+    /// Business key fields, as a JSON object.
+    pub keys: String,
+}
+
 /// What one request decoded to.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rows {
     pub spans: Vec<SpanRow>,
     pub logs: Vec<LogRow>,
     pub metrics: Vec<MetricRow>,
+    pub funds: Vec<FundRow>,
 }
 
 impl Rows {
     pub fn len(&self) -> usize {
-        self.spans.len() + self.logs.len() + self.metrics.len()
+        self.spans.len() + self.logs.len() + self.metrics.len() + self.funds.len()
     }
 
     pub fn is_empty(&self) -> bool {

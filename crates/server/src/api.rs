@@ -161,6 +161,18 @@ fn api() -> Api {
         Need(P::Read),
         get(crate::chain_api::trace),
     )
+    .route(
+        "get",
+        "/api/v1/journeys",
+        Need(P::Read),
+        get(crate::chain_api::journey),
+    )
+    .route(
+        "get",
+        "/api/v1/service-map",
+        Need(P::Read),
+        get(crate::chain_api::service_map),
+    )
     .route("get", "/api/v1/rules", Need(P::Read), get(rules))
     .route("get", "/api/v1/status", Need(P::Read), get(status))
     .route("post", "/api/v1/sessions", Public, post(ctl::login))
@@ -372,6 +384,7 @@ pub fn router(state: Shared) -> Router {
         crate::lossy::handover, crate::lossy::sync, crate::lossy::list_proxies,
         crate::chain_api::traces, crate::chain_api::metrics, crate::chain_api::logs,
         crate::otlp_grpc::grpc_traces, crate::otlp_grpc::grpc_metrics, crate::otlp_grpc::grpc_logs,
+        crate::chain_api::journey, crate::chain_api::service_map,
         crate::chain_api::query, crate::chain_api::trace),
     components(schemas(IngestAck, ErrorBody, StatusChange, RecordErrorDoc, crate::auth::TokenSpec,
         ctl::Login, ctl::NewUser, ctl::Reason, drills::NewDrill, drills::NewSchedule,
@@ -846,11 +859,15 @@ async fn ingest(
     }
     let n = records.len();
     s.samples.observe(&records);
+    let copies = crate::chain_api::fund_rows(&records);
     match s.pipeline.submit(wall_ms(), records).await {
-        Ok(seq) => Ok(Json(IngestAck {
-            accepted: n,
-            wal_seq: seq,
-        })),
+        Ok(seq) => {
+            crate::chain_api::copy_funds(&s, copies).await;
+            Ok(Json(IngestAck {
+                accepted: n,
+                wal_seq: seq,
+            }))
+        }
         Err(Refusal::Capacity) => {
             refuse("capacity");
             Err(ApiError::new(

@@ -252,3 +252,276 @@ pub async fn maintain(s: Shared, mut stop: tokio::sync::watch::Receiver<bool>) {
         }
     }
 }
+
+/// A SQL string literal: quotes doubled, so a value is never read as SQL.
+fn literal(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+/// Longest user id a journey is asked for.
+const USER_ID_BYTES_MAX: usize = 256;
+/// Traces one journey answer holds at most (the newest).
+pub const JOURNEY_TRACES_MAX: usize = 200;
+/// Spans read for one journey at most (a query's row bound).
+const JOURNEY_SPANS_MAX: usize = steadfast_store::chain::QUERY_ROWS_MAX;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JourneyParams {
+    pub user: String,
+    /// Only traces from this time on (ms since the epoch).
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Newest traces kept (default 50, at most 200).
+    pub limit: Option<usize>,
+}
+
+/// Rows of `sql` over `snapshot` as JSON.
+async fn rows_of(
+    snapshot: &steadfast_store::chain::Snapshot,
+    sql: &str,
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    let (b, _) = snapshot.query(sql).await?;
+    Ok(batches_to_json(&b)?.as_array().cloned().unwrap_or_default())
+}
+
+/// A user's journey: their sessions, the traces they caused (front end to database)
+/// with where the time went, the logs of those traces, and the fund records the traces
+/// wrote (by trace id or order id).
+#[utoipa::path(get, path = "/api/v1/journeys", params(("user" = String, Query), ("since_ms" = Option<i64>, Query), ("until_ms" = Option<i64>, Query), ("limit" = Option<usize>, Query)),
+    responses((status = 200, description = "the journey"), (status = 400, body = crate::api::ErrorBody), (status = 404, body = crate::api::ErrorBody)), security(("token" = [])))]
+pub async fn journey(
+    State(s): State<Shared>,
+    q: Result<axum::extract::Query<JourneyParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    if q.user.is_empty() || q.user.len() > USER_ID_BYTES_MAX {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_user",
+            format!("a user id is 1 to {USER_ID_BYTES_MAX} bytes"),
+        ));
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, JOURNEY_TRACES_MAX);
+    let mut window = String::new();
+    if let Some(t) = q.since_ms {
+        window += &format!(" AND start_time >= to_timestamp_millis({t})");
+    }
+    if let Some(t) = q.until_ms {
+        window += &format!(" AND start_time < to_timestamp_millis({t})");
+    }
+    let user = q.user.clone();
+    // The user's own spans, from the files whose index holds the user.
+    let mine = with_chain(&s, move |c| c.snapshot())
+        .await?
+        .narrow(|i| i.user(&user).is_some());
+    let newest = rows_of(
+        &mine,
+        &format!(
+            "SELECT trace_id, max(start_time) AS t FROM spans WHERE user_id = {}{window} \
+             GROUP BY trace_id ORDER BY t DESC LIMIT {limit}",
+            literal(&q.user)
+        ),
+    )
+    .await?;
+    let traces: Vec<String> = newest
+        .iter()
+        .filter_map(|r| r["trace_id"].as_str().map(String::from))
+        .collect();
+    if traces.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no span of user {:?} is stored", q.user),
+        ));
+    }
+    let wanted: Vec<u128> = traces
+        .iter()
+        .filter_map(|t| u128::from_str_radix(t, 16).ok())
+        .collect();
+    let theirs = with_chain(&s, move |c| c.snapshot())
+        .await?
+        .narrow(move |i| wanted.iter().any(|t| i.has_trace(*t)));
+    let list = traces
+        .iter()
+        .map(|t| literal(t))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (batches, spans_cut) = theirs
+        .query(&format!(
+            "SELECT * FROM spans WHERE trace_id IN ({list}) ORDER BY start_time LIMIT {JOURNEY_SPANS_MAX}"
+        ))
+        .await?;
+    let spans = steadfast_chain::arrow_rows::spans_from_batches(&batches)
+        .map_err(|e| ApiError::internal("spans could not be read back", e))?;
+    let summaries = steadfast_chain::journey::summarise(&spans);
+    let orders: Vec<String> = summaries
+        .iter()
+        .flat_map(|t| t.order_ids.iter().map(|o| literal(o)))
+        .collect();
+    let order_clause = if orders.is_empty() {
+        String::new()
+    } else {
+        format!(" OR order_id IN ({})", orders.join(","))
+    };
+    let funds = rows_of(
+        &theirs,
+        &format!(
+            "SELECT time, source, kind, record_id, order_id, trace_id, amount_minor, currency, scale, status \
+             FROM fund_records WHERE trace_id IN ({list}){order_clause} ORDER BY time LIMIT 1000"
+        ),
+    )
+    .await?;
+    let logs = rows_of(
+        &theirs,
+        &format!(
+            "SELECT time, service, severity_text, body, trace_id, span_id FROM logs \
+             WHERE trace_id IN ({list}) ORDER BY time LIMIT 1000"
+        ),
+    )
+    .await?;
+    let mut total = steadfast_chain::journey::Breakdown::default();
+    let mut sessions: std::collections::BTreeMap<String, (i64, i64, usize)> = Default::default();
+    let mut out_traces = Vec::new();
+    for t in &summaries {
+        total.client_ns += t.breakdown.client_ns;
+        total.network_ns += t.breakdown.network_ns;
+        total.server_ns += t.breakdown.server_ns;
+        total.database_ns += t.breakdown.database_ns;
+        if let Some(sid) = &t.session_id {
+            let e =
+                sessions
+                    .entry(sid.clone())
+                    .or_insert((t.start_ns, t.start_ns + t.duration_ns, 0));
+            e.0 = e.0.min(t.start_ns);
+            e.1 = e.1.max(t.start_ns + t.duration_ns);
+            e.2 += 1;
+        }
+        let linked = |r: &&serde_json::Value| {
+            r["trace_id"].as_str() == Some(t.trace_id.as_str())
+                || r["order_id"]
+                    .as_str()
+                    .is_some_and(|o| t.order_ids.iter().any(|x| x == o))
+        };
+        let mut v = serde_json::to_value(t).expect("a summary serializes");
+        v["fund_records"] = json!(funds.iter().filter(linked).collect::<Vec<_>>());
+        v["logs"] = json!(logs
+            .iter()
+            .filter(|r| r["trace_id"].as_str() == Some(t.trace_id.as_str()))
+            .collect::<Vec<_>>());
+        v["spans_list"] = json!(spans
+            .iter()
+            .filter(|sp| sp.trace_id == t.trace_id)
+            .map(|sp| json!({
+                "span_id": sp.span_id, "parent_span_id": sp.parent_span_id, "service": sp.service,
+                "name": sp.name, "kind": sp.kind, "status": sp.status, "start_ns": sp.start_ns,
+                "duration_ns": sp.end_ns - sp.start_ns, "http_route": sp.http_route,
+                "http_status": sp.http_status, "db_statement": sp.db_statement,
+            }))
+            .collect::<Vec<_>>());
+        out_traces.push(v);
+    }
+    let sessions: Vec<serde_json::Value> = sessions
+        .into_iter()
+        .map(|(id, (a, b, n))| json!({ "session_id": id, "start_ns": a, "end_ns": b, "traces": n }))
+        .collect();
+    Ok(Json(json!({
+        "user": q.user,
+        "sessions": sessions,
+        "traces": out_traces,
+        "breakdown": total,
+        "truncated": spans_cut || traces.len() == limit,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapParams {
+    /// From this time on (ms since the epoch); default the last hour.
+    pub since_ms: Option<i64>,
+}
+
+/// The service map: one edge per caller and callee seen in spans (a child span in another
+/// service than its parent, or a database call), with calls, calls per second, errors
+/// and latency percentiles of the callee.
+#[utoipa::path(get, path = "/api/v1/service-map", params(("since_ms" = Option<i64>, Query)),
+    responses((status = 200, description = "edges"), (status = 400, body = crate::api::ErrorBody)), security(("token" = [])))]
+pub async fn service_map(
+    State(s): State<Shared>,
+    q: Result<axum::extract::Query<MapParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let now = crate::pipeline::wall_ms();
+    let since = q.since_ms.unwrap_or(now - 3_600_000);
+    let secs = ((now - since).max(1_000) as f64) / 1000.0;
+    let snapshot = with_chain(&s, |c| c.snapshot()).await?;
+    let edges = rows_of(
+        &snapshot,
+        &format!(
+            "WITH w AS (SELECT * FROM spans WHERE start_time >= to_timestamp_millis({since})), \
+             calls AS ( \
+               SELECT p.service AS caller, c.service AS callee, c.status AS status, c.duration_ns AS d \
+               FROM w c JOIN w p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id \
+               WHERE p.service <> c.service \
+               UNION ALL \
+               SELECT service AS caller, \
+                 coalesce(db_system, 'database') AS callee, status, duration_ns AS d \
+               FROM w WHERE db_statement IS NOT NULL OR db_system IS NOT NULL) \
+             SELECT caller, callee, count(*) AS calls, \
+               sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS errors, \
+               approx_percentile_cont(d, 0.5) AS p50_ns, approx_percentile_cont(d, 0.99) AS p99_ns \
+             FROM calls GROUP BY caller, callee ORDER BY caller, callee"
+        ),
+    )
+    .await?;
+    let edges: Vec<serde_json::Value> = edges
+        .into_iter()
+        .map(|mut e| {
+            let calls = e["calls"].as_f64().unwrap_or(0.0);
+            e["per_sec"] = json!((calls / secs * 1000.0).round() / 1000.0);
+            e
+        })
+        .collect();
+    Ok(Json(json!({ "since_ms": since, "edges": edges })).into_response())
+}
+
+/// The chain's copy of accepted fund records (drill records are the drill's, not kept).
+pub(crate) fn fund_rows(records: &[steadfast_model::FundRecord]) -> Vec<steadfast_chain::FundRow> {
+    records
+        .iter()
+        .filter(|r| r.drill.is_none())
+        .map(|r| steadfast_chain::FundRow {
+            time_ns: r.event_time.saturating_mul(1_000_000),
+            source: r.source.clone(),
+            kind: r.kind.clone(),
+            record_id: r.record_id.clone(),
+            order_id: r.order_id.clone(),
+            trace_id: r.trace_id.as_ref().map(|t| t.to_ascii_lowercase()),
+            amount_minor: r.amount.minor,
+            currency: r.amount.currency.code().to_string(),
+            scale: r.amount.currency.exponent() as i32,
+            status: r.status.clone(),
+            keys: serde_json::to_string(&r.keys).unwrap_or_else(|_| "{}".into()),
+        })
+        .collect()
+}
+
+/// Keeps the copy beside the telemetry. The records themselves are durable in the fund
+/// WAL already, so the copy does not wait for its own fsync (the next one covers it), and
+/// a copy the chain cannot take (full, or failing) is counted, not an ingest error.
+pub(crate) async fn copy_funds(s: &Shared, funds: Vec<steadfast_chain::FundRow>) {
+    if funds.is_empty() {
+        return;
+    }
+    let rows = steadfast_chain::Rows {
+        funds,
+        ..Default::default()
+    };
+    if let Err(e) = with_chain(s, move |c| c.append_relaxed(rows)).await {
+        s.metrics.chain_fund_copies_dropped.inc();
+        tracing::warn!(error = ?e, "fund records were not copied to the data chain");
+    }
+}

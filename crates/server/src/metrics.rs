@@ -34,6 +34,8 @@ pub struct Metrics {
     pub audit_export_failures: Counter,
     /// Spans, log records and metric points stored by the data chain.
     pub chain_rows: Counter,
+    /// Accepted fund records the data chain could not keep a copy of.
+    pub chain_fund_copies_dropped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,9 +114,16 @@ impl Metrics {
             "Spans, log records and metric points stored (logged durably) by the data chain",
             chain_rows.clone(),
         );
+        let chain_fund_copies_dropped = Counter::default();
+        registry.register(
+            "chain_fund_copies_dropped",
+            "Accepted fund records the data chain could not keep a copy of (journeys miss them)",
+            chain_fund_copies_dropped.clone(),
+        );
         Metrics {
             registry,
             chain_rows,
+            chain_fund_copies_dropped,
             requests_denied,
             audit_export_failures,
             recent_detection_ms: Default::default(),

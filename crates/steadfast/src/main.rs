@@ -165,6 +165,22 @@ enum Command {
         #[command(flatten)]
         conn: client::Conn,
     },
+    /// A user's journey: their sessions and traces, front end to database, with where
+    /// the time went and the fund records the traces wrote.
+    Journey {
+        user: String,
+        /// Only traces from this time on (ms since the epoch).
+        #[arg(long)]
+        since_ms: Option<i64>,
+        /// Newest traces shown (at most 200).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
     /// Show who the token speaks for and its role.
     Whoami {
         #[command(flatten)]
@@ -279,6 +295,52 @@ async fn proxy(a: ProxyArgs) -> anyhow::Result<()> {
 }
 
 /// JSON rows as an aligned text table, columns in first-seen order.
+/// A journey as a table: one row per trace with its time breakdown in milliseconds and
+/// the fund records it wrote.
+fn journey_table(j: &serde_json::Value) -> String {
+    let ms = |v: &serde_json::Value| format!("{:.1}", v.as_f64().unwrap_or(0.0) / 1e6);
+    let mut out = format!(
+        "user {}: {} session(s), {} trace(s)\n",
+        j["user"].as_str().unwrap_or(""),
+        j["sessions"].as_array().map_or(0, |a| a.len()),
+        j["traces"].as_array().map_or(0, |a| a.len())
+    );
+    let rows: Vec<serde_json::Value> = j["traces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let b = &t["breakdown"];
+            let funds: Vec<String> = t["fund_records"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| {
+                    let minor = f["amount_minor"].as_i64().unwrap_or(0);
+                    let code = f["currency"].as_str().unwrap_or("");
+                    let amount = match steadfast_model::Currency::from_code(code) {
+                        Ok(c) => format!("{} {code}", steadfast_model::format_minor(minor as i128, c)),
+                        Err(_) => format!("{minor} minor units of {code}"),
+                    };
+                    format!(
+                        "{} {} {amount}",
+                        f["kind"].as_str().unwrap_or(""),
+                        f["record_id"].as_str().unwrap_or(""),
+                    )
+                })
+                .collect();
+            serde_json::json!({
+                "trace": t["trace_id"], "root": format!("{} {}", t["root_service"].as_str().unwrap_or(""), t["root_name"].as_str().unwrap_or("")),
+                "ms": ms(&t["duration_ns"]), "client": ms(&b["client_ns"]), "network": ms(&b["network_ns"]),
+                "server": ms(&b["server_ns"]), "db": ms(&b["database_ns"]), "spans": t["spans"], "errors": t["errors"],
+                "funds": funds.join("; "),
+            })
+        })
+        .collect();
+    out += &rows_table(&rows);
+    out
+}
+
 fn rows_table(rows: &[serde_json::Value]) -> String {
     let mut cols: Vec<String> = Vec::new();
     for r in rows {
@@ -502,6 +564,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 eprintln!(
                     "(more rows than shown: the answer is cut at 10 000; add a LIMIT or a WHERE)"
                 );
+            }
+            Ok(())
+        }
+        Command::Journey {
+            user,
+            since_ms,
+            limit,
+            format,
+            conn,
+        } => {
+            let mut url = reqwest::Url::parse("http://localhost/api/v1/journeys")?;
+            url.query_pairs_mut()
+                .append_pair("user", &user)
+                .append_pair("limit", &limit.to_string());
+            if let Some(t) = since_ms {
+                url.query_pairs_mut()
+                    .append_pair("since_ms", &t.to_string());
+            }
+            let path = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+            let v = conn.call(reqwest::Method::GET, &path, None).await?;
+            match format.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&v)?),
+                "table" => print!("{}", journey_table(&v)),
+                other => anyhow::bail!("unknown --format {other:?} (table or json)"),
             }
             Ok(())
         }

@@ -33,7 +33,8 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use steadfast_chain::arrow_rows::{
-    log_schema, logs_batch, metric_schema, metrics_batch, span_schema, spans_batch,
+    fund_schema, funds_batch, log_schema, logs_batch, metric_schema, metrics_batch, span_schema,
+    spans_batch,
 };
 use steadfast_chain::Rows;
 
@@ -49,7 +50,7 @@ const ENTRY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Rows per Parquet row group.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-pub const TABLES: [&str; 3] = ["spans", "logs", "metrics"];
+pub const TABLES: [&str; 4] = ["spans", "logs", "metrics", "fund_records"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
@@ -257,6 +258,7 @@ fn schema_of(table: &str) -> datafusion::arrow::datatypes::SchemaRef {
     match table {
         "spans" => span_schema(),
         "logs" => log_schema(),
+        "fund_records" => fund_schema(),
         _ => metric_schema(),
     }
 }
@@ -272,6 +274,9 @@ fn batches_of(rows: &Rows) -> Result<Vec<(&'static str, RecordBatch)>, ChainErro
     }
     if !rows.metrics.is_empty() {
         out.push(("metrics", metrics_batch(&rows.metrics).map_err(fmt_err)?));
+    }
+    if !rows.funds.is_empty() {
+        out.push(("fund_records", funds_batch(&rows.funds).map_err(fmt_err)?));
     }
     Ok(out)
 }
@@ -319,6 +324,14 @@ fn write_data_file(
             ZstdLevel::try_new(3).expect("a zstd level"),
         ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        // Row groups a trace or user lookup can skip; sized for a row group's distinct
+        // values (a trace has a few spans, a user many), not the default million.
+        .set_column_bloom_filter_enabled("trace_id".into(), true)
+        .set_column_bloom_filter_max_ndv("trace_id".into(), (ROW_GROUP_ROWS / 4) as u64)
+        .set_column_bloom_filter_fpp("trace_id".into(), 0.01)
+        .set_column_bloom_filter_enabled("user_id".into(), true)
+        .set_column_bloom_filter_max_ndv("user_id".into(), (ROW_GROUP_ROWS / 16) as u64)
+        .set_column_bloom_filter_fpp("user_id".into(), 0.01)
         .build();
     let mut w = ArrowWriter::try_new(file, schema_of(table), Some(props)).map_err(fmt_err)?;
     for b in batches {
@@ -608,6 +621,13 @@ impl ChainStore {
     /// Logs rows durably (fsynced, the fsync shared with concurrent appends) and keeps
     /// them for the next flush. Refused when `PENDING_ROWS_MAX` rows are waiting.
     pub fn append(&self, rows: Rows) -> Result<u64, ChainError> {
+        let seq = self.write_entry(rows)?;
+        self.wait_durable(seq)?;
+        Ok(seq)
+    }
+
+    /// Writes an entry to the current segment (not yet fsynced) and keeps its rows.
+    fn write_entry(&self, rows: Rows) -> Result<u64, ChainError> {
         if let Some(p) = &self.sync.lock().expect("chain sync lock").poisoned {
             return Err(ChainError::Poisoned(p.clone()));
         }
@@ -617,27 +637,29 @@ impl ChainStore {
         let batches = batches_of(&rows)?;
         let mut frame = frame(&rows)?;
         let n = rows.len();
-        let seq = {
-            let mut st = self.state();
-            let held = st.pending.rows + st.flushing.as_ref().map_or(0, |f| f.rows);
-            if held + n > self.pending_max {
-                return Err(ChainError::Full);
-            }
-            let seq = st.next_seq;
-            seal(&mut frame, seq);
-            if let Err(e) = (&*st.wal).write_all(&frame) {
-                // A partial frame may be in the segment: nothing after it could be read
-                // back, so the store stops taking rows.
-                let why = format!("{}: {e}", st.wal_path.display());
-                self.sync.lock().expect("chain sync lock").poisoned = Some(why.clone());
-                return Err(ChainError::Poisoned(why));
-            }
-            st.next_seq += 1;
-            st.pending.add(batches);
-            seq
-        };
-        self.wait_durable(seq)?;
+        let mut st = self.state();
+        let held = st.pending.rows + st.flushing.as_ref().map_or(0, |f| f.rows);
+        if held + n > self.pending_max {
+            return Err(ChainError::Full);
+        }
+        let seq = st.next_seq;
+        seal(&mut frame, seq);
+        if let Err(e) = (&*st.wal).write_all(&frame) {
+            // A partial frame may be in the segment: nothing after it could be read back,
+            // so the store stops taking rows.
+            let why = format!("{}: {e}", st.wal_path.display());
+            self.sync.lock().expect("chain sync lock").poisoned = Some(why.clone());
+            return Err(ChainError::Poisoned(why));
+        }
+        st.next_seq += 1;
+        st.pending.add(batches);
         Ok(seq)
+    }
+
+    /// Logs rows without waiting for their fsync (the next append's or flush's covers
+    /// them): for copies of data that is durable elsewhere.
+    pub fn append_relaxed(&self, rows: Rows) -> Result<u64, ChainError> {
+        self.write_entry(rows)
     }
 
     /// Returns once entry `seq` is fsynced: by another caller's sync, or by this one,
@@ -851,10 +873,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Keeps only the files of `spans` and `logs` whose index says they may hold a row
-    /// `keep` wants (rows not yet flushed are always kept).
+    /// Keeps only the files of `spans`, `logs` and `fund_records` whose index says they
+    /// may hold a row `keep` wants (rows not yet flushed are always kept).
     pub fn narrow(mut self, keep: impl Fn(&FileIndex) -> bool) -> Snapshot {
-        for t in ["spans", "logs"] {
+        for t in ["spans", "logs", "fund_records"] {
             if let Some((files, _)) = self.tables.get_mut(t) {
                 files.retain(|f| keep(&f.index));
             }

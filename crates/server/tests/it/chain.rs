@@ -396,3 +396,212 @@ async fn otlp_grpc_takes_traces_logs_and_metrics_with_an_ingest_token() {
     );
     s.stop().await;
 }
+
+fn span(
+    trace: u8,
+    id: u8,
+    parent: Option<u8>,
+    name: &str,
+    kind: i32,
+    t: (u64, u64),
+    attrs: &[(&str, &str)],
+) -> Span {
+    let base = 1_700_000_000_000_000_000u64;
+    Span {
+        trace_id: vec![trace; 16],
+        span_id: vec![0, 0, 0, 0, 0, 0, trace, id],
+        parent_span_id: parent.map_or(vec![], |p| vec![0, 0, 0, 0, 0, 0, trace, p]),
+        name: name.into(),
+        kind,
+        start_time_unix_nano: base + t.0 * 1_000_000,
+        end_time_unix_nano: base + t.1 * 1_000_000,
+        attributes: attrs.iter().map(|(k, v)| kv(k, v)).collect(),
+        ..Default::default()
+    }
+}
+
+fn service_spans(service: &str, spans: Vec<Span>) -> ResourceSpans {
+    ResourceSpans {
+        resource: resource(service),
+        scope_spans: vec![ScopeSpans {
+            spans,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A click in the shop's page (0..100 ms) fetches the gateway (10..90), which calls
+/// payments (30..70), which queries PostgreSQL (40..60) and writes order ORD-7.
+fn click(trace: u8, user: &str, session: &str) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![
+            service_spans(
+                "rum:shop",
+                vec![
+                    span(
+                        trace,
+                        1,
+                        None,
+                        "click pay",
+                        1,
+                        (0, 100),
+                        &[("user.id", user), ("session.id", session)],
+                    ),
+                    span(
+                        trace,
+                        2,
+                        Some(1),
+                        "POST /pay",
+                        3,
+                        (10, 90),
+                        &[("user.id", user), ("session.id", session)],
+                    ),
+                ],
+            ),
+            service_spans(
+                "gateway",
+                vec![
+                    span(
+                        trace,
+                        3,
+                        Some(2),
+                        "POST /pay",
+                        2,
+                        (15, 85),
+                        &[("http.route", "/pay")],
+                    ),
+                    span(trace, 4, Some(3), "call payments", 3, (25, 75), &[]),
+                ],
+            ),
+            service_spans(
+                "payments",
+                vec![
+                    span(
+                        trace,
+                        5,
+                        Some(4),
+                        "pay",
+                        2,
+                        (30, 70),
+                        &[("order.id", "ORD-7")],
+                    ),
+                    span(
+                        trace,
+                        6,
+                        Some(5),
+                        "INSERT payment",
+                        3,
+                        (40, 60),
+                        &[
+                            ("db.system", "postgresql"),
+                            ("db.statement", "INSERT INTO payment ..."),
+                        ],
+                    ),
+                ],
+            ),
+        ],
+    }
+}
+
+#[tokio::test]
+async fn a_users_journey_links_page_backend_database_and_fund_records() {
+    let mut s = TestServer::start().await;
+    let pb = "application/x-protobuf";
+    for (trace, user) in [(0x21, "vip-7"), (0x22, "vip-7"), (0x23, "someone-else")] {
+        let (code, _, _) = send(
+            &s,
+            "/v1/traces",
+            pb,
+            false,
+            click(trace, user, "sess-1").encode_to_vec(),
+        )
+        .await;
+        assert_eq!(code, 200);
+    }
+    // The payment core reports the record it wrote, with the trace that wrote it.
+    let mut p = payment("p-7", "ORD-7", "12.34");
+    p["trace_id"] = json!("21".repeat(16));
+    p["order_id"] = json!("ORD-7");
+    assert_eq!(s.post("/api/v1/records", body(&[p])).await.0, 200);
+
+    let check = |j: &Value| {
+        assert_eq!(j["user"], "vip-7");
+        assert_eq!(j["sessions"].as_array().unwrap().len(), 1, "{j}");
+        assert_eq!(j["sessions"][0]["traces"], 2);
+        let traces = j["traces"].as_array().unwrap();
+        assert_eq!(traces.len(), 2, "only this user's traces");
+        let t = traces
+            .iter()
+            .find(|t| t["trace_id"] == "21".repeat(16))
+            .unwrap();
+        assert_eq!(
+            t["spans"], 6,
+            "the backend spans carry no user id and are still there"
+        );
+        assert_eq!(t["services"], json!(["rum:shop", "gateway", "payments"]));
+        assert_eq!(t["root_name"], "click pay");
+        assert_eq!(
+            t["breakdown"],
+            json!({"client_ns": 20_000_000, "network_ns": 20_000_000, "server_ns": 40_000_000, "database_ns": 20_000_000})
+        );
+        // The money the click moved, linked by its trace (and its order).
+        let funds = t["fund_records"].as_array().unwrap();
+        assert_eq!(funds.len(), 1, "{t}");
+        assert_eq!(
+            (
+                &funds[0]["record_id"],
+                &funds[0]["amount_minor"],
+                &funds[0]["scale"]
+            ),
+            (&json!("p-7"), &json!(1234), &json!(2))
+        );
+        let other = traces
+            .iter()
+            .find(|t| t["trace_id"] == "22".repeat(16))
+            .unwrap();
+        assert_eq!(
+            other["fund_records"].as_array().unwrap().len(),
+            1,
+            "the same order, linked by order id"
+        );
+    };
+    let (code, j) = s.get("/api/v1/journeys?user=vip-7").await;
+    assert_eq!(code, 200, "{j}");
+    check(&j);
+    // The same once everything is in Parquet files, read through the indexes.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let (_, j) = s.get("/api/v1/journeys?user=vip-7").await;
+    check(&j);
+    assert_eq!(s.get("/api/v1/journeys?user=nobody").await.0, 404);
+    assert_eq!(
+        s.get("/api/v1/journeys?user=x'%20OR%20'1'='1").await.0,
+        404,
+        "a value, never SQL"
+    );
+    assert_eq!(s.get("/api/v1/journeys").await.0, 400);
+
+    let (code, m) = s.get("/api/v1/service-map?since_ms=0").await;
+    assert_eq!(code, 200, "{m}");
+    let edges: Vec<(String, String, u64)> = m["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["caller"].as_str().unwrap().to_string(),
+                e["callee"].as_str().unwrap().to_string(),
+                e["calls"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        edges,
+        [
+            ("gateway".into(), "payments".into(), 3),
+            ("payments".into(), "postgresql".into(), 3),
+            ("rum:shop".into(), "gateway".into(), 3),
+        ]
+    );
+    s.stop().await;
+}
