@@ -32,6 +32,9 @@ pub struct OtlpConfig {
     pub endpoint: String,
     /// How often metrics are exported.
     pub metrics_interval_secs: u64,
+    /// Sent as `authorization: Bearer ...` (an ingest token), never logged.
+    #[serde(default, skip_serializing)]
+    pub token: Option<String>,
 }
 
 impl Default for OtlpConfig {
@@ -40,6 +43,7 @@ impl Default for OtlpConfig {
             enabled: false,
             endpoint: "http://127.0.0.1:7420".into(),
             metrics_interval_secs: 10,
+            token: None,
         }
     }
 }
@@ -86,15 +90,31 @@ impl Telemetry {
         if otlp.enabled {
             use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
             let base = otlp.endpoint.trim_end_matches('/');
+            let headers: std::collections::HashMap<String, String> = otlp
+                .token
+                .iter()
+                .map(|t| ("authorization".to_string(), format!("Bearer {t}")))
+                .collect();
             let spans = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_endpoint(format!("{base}/v1/traces"))
-                .with_headers(Default::default())
+                .with_headers(headers.clone())
                 .build()?;
-            tracer_provider = tracer_provider.with_batch_exporter(spans);
+            // Spans go out every second (the SDK's default is five), bounded queue of
+            // 8 192 spans: past it the SDK drops spans rather than the service slowing.
+            let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(spans)
+                .with_batch_config(
+                    opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                        .with_max_queue_size(8_192)
+                        .with_scheduled_delay(std::time::Duration::from_secs(1))
+                        .build(),
+                )
+                .build();
+            tracer_provider = tracer_provider.with_span_processor(batch);
             let metrics = opentelemetry_otlp::MetricExporter::builder()
                 .with_http()
                 .with_endpoint(format!("{base}/v1/metrics"))
+                .with_headers(headers)
                 .build()?;
             let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(metrics)
                 .with_interval(std::time::Duration::from_secs(

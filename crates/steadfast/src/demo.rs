@@ -60,9 +60,13 @@ pub struct DemoArgs {
     /// Send billing calls straight to billing, with no proxy in between.
     #[arg(long)]
     no_proxy: bool,
-    /// Export the services' traces and metrics over OTLP/HTTP to this base URL.
+    /// Export the services' traces and metrics over OTLP/HTTP to this base URL instead of
+    /// the demo's own server (which then gets none; no token is sent there).
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// Export no telemetry (journeys then show nothing).
+    #[arg(long)]
+    no_otlp: bool,
     /// Rule file; the shipped demo rules when absent.
     #[arg(long)]
     rules: Option<PathBuf>,
@@ -156,11 +160,21 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     );
     pcfg.base_port = a.platform_port;
     pcfg.billing_upstream = a.billing_upstream.clone();
-    if let Some(e) = &a.otlp_endpoint {
-        pcfg.otlp = OtlpConfig {
-            enabled: true,
-            endpoint: e.clone(),
-            ..OtlpConfig::default()
+    // The services' telemetry goes to the demo's own server by default, with the ingest
+    // token, so that journeys link the platform's traces to its fund records.
+    if !a.no_otlp {
+        pcfg.otlp = match &a.otlp_endpoint {
+            Some(e) => OtlpConfig {
+                enabled: true,
+                endpoint: e.clone(),
+                ..OtlpConfig::default()
+            },
+            None => OtlpConfig {
+                enabled: true,
+                endpoint: base.clone(),
+                metrics_interval_secs: 5,
+                token: Some(pcfg.report.token.clone()),
+            },
         };
     }
     let platform = Platform::start(pcfg, &wallets).await?;

@@ -134,6 +134,17 @@ impl Gateway {
         op: &'static str,
         req: OrderRequest,
     ) -> Result<Json<OrderAnswer>, AppError> {
+        // The gateway knows who is asking: its span carries the user and the order, so a
+        // journey finds the request and the fund records it wrote.
+        {
+            use opentelemetry::trace::TraceContextExt;
+            let span = cx.0.span();
+            span.set_attribute(opentelemetry::KeyValue::new("user.id", req.user_id.clone()));
+            span.set_attribute(opentelemetry::KeyValue::new(
+                "order.id",
+                req.order_no.clone(),
+            ));
+        }
         let flags = self.flags.lock().expect("flags lock").clone();
         let (core_url, core_name) = self.core();
         let (path, body) = if op == "refund" {

@@ -503,6 +503,7 @@ async fn traces_and_metrics_go_out_over_otlp_when_export_is_on() {
             enabled: true,
             endpoint: format!("http://{addr}"),
             metrics_interval_secs: 1,
+            token: None,
         },
     )
     .unwrap();
@@ -591,6 +592,78 @@ async fn a_lossless_drill_on_the_platform_finds_100_of_100_without_touching_it()
         rig.status().await["open_records_total"],
         0,
         "the traffic has settled and nothing of the drill is left open in the engine"
+    );
+    rig.stop().await;
+}
+
+/// `steadfast demo` exports the services' telemetry to its own server: a user's journey
+/// then runs from the gateway through the payment core to billing and the databases,
+/// with the fund records each request wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_platforms_journeys_link_every_service_and_the_fund_records_written() {
+    let rig = Rig::start_exporting(31, 20).await;
+    let stats = rig.drive(40, 40.0).await;
+    rig.settle(stats.succeeded.load(std::sync::atomic::Ordering::Relaxed))
+        .await;
+    let query = |sql: &str| {
+        let sql = sql.to_string();
+        let rig = &rig;
+        async move {
+            let r = rig
+                .http
+                .post(format!("{}/api/v1/query", rig.base))
+                .bearer_auth(&rig.token)
+                .json(&serde_json::json!({ "sql": sql }))
+                .send()
+                .await
+                .unwrap();
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    // The batch exporters send every second: wait until the gateway's spans are in.
+    let mut user = None;
+    for _ in 0..100 {
+        let v = query(
+            "SELECT user_id, count(*) AS n FROM spans WHERE user_id IS NOT NULL \
+             GROUP BY user_id ORDER BY n DESC, user_id LIMIT 1",
+        )
+        .await;
+        if let Some(u) = v["rows"][0]["user_id"].as_str() {
+            user = Some(u.to_string());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let user = user.expect("the gateway's spans reach the server");
+    // Give the services' later spans (they end after the gateway's children) a second.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let j = rig.get(&format!("/api/v1/journeys?user={user}")).await;
+    let traces = j["traces"].as_array().unwrap_or_else(|| panic!("{j}"));
+    assert!(!traces.is_empty(), "{j}");
+    let mut with_funds = 0;
+    for t in traces {
+        let services: Vec<&str> = t["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        assert_eq!(services[0], "gateway", "{t}");
+        assert!(
+            services.iter().any(|s| s.starts_with("payment-core")),
+            "the gateway's call reaches a payment core: {services:?}"
+        );
+        let b = &t["breakdown"];
+        assert!(b["database_ns"].as_i64().unwrap() > 0, "{b}");
+        assert!(b["server_ns"].as_i64().unwrap() > 0, "{b}");
+        if !t["fund_records"].as_array().unwrap().is_empty() {
+            with_funds += 1;
+        }
+    }
+    assert!(
+        with_funds * 2 >= traces.len(),
+        "most requests write money, and their records are linked: {with_funds} of {}",
+        traces.len()
     );
     rig.stop().await;
 }

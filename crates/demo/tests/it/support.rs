@@ -29,6 +29,16 @@ pub struct Rig {
 
 impl Rig {
     pub async fn start(seed: u64, users: u32) -> Rig {
+        Rig::start_opts(seed, users, false).await
+    }
+
+    /// A rig whose services export their traces and metrics to its server over OTLP, as
+    /// `steadfast demo` does.
+    pub async fn start_exporting(seed: u64, users: u32) -> Rig {
+        Rig::start_opts(seed, users, true).await
+    }
+
+    async fn start_opts(seed: u64, users: u32, otlp: bool) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config {
             data_dir: dir.path().join("steadfast"),
@@ -54,6 +64,14 @@ impl Rig {
             token.clone(),
         );
         pcfg.snapshot_interval_ms = 500;
+        if otlp {
+            pcfg.otlp = steadfast_demo::telemetry::OtlpConfig {
+                enabled: true,
+                endpoint: base.clone(),
+                metrics_interval_secs: 1,
+                token: Some(token.clone()),
+            };
+        }
         // Debug builds under a loaded CI machine are slow; a timeout here would be a
         // false failure, not a finding.
         pcfg.call_timeout_ms = 20_000;
