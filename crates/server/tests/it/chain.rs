@@ -605,3 +605,90 @@ async fn a_users_journey_links_page_backend_database_and_fund_records() {
     );
     s.stop().await;
 }
+
+/// Python with the OpenTelemetry SDK and both OTLP exporters (`.ci/run` installs them).
+fn python_with_otel() -> Option<std::path::PathBuf> {
+    let python = std::env::var_os("PYTHON").map_or("python3".into(), std::path::PathBuf::from);
+    let ok = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc.trace_exporter, \
+             opentelemetry.exporter.otlp.proto.http.trace_exporter",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(python)
+}
+
+/// The Python OpenTelemetry SDK, as an application uses it, exports over OTLP/HTTP and
+/// OTLP/gRPC; every span, log record and metric point it sent is queryable.
+#[tokio::test]
+async fn the_python_sdk_exports_traces_metrics_and_logs_over_http_and_grpc() {
+    let python = python_with_otel();
+    if !tool_present("python3 with the OpenTelemetry SDK", python.is_some()) {
+        return;
+    }
+    let python = python.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.chain.otlp_grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mut s = TestServer::start_with(cfg).await;
+    let grpc = s.server.as_ref().unwrap().otlp_grpc_addr.unwrap();
+    let token = s.token_for("ingest", "python-app");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/otel_export.py");
+    for (protocol, endpoint) in [("http", s.base.clone()), ("grpc", format!("http://{grpc}"))] {
+        let (python, token) = (python.clone(), token.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(python)
+                .args([script, protocol, &endpoint, &token, "1"])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{protocol}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let service = format!("py-{protocol}-1");
+        assert_eq!(
+            sql(
+                &s,
+                &format!(
+                    "SELECT count(*) AS n, count(DISTINCT trace_id) AS traces FROM spans \
+                     WHERE service = '{service}' AND user_id = 'py-user-1' AND http_method = 'POST'"
+                )
+            )
+            .await,
+            json!([{"n": 10, "traces": 10}]),
+            "{protocol}: the checkout spans, old attribute names normalised"
+        );
+        assert_eq!(
+            sql(&s, &format!("SELECT count(*) AS n FROM spans WHERE service = '{service}' AND parent_span_id IS NOT NULL")).await,
+            json!([{"n": 10}]),
+            "{protocol}: the children, linked to their parents"
+        );
+        let logs = sql(
+            &s,
+            &format!("SELECT count(*) AS n, count(trace_id) AS traced FROM logs WHERE service = '{service}'"),
+        )
+        .await;
+        assert_eq!(
+            logs,
+            json!([{"n": 10, "traced": 10}]),
+            "{protocol}: logs inside spans carry the trace"
+        );
+        let points = sql(
+            &s,
+            &format!("SELECT name, max(value) AS v FROM metrics WHERE service = '{service}' GROUP BY name"),
+        )
+        .await;
+        assert_eq!(
+            points,
+            json!([{"name": "checkout.count", "v": 10.0}]),
+            "{protocol}"
+        );
+    }
+    s.stop().await;
+}
