@@ -11,6 +11,7 @@
 //! cargo run --release -p steadfast-bench -- restart [--records 10000000]
 //! cargo run --release -p steadfast-bench -- demo [--rate 2500] [--secs 30]
 //! cargo run --release -p steadfast-bench -- drill [--faults 1000] [--background-rate 20000]
+//! cargo run --release -p steadfast-bench -- chain [--spans 2000000] [--journey-spans 10000000]
 //! ```
 //!
 //! - `engine`: throughput of the verification engine on a 1:1 match rule with a fixed
@@ -25,10 +26,13 @@
 //!   payments completed per second, records verified per second, verification lag.
 //! - `drill`: lossless drills against an in-process server under real traffic: time to
 //!   detect per fault, found on arrival and found at the lateness deadline.
+//! - `chain`: OTLP/HTTP span ingest (spans/s, CPU-seconds per million spans), bytes per
+//!   span after compaction, and journey query latency over a large store.
 //! - `restart`: time from SIGKILL of a loaded server (run as a child process) to its
 //!   replacement answering `/healthz`.
 
 mod alloc;
+mod chain;
 mod cpu;
 mod demo;
 mod drill;
@@ -77,6 +81,8 @@ enum Command {
     /// The fault-injection proxy: added latency next to a direct connection and nginx, and
     /// the time from the kill switch to the last tampered request.
     Proxy(proxy::Args),
+    /// The data chain: OTLP span ingest, bytes per span, journey latency.
+    Chain(chain::Args),
     /// The server the `restart` benchmark runs and kills (internal).
     #[command(hide = true)]
     ServeChild(restart::ChildArgs),
@@ -93,6 +99,7 @@ impl Command {
             Command::Demo(_) => "demo",
             Command::Drill(_) => "drill",
             Command::Proxy(_) => "proxy",
+            Command::Chain(_) => "chain",
             Command::ServeChild(_) => "serve-child",
         }
     }
@@ -137,6 +144,11 @@ fn main() -> Result<()> {
         }
         Command::Proxy(args) => {
             let report = proxy::run(args)?;
+            print!("{}", report.table());
+            write_result(&out, &report)?;
+        }
+        Command::Chain(args) => {
+            let report = chain::run(args)?;
             print!("{}", report.table());
             write_result(&out, &report)?;
         }
