@@ -11,6 +11,8 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 
+use crate::flow::FlowRow;
+use crate::nginx::AccessRow;
 use crate::rows::{FundRow, LogRow, MetricRow, SpanRow};
 
 fn ts(name: &str) -> Field {
@@ -87,6 +89,124 @@ pub fn fund_schema() -> SchemaRef {
         text("status", true),
         text("keys", false),
     ]))
+}
+
+fn int(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Int64, nullable)
+}
+
+fn int32(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Int32, nullable)
+}
+
+pub fn access_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        ts("time"),
+        text("host", true),
+        text("remote_addr", true),
+        int32("remote_port", true),
+        text("server_addr", true),
+        int32("server_port", true),
+        text("method", false),
+        text("uri", false),
+        int32("status", false),
+        int("bytes_sent", true),
+        int("request_length", true),
+        int("request_time_ns", true),
+        text("upstream_addr", true),
+        int("upstream_connect_ns", true),
+        int("upstream_header_ns", true),
+        int("upstream_response_ns", true),
+        text("trace_id", true),
+        text("span_id", true),
+        text("user_agent", true),
+        text("request_id", true),
+        text("community_id", true),
+    ]))
+}
+
+pub fn flow_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        ts("start_time"),
+        ts("end_time"),
+        text("exporter", false),
+        int32("version", false),
+        text("src_addr", false),
+        int32("src_port", false),
+        text("dst_addr", false),
+        int32("dst_port", false),
+        int32("protocol", false),
+        int("bytes", false),
+        int("packets", false),
+        int32("tcp_flags", false),
+        text("community_id", true),
+    ]))
+}
+
+fn i64s<T>(rows: &[T], f: impl Fn(&T) -> i64) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(rows.iter().map(f)))
+}
+
+fn opt_i64s<T>(rows: &[T], f: impl Fn(&T) -> Option<i64>) -> ArrayRef {
+    Arc::new(rows.iter().map(f).collect::<Int64Array>())
+}
+
+fn i32s<T>(rows: &[T], f: impl Fn(&T) -> i32) -> ArrayRef {
+    Arc::new(Int32Array::from_iter_values(rows.iter().map(f)))
+}
+
+fn opt_i32s<T>(rows: &[T], f: impl Fn(&T) -> Option<i32>) -> ArrayRef {
+    Arc::new(rows.iter().map(f).collect::<Int32Array>())
+}
+
+pub fn access_batch(rows: &[AccessRow]) -> Result<RecordBatch, ArrowError> {
+    RecordBatch::try_new(
+        access_schema(),
+        vec![
+            times(rows, |r| r.time_ns),
+            opt_strs(rows, |r| r.host.as_deref()),
+            opt_strs(rows, |r| r.remote_addr.as_deref()),
+            opt_i32s(rows, |r| r.remote_port),
+            opt_strs(rows, |r| r.server_addr.as_deref()),
+            opt_i32s(rows, |r| r.server_port),
+            strs(rows, |r| &r.method),
+            strs(rows, |r| &r.uri),
+            i32s(rows, |r| r.status),
+            opt_i64s(rows, |r| r.bytes_sent),
+            opt_i64s(rows, |r| r.request_length),
+            opt_i64s(rows, |r| r.request_time_ns),
+            opt_strs(rows, |r| r.upstream_addr.as_deref()),
+            opt_i64s(rows, |r| r.upstream_connect_ns),
+            opt_i64s(rows, |r| r.upstream_header_ns),
+            opt_i64s(rows, |r| r.upstream_response_ns),
+            opt_strs(rows, |r| r.trace_id.as_deref()),
+            opt_strs(rows, |r| r.span_id.as_deref()),
+            opt_strs(rows, |r| r.user_agent.as_deref()),
+            opt_strs(rows, |r| r.request_id.as_deref()),
+            opt_strs(rows, |r| r.community_id.as_deref()),
+        ],
+    )
+}
+
+pub fn flows_batch(rows: &[FlowRow]) -> Result<RecordBatch, ArrowError> {
+    RecordBatch::try_new(
+        flow_schema(),
+        vec![
+            times(rows, |r| r.start_ns),
+            times(rows, |r| r.end_ns),
+            strs(rows, |r| &r.exporter),
+            i32s(rows, |r| r.version),
+            strs(rows, |r| &r.src_addr),
+            i32s(rows, |r| r.src_port),
+            strs(rows, |r| &r.dst_addr),
+            i32s(rows, |r| r.dst_port),
+            i32s(rows, |r| r.protocol),
+            i64s(rows, |r| r.bytes),
+            i64s(rows, |r| r.packets),
+            i32s(rows, |r| r.tcp_flags),
+            opt_strs(rows, |r| r.community_id.as_deref()),
+        ],
+    )
 }
 
 fn strs<'a, T: 'a>(rows: &'a [T], f: impl Fn(&'a T) -> &'a str) -> ArrayRef {

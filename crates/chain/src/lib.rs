@@ -9,9 +9,14 @@
 //!   semantic conventions; `enduser.id` → `user.id`).
 //! - [`arrow_rows`]: rows as Arrow batches with typed columns for the hot keys.
 //! - [`journey`]: a user's traces summarised, with where their time went.
+//! - [`nginx`]: Nginx JSON access logs (the documented `log_format`).
+//! - [`flow`]: flow rows and their Community ID; [`netflow`]: NetFlow v9 / IPFIX decoding.
 
 pub mod arrow_rows;
+pub mod flow;
 pub mod journey;
+pub mod netflow;
+pub mod nginx;
 pub mod otlp;
 pub mod rows;
 

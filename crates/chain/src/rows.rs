@@ -140,11 +140,18 @@ pub struct Rows {
     pub logs: Vec<LogRow>,
     pub metrics: Vec<MetricRow>,
     pub funds: Vec<FundRow>,
+    pub access: Vec<crate::nginx::AccessRow>,
+    pub flows: Vec<crate::flow::FlowRow>,
 }
 
 impl Rows {
     pub fn len(&self) -> usize {
-        self.spans.len() + self.logs.len() + self.metrics.len() + self.funds.len()
+        self.spans.len()
+            + self.logs.len()
+            + self.metrics.len()
+            + self.funds.len()
+            + self.access.len()
+            + self.flows.len()
     }
 
     pub fn is_empty(&self) -> bool {

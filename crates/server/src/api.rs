@@ -133,6 +133,12 @@ fn api() -> Api {
     )
     .route(
         "post",
+        "/v1/nginx",
+        Need(P::Ingest),
+        post(crate::npm::ingest),
+    )
+    .route(
+        "post",
         "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
         Need(P::Ingest),
         post(crate::otlp_grpc::grpc_traces),
@@ -384,7 +390,7 @@ pub fn router(state: Shared) -> Router {
         crate::lossy::handover, crate::lossy::sync, crate::lossy::list_proxies,
         crate::chain_api::traces, crate::chain_api::metrics, crate::chain_api::logs,
         crate::otlp_grpc::grpc_traces, crate::otlp_grpc::grpc_metrics, crate::otlp_grpc::grpc_logs,
-        crate::chain_api::journey, crate::chain_api::service_map,
+        crate::chain_api::journey, crate::chain_api::service_map, crate::npm::ingest,
         crate::chain_api::query, crate::chain_api::trace),
     components(schemas(IngestAck, ErrorBody, StatusChange, RecordErrorDoc, crate::auth::TokenSpec,
         ctl::Login, ctl::NewUser, ctl::Reason, drills::NewDrill, drills::NewSchedule,

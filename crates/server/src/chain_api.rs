@@ -96,7 +96,11 @@ async fn export(
 
 /// Logs a decoded request's rows durably (OTLP/HTTP and OTLP/gRPC alike).
 pub(crate) async fn store(s: &Shared, decoded: otlp::Decoded) -> Result<(), ApiError> {
-    let rows = decoded.rows;
+    store_rows(s, decoded.rows).await
+}
+
+/// Logs rows durably; returns once they are fsynced.
+pub(crate) async fn store_rows(s: &Shared, rows: steadfast_chain::Rows) -> Result<(), ApiError> {
     let n = rows.len() as u64;
     with_chain(s, move |c| c.append(rows)).await?;
     s.metrics.chain_rows.inc_by(n);
@@ -286,8 +290,9 @@ async fn rows_of(
 }
 
 /// A user's journey: their sessions, the traces they caused (front end to database)
-/// with where the time went, the logs of those traces, and the fund records the traces
-/// wrote (by trace id or order id).
+/// with where the time went, the logs of those traces, the proxy's access-log lines and
+/// the network flows that carried them, and the fund records the traces wrote (by trace
+/// id or order id).
 #[utoipa::path(get, path = "/api/v1/journeys", params(("user" = String, Query), ("since_ms" = Option<i64>, Query), ("until_ms" = Option<i64>, Query), ("limit" = Option<usize>, Query)),
     responses((status = 200, description = "the journey"), (status = 400, body = crate::api::ErrorBody), (status = 404, body = crate::api::ErrorBody)), security(("token" = [])))]
 pub async fn journey(
@@ -381,6 +386,35 @@ pub async fn journey(
         ),
     )
     .await?;
+    // The edge: the proxy's access-log lines of these traces, and the network flows
+    // that carried those connections (by Community ID).
+    let edge = rows_of(
+        &theirs,
+        &format!(
+            "SELECT time, host, method, uri, status, request_time_ns, upstream_response_ns, \
+             remote_addr, remote_port, server_addr, server_port, community_id, trace_id \
+             FROM access_logs WHERE trace_id IN ({list}) ORDER BY time LIMIT 1000"
+        ),
+    )
+    .await?;
+    let communities: std::collections::BTreeSet<String> = edge
+        .iter()
+        .filter_map(|r| r["community_id"].as_str().map(literal))
+        .collect();
+    let flows = if communities.is_empty() {
+        Vec::new()
+    } else {
+        rows_of(
+            &theirs,
+            &format!(
+                "SELECT start_time, end_time, exporter, version, src_addr, src_port, dst_addr, \
+                 dst_port, protocol, bytes, packets, community_id FROM flows \
+                 WHERE community_id IN ({}) ORDER BY start_time LIMIT 1000",
+                communities.into_iter().collect::<Vec<_>>().join(",")
+            ),
+        )
+        .await?
+    };
     let mut total = steadfast_chain::journey::Breakdown::default();
     let mut sessions: std::collections::BTreeMap<String, (i64, i64, usize)> = Default::default();
     let mut out_traces = Vec::new();
@@ -410,6 +444,15 @@ pub async fn journey(
             .iter()
             .filter(|r| r["trace_id"].as_str() == Some(t.trace_id.as_str()))
             .collect::<Vec<_>>());
+        let mine: Vec<&serde_json::Value> = edge
+            .iter()
+            .filter(|r| r["trace_id"].as_str() == Some(t.trace_id.as_str()))
+            .collect();
+        v["flows"] = json!(flows
+            .iter()
+            .filter(|f| mine.iter().any(|e| e["community_id"] == f["community_id"]))
+            .collect::<Vec<_>>());
+        v["edge"] = json!(mine);
         v["spans_list"] = json!(spans
             .iter()
             .filter(|sp| sp.trace_id == t.trace_id)

@@ -44,6 +44,12 @@ pub struct ChainConfig {
     pub otlp_grpc_listen: Option<std::net::SocketAddr>,
     /// Where OTLP/HTTP is served besides the main listener (the standard port is 4318).
     pub otlp_http_listen: Option<std::net::SocketAddr>,
+    /// Nginx JSON access logs to tail (the `log_format` of docs/specs/chain.md).
+    pub nginx_logs: Vec<std::path::PathBuf>,
+    /// Where NetFlow v9 and IPFIX are collected (UDP; 2055 and 4739 are usual). Off unless set.
+    pub netflow_listen: Option<std::net::SocketAddr>,
+    /// Exporters whose flows are taken; datagrams from anywhere else are dropped.
+    pub netflow_exporters: Vec<std::net::IpAddr>,
 }
 
 impl Default for ChainConfig {
@@ -53,6 +59,12 @@ impl Default for ChainConfig {
             max_bytes: 10 * 1024 * 1024 * 1024,
             otlp_grpc_listen: None,
             otlp_http_listen: None,
+            nginx_logs: Vec::new(),
+            netflow_listen: None,
+            netflow_exporters: vec![
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            ],
         }
     }
 }

@@ -20,6 +20,7 @@ mod control_api;
 pub mod drills;
 mod lossy;
 pub mod metrics;
+mod npm;
 mod otlp_grpc;
 pub mod pipeline;
 pub mod tls;
@@ -52,6 +53,8 @@ pub struct Server {
     /// The OTLP/gRPC and OTLP/HTTP listeners, when configured (`[chain]`).
     pub otlp_grpc_addr: Option<SocketAddr>,
     pub otlp_http_addr: Option<SocketAddr>,
+    /// The NetFlow/IPFIX collector's UDP address, when configured.
+    pub netflow_addr: Option<SocketAddr>,
     /// Whether the listener speaks TLS.
     pub tls: bool,
     pipeline: Arc<pipeline::Pipeline>,
@@ -174,6 +177,25 @@ impl Server {
                 )?);
             }
         }
+        let mut netflow_addr = None;
+        if let Some(a) = cfg.chain.netflow_listen {
+            let socket = tokio::net::UdpSocket::bind(a)
+                .await
+                .with_context(|| format!("failed to listen for flows on udp {a}"))?;
+            netflow_addr = Some(socket.local_addr()?);
+            tasks.push(tokio::spawn(npm::collect_flows(
+                state.clone(),
+                socket,
+                stop_rx.clone(),
+            )));
+        }
+        for path in &cfg.chain.nginx_logs {
+            tasks.push(tokio::spawn(npm::tail(
+                state.clone(),
+                path.clone(),
+                stop_rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(chain_api::maintain(
             state.clone(),
             stop_rx.clone(),
@@ -224,6 +246,7 @@ impl Server {
             addr,
             otlp_grpc_addr: otlp_addrs[0],
             otlp_http_addr: otlp_addrs[1],
+            netflow_addr,
             tls,
             pipeline,
             stop,

@@ -36,6 +36,10 @@ pub struct Metrics {
     pub chain_rows: Counter,
     /// Accepted fund records the data chain could not keep a copy of.
     pub chain_fund_copies_dropped: Counter,
+    /// Tailed access-log lines that could not be read.
+    pub chain_lines_refused: Counter,
+    /// Flow datagrams dropped (unknown exporter, unreadable) and flows not stored.
+    pub chain_flows_refused: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,10 +124,24 @@ impl Metrics {
             "Accepted fund records the data chain could not keep a copy of (journeys miss them)",
             chain_fund_copies_dropped.clone(),
         );
+        let chain_lines_refused = Counter::default();
+        registry.register(
+            "chain_lines_refused",
+            "Tailed Nginx access-log lines that could not be read (not in the log_format, or too long)",
+            chain_lines_refused.clone(),
+        );
+        let chain_flows_refused = Counter::default();
+        registry.register(
+            "chain_flows_refused",
+            "Flow datagrams dropped (exporter not allowed, unreadable) and flows that could not be stored",
+            chain_flows_refused.clone(),
+        );
         Metrics {
             registry,
+            chain_flows_refused,
             chain_rows,
             chain_fund_copies_dropped,
+            chain_lines_refused,
             requests_denied,
             audit_export_failures,
             recent_detection_ms: Default::default(),

@@ -33,8 +33,8 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use steadfast_chain::arrow_rows::{
-    fund_schema, funds_batch, log_schema, logs_batch, metric_schema, metrics_batch, span_schema,
-    spans_batch,
+    access_batch, access_schema, flow_schema, flows_batch, fund_schema, funds_batch, log_schema,
+    logs_batch, metric_schema, metrics_batch, span_schema, spans_batch,
 };
 use steadfast_chain::Rows;
 
@@ -50,7 +50,14 @@ const ENTRY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Rows per Parquet row group.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-pub const TABLES: [&str; 4] = ["spans", "logs", "metrics", "fund_records"];
+pub const TABLES: [&str; 6] = [
+    "spans",
+    "logs",
+    "metrics",
+    "fund_records",
+    "access_logs",
+    "flows",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
@@ -259,6 +266,8 @@ fn schema_of(table: &str) -> datafusion::arrow::datatypes::SchemaRef {
         "spans" => span_schema(),
         "logs" => log_schema(),
         "fund_records" => fund_schema(),
+        "access_logs" => access_schema(),
+        "flows" => flow_schema(),
         _ => metric_schema(),
     }
 }
@@ -277,6 +286,12 @@ fn batches_of(rows: &Rows) -> Result<Vec<(&'static str, RecordBatch)>, ChainErro
     }
     if !rows.funds.is_empty() {
         out.push(("fund_records", funds_batch(&rows.funds).map_err(fmt_err)?));
+    }
+    if !rows.access.is_empty() {
+        out.push(("access_logs", access_batch(&rows.access).map_err(fmt_err)?));
+    }
+    if !rows.flows.is_empty() {
+        out.push(("flows", flows_batch(&rows.flows).map_err(fmt_err)?));
     }
     Ok(out)
 }
@@ -873,10 +888,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Keeps only the files of `spans`, `logs` and `fund_records` whose index says they
+    /// Keeps only the files of `spans`, `logs`, `fund_records` and `access_logs` whose
+    /// index says they
     /// may hold a row `keep` wants (rows not yet flushed are always kept).
     pub fn narrow(mut self, keep: impl Fn(&FileIndex) -> bool) -> Snapshot {
-        for t in ["spans", "logs", "fund_records"] {
+        for t in ["spans", "logs", "fund_records", "access_logs"] {
             if let Some((files, _)) = self.tables.get_mut(t) {
                 files.retain(|f| keep(&f.index));
             }

@@ -5,4 +5,5 @@ mod access;
 mod api;
 mod chain;
 mod drills;
+mod network;
 mod support;
