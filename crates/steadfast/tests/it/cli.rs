@@ -174,6 +174,7 @@ fn ingest_then_list_and_work_breaks_through_the_cli() {
     let child = Command::new(BIN)
         .args([
             "serve",
+            "--no-otlp-ports",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--data-dir",
@@ -225,6 +226,33 @@ fn ingest_then_list_and_work_breaks_through_the_cli() {
     }
     let out = ingested.expect("the server never accepted the file");
     assert!(String::from_utf8_lossy(&out.stderr).contains("2 records acknowledged"));
+    // The accepted records are in the data chain too, for SQL and journeys.
+    let out = cli(&[
+        "query",
+        "SELECT record_id, amount_minor, scale FROM fund_records ORDER BY record_id",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([
+            {"record_id": "b1", "amount_minor": 2550, "scale": 2},
+            {"record_id": "p1", "amount_minor": 2500, "scale": 2}
+        ])
+    );
+    let out = cli(&["journey", "nobody"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no span of user"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut listed = String::new();
     for _ in 0..100 {

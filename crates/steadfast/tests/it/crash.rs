@@ -25,6 +25,7 @@ fn start(dir: &Path, port: u16) -> Child {
     Command::new(BIN)
         .args([
             "serve",
+            "--no-otlp-ports",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--data-dir",
@@ -251,6 +252,7 @@ fn webhook_deliveries_survive_kill_9() {
         Command::new(BIN)
             .args([
                 "serve",
+                "--no-otlp-ports",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--config",
