@@ -43,6 +43,7 @@ pub fn span_schema() -> SchemaRef {
         Field::new("http_status", DataType::Int64, true),
         text("db_statement", true),
         text("db_system", true),
+        text("trace_state", true),
         text("attributes", false),
     ]))
 }
@@ -247,6 +248,7 @@ pub fn spans_batch(rows: &[SpanRow]) -> Result<RecordBatch, ArrowError> {
             Arc::new(rows.iter().map(|r| r.http_status).collect::<Int64Array>()),
             opt_strs(rows, |r| r.db_statement.as_deref()),
             opt_strs(rows, |r| r.db_system.as_deref()),
+            opt_strs(rows, |r| r.trace_state.as_deref()),
             strs(rows, |r| &r.attributes),
         ],
     )
@@ -325,11 +327,12 @@ pub fn spans_from_batches(batches: &[RecordBatch]) -> Result<Vec<SpanRow>, Arrow
         let (trace, span, parent) = (s("trace_id")?, s("span_id")?, s("parent_span_id")?);
         let (service, name, kind, status) = (s("service")?, s("name")?, s("kind")?, s("status")?);
         let (user, session, order) = (s("user_id")?, s("session_id")?, s("order_id")?);
-        let (method, route, db, db_system, attrs) = (
+        let (method, route, db, db_system, state, attrs) = (
             s("http_method")?,
             s("http_route")?,
             s("db_statement")?,
             s("db_system")?,
+            s("trace_state")?,
             s("attributes")?,
         );
         let http_status = col::<Int64Array>(b, "http_status")?;
@@ -353,6 +356,7 @@ pub fn spans_from_batches(batches: &[RecordBatch]) -> Result<Vec<SpanRow>, Arrow
                 http_status: http_status.is_valid(i).then(|| http_status.value(i)),
                 db_statement: opt(db, i),
                 db_system: opt(db_system, i),
+                trace_state: opt(state, i),
                 attributes: attrs.value(i).into(),
             });
         }

@@ -362,6 +362,8 @@ fn spans(req: ExportTraceServiceRequest, out: &mut Decoded) {
                     http_status,
                     db_statement: take_str(&mut a, &["db.query.text"]),
                     db_system: take_str(&mut a, &["db.system.name"]),
+                    trace_state: (!s.trace_state.is_empty())
+                        .then(|| text(s.trace_state.clone(), &mut out.trimmed)),
                     attributes: Value::Object(a).to_string(),
                 });
             }

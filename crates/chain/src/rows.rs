@@ -78,6 +78,8 @@ pub struct SpanRow {
     pub db_statement: Option<String>,
     /// `db.system.name`: postgresql, mysql, redis...
     pub db_system: Option<String>,
+    /// The W3C `tracestate` the span carried (`sf=vip` marks a VIP's trace).
+    pub trace_state: Option<String>,
     /// Every other attribute, normalised, as a JSON object.
     pub attributes: String,
 }

@@ -96,7 +96,18 @@ async fn export(
 
 /// Logs a decoded request's rows durably (OTLP/HTTP and OTLP/gRPC alike).
 pub(crate) async fn store(s: &Shared, decoded: otlp::Decoded) -> Result<(), ApiError> {
-    store_rows(s, decoded.rows).await
+    let mut rows = decoded.rows;
+    let c = &s.cfg.chain;
+    if c.sample_percent < 100 {
+        let policy = steadfast_chain::sampling::Sampling {
+            percent: c.sample_percent,
+            vip_users: c.vip_users.iter().cloned().collect(),
+            vip_attribute: c.vip_attribute.clone(),
+        };
+        let dropped = policy.apply(&mut rows);
+        s.metrics.chain_sampled_out.inc_by(dropped as u64);
+    }
+    store_rows(s, rows).await
 }
 
 /// Logs rows durably; returns once they are fsynced.

@@ -50,6 +50,12 @@ pub struct ChainConfig {
     pub netflow_listen: Option<std::net::SocketAddr>,
     /// Exporters whose flows are taken; datagrams from anywhere else are dropped.
     pub netflow_exporters: Vec<std::net::IpAddr>,
+    /// Traces kept at ingest, in percent (per trace, by its id); VIPs' always.
+    pub sample_percent: u8,
+    /// Users whose traces are never sampled away.
+    pub vip_users: Vec<String>,
+    /// A span attribute that marks a VIP when true.
+    pub vip_attribute: String,
 }
 
 impl Default for ChainConfig {
@@ -65,6 +71,9 @@ impl Default for ChainConfig {
                 std::net::Ipv4Addr::LOCALHOST.into(),
                 std::net::Ipv6Addr::LOCALHOST.into(),
             ],
+            sample_percent: 100,
+            vip_users: Vec::new(),
+            vip_attribute: "user.vip".into(),
         }
     }
 }
@@ -330,6 +339,12 @@ impl Config {
 
     /// Checks what the types cannot: relations between options.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.chain.sample_percent > 100 {
+            anyhow::bail!(
+                "chain.sample_percent is {}: a percentage, 0 to 100",
+                self.chain.sample_percent
+            );
+        }
         for a in &self.approvals.required {
             if a == "killswitch.pull" {
                 anyhow::bail!("approvals.required: pulling the kill switch never needs approval");

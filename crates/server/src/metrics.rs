@@ -40,6 +40,8 @@ pub struct Metrics {
     pub chain_lines_refused: Counter,
     /// Flow datagrams dropped (unknown exporter, unreadable) and flows not stored.
     pub chain_flows_refused: Counter,
+    /// Spans and logs left out by sampling (`chain.sample_percent`).
+    pub chain_sampled_out: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -136,8 +138,15 @@ impl Metrics {
             "Flow datagrams dropped (exporter not allowed, unreadable) and flows that could not be stored",
             chain_flows_refused.clone(),
         );
+        let chain_sampled_out = Counter::default();
+        registry.register(
+            "chain_sampled_out",
+            "Spans and log records left out by sampling (chain.sample_percent); VIPs' never",
+            chain_sampled_out.clone(),
+        );
         Metrics {
             registry,
+            chain_sampled_out,
             chain_flows_refused,
             chain_rows,
             chain_fund_copies_dropped,

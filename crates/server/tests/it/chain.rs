@@ -692,3 +692,45 @@ async fn the_python_sdk_exports_traces_metrics_and_logs_over_http_and_grpc() {
     }
     s.stop().await;
 }
+
+/// With sampling at 0 %, a VIP's trace is still kept whole: its front spans by the user
+/// list, its backend spans by the `sf=vip` tracestate they were propagated.
+#[tokio::test]
+async fn a_vips_journey_is_never_sampled_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.chain.sample_percent = 0;
+    cfg.chain.vip_users = vec!["vip-7".into()];
+    let mut s = TestServer::start_with(cfg).await;
+    let pb = "application/x-protobuf";
+    let mut vip = click(0x31, "vip-7", "sess-v");
+    for rs in &mut vip.resource_spans {
+        for sp in &mut rs.scope_spans[0].spans {
+            sp.trace_state = "sf=vip".into();
+        }
+    }
+    // The backend's spans come first, in their own request, as exporters send them.
+    let backend = ExportTraceServiceRequest {
+        resource_spans: vip.resource_spans[1..].to_vec(),
+    };
+    let front = ExportTraceServiceRequest {
+        resource_spans: vip.resource_spans[..1].to_vec(),
+    };
+    for req in [backend, front, click(0x32, "someone", "sess-o")] {
+        assert_eq!(
+            send(&s, "/v1/traces", pb, false, req.encode_to_vec())
+                .await
+                .0,
+            200
+        );
+    }
+    let (code, j) = s.get("/api/v1/journeys?user=vip-7").await;
+    assert_eq!(code, 200, "{j}");
+    assert_eq!(j["traces"][0]["spans"], 6, "the whole trace: {j}");
+    assert_eq!(
+        s.get("/api/v1/journeys?user=someone").await.0,
+        404,
+        "sampled out"
+    );
+    s.stop().await;
+}
