@@ -80,7 +80,7 @@ impl Sampling {
         let before = rows.spans.len() + rows.logs.len();
         rows.spans.retain(|s| keep(&s.trace_id));
         rows.logs
-            .retain(|l| l.trace_id.as_deref().is_none_or(|t| keep(t)));
+            .retain(|l| l.trace_id.as_deref().is_none_or(&keep));
         before - rows.spans.len() - rows.logs.len()
     }
 }
