@@ -9,6 +9,7 @@
 //!   semantic conventions; `enduser.id` → `user.id`).
 //! - [`arrow_rows`]: rows as Arrow batches with typed columns for the hot keys.
 //! - [`journey`]: a user's traces summarised, with where their time went.
+//! - [`rum`]: browser and app events (page views, fetches, resources, errors, vitals).
 //! - [`sampling`]: per-trace sampling at ingest that never drops a VIP's trace.
 //! - [`nginx`]: Nginx JSON access logs (the documented `log_format`).
 //! - [`flow`]: flow rows and their Community ID; [`netflow`]: NetFlow v9 / IPFIX decoding.
@@ -20,6 +21,7 @@ pub mod netflow;
 pub mod nginx;
 pub mod otlp;
 pub mod rows;
+pub mod rum;
 pub mod sampling;
 
 pub use otlp::{decode, Decoded, Encoding, OtlpError, Signal};

@@ -61,7 +61,7 @@ impl RouteInfo {
     /// Changes state, so every call is written to the audit log. Ingest is the data
     /// plane: its own durable record is the write-ahead log.
     pub fn is_audited(&self) -> bool {
-        self.method != "get"
+        !matches!(self.method, "get" | "options")
             && !matches!(
                 self.access,
                 Access::Need(Permission::Ingest | Permission::Beacon | Permission::ProxySync)
@@ -136,6 +136,25 @@ fn api() -> Api {
         "/v1/nginx",
         Need(P::Ingest),
         post(crate::npm::ingest),
+    )
+    .route("get", "/rum.js", Public, get(crate::rum_api::agent))
+    .route(
+        "options",
+        "/v1/rum",
+        Public,
+        axum::routing::options(crate::rum_api::preflight),
+    )
+    .route(
+        "post",
+        "/v1/rum",
+        Need(P::Beacon),
+        post(crate::rum_api::beacon),
+    )
+    .route(
+        "post",
+        "/v1/app-events",
+        Need(P::Ingest),
+        post(crate::rum_api::app_events),
     )
     .route(
         "post",
@@ -391,6 +410,7 @@ pub fn router(state: Shared) -> Router {
         crate::chain_api::traces, crate::chain_api::metrics, crate::chain_api::logs,
         crate::otlp_grpc::grpc_traces, crate::otlp_grpc::grpc_metrics, crate::otlp_grpc::grpc_logs,
         crate::chain_api::journey, crate::chain_api::service_map, crate::npm::ingest,
+        crate::rum_api::agent, crate::rum_api::preflight, crate::rum_api::beacon, crate::rum_api::app_events,
         crate::chain_api::query, crate::chain_api::trace),
     components(schemas(IngestAck, ErrorBody, StatusChange, RecordErrorDoc, crate::auth::TokenSpec,
         ctl::Login, ctl::NewUser, ctl::Reason, drills::NewDrill, drills::NewSchedule,

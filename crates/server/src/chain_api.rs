@@ -96,7 +96,14 @@ async fn export(
 
 /// Logs a decoded request's rows durably (OTLP/HTTP and OTLP/gRPC alike).
 pub(crate) async fn store(s: &Shared, decoded: otlp::Decoded) -> Result<(), ApiError> {
-    let mut rows = decoded.rows;
+    store_sampled(s, decoded.rows).await
+}
+
+/// Applies `chain.sample_percent` (never to a VIP's trace), then logs durably.
+pub(crate) async fn store_sampled(
+    s: &Shared,
+    mut rows: steadfast_chain::Rows,
+) -> Result<(), ApiError> {
     let c = &s.cfg.chain;
     if c.sample_percent < 100 {
         let policy = steadfast_chain::sampling::Sampling {

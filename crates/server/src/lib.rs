@@ -23,6 +23,7 @@ pub mod metrics;
 mod npm;
 mod otlp_grpc;
 pub mod pipeline;
+mod rum_api;
 pub mod tls;
 pub mod view;
 mod webhook;

@@ -1,5 +1,6 @@
 //! End-to-end tests of the demo platform with a Steadfast server in the same process.
 
+mod browser;
 mod lossy;
 mod platform;
 mod support;
