@@ -44,7 +44,7 @@ fn hex_of(v: &Value, len: usize) -> Option<String> {
 
 fn ms_to_ns(v: &Value) -> Option<i64> {
     let ms = v.as_f64()?;
-    (ms.is_finite() && (0.0..9.0e15).contains(&ms)).then(|| (ms * 1e6) as i64)
+    (ms.is_finite() && (0.0..9.0e15).contains(&ms)).then_some((ms * 1e6) as i64)
 }
 
 fn text(v: &Value) -> Option<String> {
