@@ -260,6 +260,8 @@ pub struct Report {
     pub cpu_seconds_per_million_spans: f64,
     pub retries: u64,
     pub stored_spans: usize,
+    /// The ingested spans, after compaction: what bytes per span is measured on.
+    pub storage_spans: usize,
     pub span_file_bytes: u64,
     pub bytes_per_span: f64,
     pub bytes_per_span_target: f64,
@@ -531,6 +533,7 @@ pub fn run(args: &Args) -> Result<Report> {
         cpu_seconds_per_million_spans: cpu / (spans as f64 / 1e6),
         retries,
         stored_spans: total_rows,
+        storage_spans: rows,
         span_file_bytes: bytes,
         bytes_per_span,
         bytes_per_span_target: BYTES_PER_SPAN_TARGET,

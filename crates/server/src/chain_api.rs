@@ -335,23 +335,40 @@ pub async fn journey(
         window += &format!(" AND start_time < to_timestamp_millis({t})");
     }
     let user = q.user.clone();
-    // The user's own spans, from the files whose index holds the user.
-    let mine = with_chain(&s, move |c| c.snapshot())
-        .await?
-        .narrow(|i| i.user(&user).is_some());
+    // The user's newest traces: from the file indexes (no file is scanned for them), and
+    // from the rows not yet flushed.
+    let snapshot = with_chain(&s, move |c| c.snapshot()).await?;
+    let (lo, hi) = (
+        q.since_ms.map_or(i64::MIN, |t| t.saturating_mul(1_000_000)),
+        q.until_ms.map_or(i64::MAX, |t| t.saturating_mul(1_000_000)),
+    );
+    let mut found: Vec<(i64, String)> = snapshot
+        .indexed_user_traces(&user, usize::MAX)
+        .into_iter()
+        .filter(|(t, _)| (lo..hi).contains(t))
+        .take(limit)
+        .map(|(t, id)| (t, format!("{id:032x}")))
+        .collect();
+    let recent = snapshot.recent();
     let newest = rows_of(
-        &mine,
+        &recent,
         &format!(
-            "SELECT trace_id, max(start_time) AS t FROM spans WHERE user_id = {}{window} \
+            "SELECT trace_id, CAST(max(start_time) AS BIGINT) AS t FROM spans WHERE user_id = {}{window} \
              GROUP BY trace_id ORDER BY t DESC LIMIT {limit}",
             literal(&q.user)
         ),
     )
     .await?;
-    let traces: Vec<String> = newest
-        .iter()
-        .filter_map(|r| r["trace_id"].as_str().map(String::from))
-        .collect();
+    found.extend(
+        newest
+            .iter()
+            .filter_map(|r| Some((r["t"].as_i64()?, r["trace_id"].as_str()?.to_string()))),
+    );
+    found.sort_unstable_by(|a, b| b.cmp(a));
+    let mut seen = std::collections::HashSet::new();
+    found.retain(|(_, t)| seen.insert(t.clone()));
+    found.truncate(limit);
+    let traces: Vec<String> = found.into_iter().map(|(_, t)| t).collect();
     if traces.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

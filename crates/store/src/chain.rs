@@ -97,28 +97,38 @@ fn fmt_err(e: impl std::fmt::Display) -> ChainError {
 pub struct FileIndex {
     /// Sorted, distinct.
     pub traces: Vec<u128>,
-    /// Sorted by user id: (user id, first row time, last row time), nanoseconds.
-    pub users: Vec<(String, i64, i64)>,
+    /// Sorted by user id: the user, the first and last time of their rows
+    /// (nanoseconds), and the traces of their rows (each with its latest time, newest
+    /// first), so a journey finds a user's traces without scanning the file.
+    pub users: Vec<UserEntry>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserEntry {
+    pub user: String,
+    pub first: i64,
+    pub last: i64,
+    pub traces: Vec<(i64, u128)>,
 }
 
 impl FileIndex {
     fn of(batches: &[RecordBatch]) -> FileIndex {
         let mut traces = Vec::new();
-        let mut users: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        let mut users: BTreeMap<String, UserEntry> = BTreeMap::new();
         for b in batches {
             let time = b
                 .column(0)
                 .as_any()
                 .downcast_ref::<TimestampNanosecondArray>();
-            if let Some(ids) = b
+            let ids = b
                 .column_by_name("trace_id")
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            {
-                traces.extend(
-                    (0..ids.len())
-                        .filter(|&i| ids.is_valid(i))
-                        .filter_map(|i| u128::from_str_radix(ids.value(i), 16).ok()),
-                );
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+            let trace_at = |i: usize| {
+                ids.filter(|a| a.is_valid(i))
+                    .and_then(|a| u128::from_str_radix(a.value(i), 16).ok())
+            };
+            if ids.is_some() {
+                traces.extend((0..b.num_rows()).filter_map(trace_at));
             }
             if let (Some(us), Some(time)) = (
                 b.column_by_name("user_id")
@@ -127,30 +137,56 @@ impl FileIndex {
             ) {
                 for i in (0..us.len()).filter(|&i| us.is_valid(i)) {
                     let t = time.value(i);
-                    let e = users.entry(us.value(i).to_string()).or_insert((t, t));
-                    e.0 = e.0.min(t);
-                    e.1 = e.1.max(t);
+                    let e = users
+                        .entry(us.value(i).to_string())
+                        .or_insert_with(|| UserEntry {
+                            user: us.value(i).to_string(),
+                            first: t,
+                            last: t,
+                            traces: Vec::new(),
+                        });
+                    e.first = e.first.min(t);
+                    e.last = e.last.max(t);
+                    if let Some(tr) = trace_at(i) {
+                        e.traces.push((t, tr));
+                    }
                 }
             }
         }
         traces.sort_unstable();
         traces.dedup();
-        FileIndex {
-            traces,
-            users: users.into_iter().map(|(u, (a, b))| (u, a, b)).collect(),
-        }
+        let users = users
+            .into_values()
+            .map(|mut e| {
+                // Newest first, one entry per trace (at its latest row).
+                e.traces.sort_unstable_by(|a, b| b.cmp(a));
+                let mut seen = std::collections::HashSet::new();
+                e.traces.retain(|(_, t)| seen.insert(*t));
+                e
+            })
+            .collect();
+        FileIndex { traces, users }
     }
 
     pub fn has_trace(&self, id: u128) -> bool {
         self.traces.binary_search(&id).is_ok()
     }
 
+    fn entry(&self, user: &str) -> Option<&UserEntry> {
+        self.users
+            .binary_search_by(|e| e.user.as_str().cmp(user))
+            .ok()
+            .map(|i| &self.users[i])
+    }
+
     /// The time range of the user's rows in this file.
     pub fn user(&self, user: &str) -> Option<(i64, i64)> {
-        self.users
-            .binary_search_by(|(u, _, _)| u.as_str().cmp(user))
-            .ok()
-            .map(|i| (self.users[i].1, self.users[i].2))
+        self.entry(user).map(|e| (e.first, e.last))
+    }
+
+    /// The user's traces in this file, newest first, with their latest time.
+    pub fn user_traces(&self, user: &str) -> &[(i64, u128)] {
+        self.entry(user).map_or(&[], |e| &e.traces)
     }
 }
 
@@ -883,6 +919,7 @@ impl ChainStore {
 }
 
 /// What a query sees: per table, its Parquet files and its rows not yet flushed.
+#[derive(Clone)]
 pub struct Snapshot {
     tables: BTreeMap<&'static str, (Vec<Arc<DataFile>>, Vec<RecordBatch>)>,
 }
@@ -903,6 +940,36 @@ impl Snapshot {
     /// Files of a table this snapshot reads.
     pub fn files(&self, table: &str) -> usize {
         self.tables.get(table).map_or(0, |(f, _)| f.len())
+    }
+
+    /// The user's newest traces (at most `limit`) according to the file indexes, newest
+    /// first; rows not yet flushed are not included (query them with [`Snapshot::recent`]).
+    pub fn indexed_user_traces(&self, user: &str, limit: usize) -> Vec<(i64, u128)> {
+        let mut all: Vec<(i64, u128)> = self
+            .tables
+            .get("spans")
+            .into_iter()
+            .flat_map(|(files, _)| {
+                files
+                    .iter()
+                    .flat_map(|f| f.index.user_traces(user).iter().copied())
+            })
+            .collect();
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        let mut seen = std::collections::HashSet::new();
+        all.retain(|(_, t)| seen.insert(*t));
+        all.truncate(limit);
+        all
+    }
+
+    /// Only the rows not yet flushed (no file of any table), of this same snapshot, so
+    /// that with [`Snapshot::indexed_user_traces`] every row is seen exactly once.
+    pub fn recent(&self) -> Snapshot {
+        let mut r = self.clone();
+        for (files, _) in r.tables.values_mut() {
+            files.clear();
+        }
+        r
     }
 
     /// The time ranges the user's rows span in the snapshot's files.
