@@ -291,7 +291,7 @@ impl Report {
         let _ = writeln!(
             s,
             "  storage  {} spans in {} bytes: {:.1} B/span ({} the {:.0} target)",
-            group(self.stored_spans as u64),
+            group(self.storage_spans as u64),
             group(self.span_file_bytes),
             self.bytes_per_span,
             mark(self.bytes_per_span <= self.bytes_per_span_target),

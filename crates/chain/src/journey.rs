@@ -224,6 +224,7 @@ mod tests {
         );
         // Without the browser, the gap between caller and callee is network.
         let mut spans = click()[2..].to_vec();
+        spans[0].parent_span_id = Some("call".into());
         spans.insert(0, span("call", None, "gateway", "client", (10, 90)));
         let b = breakdown(&spans);
         assert_eq!((b.network_ns, b.server_ns, b.database_ns), (20, 40, 20));
