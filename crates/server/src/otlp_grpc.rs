@@ -62,53 +62,48 @@ impl Otlp {
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for Otlp {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let (rejected, error_message) = self.store(req.into_inner(), otlp::from_traces).await?;
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
-                rejected_spans: rejected,
-                error_message,
-            }),
-        }))
-    }
+/// One collector service: decode, store, answer with partial success.
+macro_rules! service {
+    ($trait:ident, $req:ident, $resp:ident, $partial:ident, $field:ident, $rows:path) => {
+        #[tonic::async_trait]
+        impl $trait for Otlp {
+            async fn export(&self, req: tonic::Request<$req>) -> Result<Response<$resp>, Status> {
+                let (rejected, error_message) = self.store(req.into_inner(), $rows).await?;
+                Ok(Response::new($resp {
+                    partial_success: (rejected > 0).then_some($partial {
+                        $field: rejected,
+                        error_message,
+                    }),
+                }))
+            }
+        }
+    };
 }
 
-#[tonic::async_trait]
-impl MetricsService for Otlp {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let (rejected, error_message) = self.store(req.into_inner(), otlp::from_metrics).await?;
-        Ok(Response::new(ExportMetricsServiceResponse {
-            partial_success: (rejected > 0).then_some(ExportMetricsPartialSuccess {
-                rejected_data_points: rejected,
-                error_message,
-            }),
-        }))
-    }
-}
-
-#[tonic::async_trait]
-impl LogsService for Otlp {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let (rejected, error_message) = self.store(req.into_inner(), otlp::from_logs).await?;
-        Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: (rejected > 0).then_some(ExportLogsPartialSuccess {
-                rejected_log_records: rejected,
-                error_message,
-            }),
-        }))
-    }
-}
+service!(
+    TraceService,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+    ExportTracePartialSuccess,
+    rejected_spans,
+    otlp::from_traces
+);
+service!(
+    MetricsService,
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+    ExportMetricsPartialSuccess,
+    rejected_data_points,
+    otlp::from_metrics
+);
+service!(
+    LogsService,
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+    ExportLogsPartialSuccess,
+    rejected_log_records,
+    otlp::from_logs
+);
 
 fn traces(s: Shared) -> TraceServiceServer<Otlp> {
     TraceServiceServer::new(Otlp(s))

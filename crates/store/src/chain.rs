@@ -989,14 +989,6 @@ impl Snapshot {
         r
     }
 
-    /// The time ranges the user's rows span in the snapshot's files.
-    pub fn user_ranges(&self, user: &str) -> Vec<(i64, i64)> {
-        self.tables
-            .values()
-            .flat_map(|(files, _)| files.iter().filter_map(|f| f.index.user(user)))
-            .collect()
-    }
-
     /// Runs SQL over `spans`, `logs` and `metrics`; at most `QUERY_ROWS_MAX` rows come
     /// back (`truncated` says when there were more).
     pub async fn query(&self, sql: &str) -> Result<(Vec<RecordBatch>, bool), ChainError> {
@@ -1287,7 +1279,9 @@ mod tests {
         let snap = s.snapshot().unwrap().narrow(|i| i.has_trace(trace));
         assert_eq!(snap.files("spans"), 1, "one file of four holds the trace");
         let snap = s.snapshot().unwrap();
-        assert_eq!(snap.user_ranges("user-1"), vec![(1_000, 1_005)]);
+        // The user's time range and traces, newest first, from the index alone.
+        let traces: Vec<(i64, u128)> = (1_000..1_006).rev().map(|t| (t, t as u128)).collect();
+        assert_eq!(snap.indexed_user_traces("user-1", 10), traces);
         let snap = snap.narrow(|i| i.user("user-1").is_some());
         assert_eq!(snap.files("spans"), 1);
         let rt = tokio::runtime::Builder::new_current_thread()
