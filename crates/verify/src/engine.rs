@@ -136,6 +136,11 @@ struct KeyState {
     phase: Phase,
     /// Whether `KeyedState::breaks` holds open breaks for this key.
     has_breaks: bool,
+    /// The fragment of the key's hash its index bucket holds, so that removing the key
+    /// finds its bucket without reading the key text. Fits in what would be padding;
+    /// derived from the key, so not serialized but set again by `rebuild_index`.
+    #[serde(skip)]
+    frag: HashFragment,
 }
 
 impl KeyState {
@@ -300,6 +305,65 @@ impl<'de, T: Clone + Deserialize<'de>> Deserialize<'de> for ChunkQueue<T> {
     }
 }
 
+/// Pending keys' deadlines, in buckets by the millisecond they fall due. Records arrive
+/// at thousands per millisecond of event time, so a bucket holds many keys and finding
+/// one touches a small, hot tree, where a binary heap of a million deadlines would make
+/// every push and pop walk a path of cache misses. Entries are never updated: one whose
+/// key has closed or moved to another deadline is skipped when its bucket falls due.
+///
+/// Serialized as a plain sequence of (deadline, slot) pairs: the form a binary heap of
+/// those pairs had, so checkpoints read either way.
+#[derive(Clone, Debug, Default)]
+struct Deadlines {
+    due: BTreeMap<Millis, Vec<SlotId>>,
+}
+
+impl Deadlines {
+    fn push(&mut self, at: Millis, id: SlotId) {
+        self.due.entry(at).or_default().push(id);
+    }
+
+    /// Takes the earliest bucket if it falls due by `until`, its slots in ascending order
+    /// (the order a heap of (deadline, slot) pairs gives, so breaks are numbered alike).
+    fn pop_due(&mut self, until: Millis) -> Option<(Millis, Vec<SlotId>)> {
+        let entry = self.due.first_entry()?;
+        if *entry.key() > until {
+            return None;
+        }
+        let (at, mut ids) = entry.remove_entry();
+        ids.sort_unstable();
+        Some((at, ids))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Millis, SlotId)> + '_ {
+        self.due
+            .iter()
+            .flat_map(|(&at, ids)| ids.iter().map(move |&id| (at, id)))
+    }
+}
+
+impl Serialize for Deadlines {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let len = self.due.values().map(Vec::len).sum();
+        let mut seq = s.serialize_seq(Some(len))?;
+        for pair in self.iter() {
+            seq.serialize_element(&pair)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Deadlines {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Deadlines, D::Error> {
+        let mut q = Deadlines::default();
+        for (at, id) in Vec::<(Millis, SlotId)>::deserialize(d)? {
+            q.push(at, id);
+        }
+        Ok(q)
+    }
+}
+
 /// Slot index of a key in `KeyedState::slots`.
 type SlotId = u32;
 
@@ -327,7 +391,7 @@ struct KeyedState {
     /// Rebuilt from `slots` after a restore.
     #[serde(skip)]
     index: HashTable<(HashFragment, SlotId)>,
-    deadlines: BinaryHeap<Reverse<(Millis, SlotId)>>,
+    deadlines: Deadlines,
     closed: ChunkQueue<(Millis, SlotId)>,
     /// Open breaks per key, for the few keys that have any.
     breaks: BTreeMap<SlotId, Vec<OpenBreak>>,
@@ -363,6 +427,13 @@ impl KeyedState {
             .map(|&(_, i)| i)
     }
 
+    /// The slot of the first index bucket holding `hash`'s fragment: the key's slot
+    /// unless another key shares the fragment. Reads the index only, not the slots.
+    fn candidate(&self, hash: u64) -> Option<SlotId> {
+        let frag = fragment(hash);
+        self.index.find(hash, |&(f, _)| f == frag).map(|&(_, i)| i)
+    }
+
     fn insert(&mut self, hash: u64, state: KeyState) -> SlotId {
         let id = match self.free.pop() {
             Some(id) => {
@@ -380,7 +451,7 @@ impl KeyedState {
     }
 
     fn remove(&mut self, id: SlotId) {
-        let hash = key_hash(self.slots[id as usize].key());
+        let hash = spread(self.slots[id as usize].frag);
         if let Ok(entry) = self.index.find_entry(hash, |&(_, i)| i == id) {
             entry.remove();
         }
@@ -389,17 +460,18 @@ impl KeyedState {
             time: 0,
             phase: Phase::Free,
             has_breaks: false,
+            frag: 0,
         };
         self.breaks.remove(&id);
         self.free.push(id);
     }
 
     fn rebuild_index(&mut self) {
-        let slots = &self.slots;
-        let mut index = HashTable::with_capacity(slots.len());
-        for (i, k) in slots.iter().enumerate() {
-            if k.phase != Phase::Free {
-                let hash = key_hash(k.key());
+        let mut index = HashTable::with_capacity(self.slots.len());
+        for i in 0..self.slots.len() {
+            if self.slots[i].phase != Phase::Free {
+                let hash = key_hash(self.slots[i].key());
+                self.slots[i].frag = fragment(hash);
                 index.insert_unique(hash, (fragment(hash), i as SlotId), |&(f, _)| spread(f));
             }
         }
@@ -483,6 +555,9 @@ pub struct Engine {
     routes: Arc<Routes>,
     /// Reused for building business keys.
     key_buf: String,
+    /// Reused by `ingest` for its first pass: what it found, and the keys it built.
+    probes: Vec<Probe>,
+    probe_keys: String,
     /// The remembered record ids: derived from `s.seen_order`, so neither copied for a
     /// checkpoint nor serialized.
     seen: HashSet<RecordFp>,
@@ -587,6 +662,61 @@ fn side_name(rule: &Rule, side: u8) -> &'static str {
 
 use steadfast_model::format_minor;
 
+/// One record of a batch in `Engine::ingest`.
+struct Step<'a, 'r> {
+    loc: Loc,
+    record: &'a FundRecord,
+    fp: RecordFp,
+    /// Whether the id set held the id already (before the batch or earlier in it): a
+    /// retry.
+    known: bool,
+    routes: &'r [(usize, u8)],
+    /// The record's entries in the batch's probes, one per element of `steps`.
+    probes: std::ops::Range<usize>,
+}
+
+/// What the first pass of `Engine::ingest` found for one (record, rule side).
+#[derive(Clone, Copy, Debug)]
+enum Probe {
+    /// The side's filter leaves the record out.
+    Filtered,
+    /// A keyed rule: the key (a range of the batch's key text), its hash, and its slot if
+    /// the rule held the key before the batch.
+    Keyed {
+        rule: u32,
+        key: (u32, u32),
+        hash: u64,
+        slot: Option<SlotId>,
+    },
+    /// Worked out in the second pass: balance rules, and records missing a key field.
+    Later,
+}
+
+/// The (rule, side) pairs a record's source and kind feed.
+fn route<'r>(routes: &'r Routes, record: &FundRecord) -> &'r [(usize, u8)] {
+    routes
+        .get(record.source.as_str())
+        .and_then(|k| k.get(record.kind.as_str()))
+        .map(|r| &r[..])
+        .unwrap_or(&[])
+}
+
+/// The pairs of `routes` a record is applied to: all of them, except that a drill's
+/// record that names its rules goes only to those.
+fn steps<'r>(
+    rules: &'r RuleSet,
+    record: &'r FundRecord,
+    routes: &'r [(usize, u8)],
+) -> impl Iterator<Item = (usize, u8)> + 'r {
+    let only = record
+        .drill
+        .as_ref()
+        .and(record.attributes.get(steadfast_model::DRILL_RULES_ATTR));
+    routes.iter().copied().filter(move |&(ri, _)| {
+        only.is_none_or(|list| list.split(',').any(|n| n == rules.rules[ri].name))
+    })
+}
+
 impl Engine {
     pub fn new(rules: Arc<RuleSet>, limits: Limits) -> Engine {
         let mut flat: HashMap<(String, String), Vec<(usize, u8)>> = HashMap::new();
@@ -649,6 +779,8 @@ impl Engine {
             limits,
             routes: Arc::new(routes),
             key_buf: String::new(),
+            probes: Vec::new(),
+            probe_keys: String::new(),
             seen: HashSet::new(),
             source_index,
             day,
@@ -761,6 +893,16 @@ impl Engine {
     }
 
     /// Consumes records that arrived at engine time `now`, in arrival order.
+    ///
+    /// A batch is worked in passes. The state holds millions of entries, so nearly every
+    /// probe of the id set or of a rule's key index is a cache miss. The first passes add
+    /// the batch's ids to the id set (in arrival order, so a repeat within the batch is a
+    /// retry as it would be one by one), then look each record's keys up in the indexes of
+    /// the rules it feeds. Their iterations do not depend on each other, so the processor
+    /// overlaps their misses, where record-by-record work would wait for each in turn. The
+    /// last pass does the work with what they found. That stays true within the batch:
+    /// keys only leave the state in `tick`, never during `ingest`; a key the lookup did
+    /// not find is looked up again, because an earlier record of the batch may add it.
     pub fn ingest<'a>(
         &mut self,
         now: Millis,
@@ -769,16 +911,71 @@ impl Engine {
     ) {
         self.advance(now);
         let (rules, routes) = (self.rules.clone(), self.routes.clone());
-        for (loc, record) in records {
+        let mut batch: Vec<Step<'a, '_>> = records
+            .into_iter()
+            .map(|(loc, record)| Step {
+                loc,
+                record,
+                fp: record.fingerprint(),
+                known: false,
+                routes: route(&routes, record),
+                probes: 0..0,
+            })
+            .collect();
+        let mut probes = std::mem::take(&mut self.probes);
+        let mut keys = std::mem::take(&mut self.probe_keys);
+        probes.clear();
+        keys.clear();
+        for step in &mut batch {
+            step.known = !self.seen.insert(step.fp);
+        }
+        for step in &mut batch {
+            if step.known {
+                continue;
+            }
+            let start = probes.len();
+            for (ri, side) in steps(&rules, step.record, step.routes) {
+                probes.push(self.probe(&rules, ri, side, step.record, &mut keys));
+            }
+            step.probes = start..probes.len();
+        }
+        // The index lookups in two short loops, so that more of their misses overlap: the
+        // buckets first (a candidate is a bucket with the key's hash fragment), then the
+        // candidates' key text. A candidate whose text differs is a fragment collision; the
+        // full lookup settles it.
+        for probe in &mut probes {
+            if let Probe::Keyed {
+                rule, hash, slot, ..
+            } = probe
+            {
+                *slot = self.s.rules[*rule as usize].keyed.candidate(*hash);
+            }
+        }
+        for probe in &mut probes {
+            if let Probe::Keyed {
+                rule,
+                key,
+                hash,
+                slot: slot @ Some(_),
+            } = probe
+            {
+                let st = &self.s.rules[*rule as usize].keyed;
+                let text = &keys[key.0 as usize..key.1 as usize];
+                if slot.is_some_and(|id| st.slots[id as usize].key() != text) {
+                    *slot = st.find(*hash, text);
+                }
+            }
+        }
+        for step in batch {
+            let (loc, record) = (step.loc, step.record);
             self.s.stats.records_seen += 1;
-            let fp = record.fingerprint();
-            if !self.seen.insert(fp) {
+            if step.known {
                 self.s.stats.retries_ignored += 1;
                 continue;
             }
             self.s
                 .seen_order
-                .push_back((self.s.now, [fp as u64, (fp >> 64) as u64]));
+                .push_back((self.s.now, [step.fp as u64, (step.fp >> 64) as u64]));
             // A drill's forgery proves nothing about its source being alive.
             let source = match record.drill {
                 None => self.source_index.get(record.source.as_str()),
@@ -797,24 +994,52 @@ impl Engine {
                     });
                 }
             }
-            let routes = routes
-                .get(record.source.as_str())
-                .and_then(|k| k.get(record.kind.as_str()));
-            let only = record
-                .drill
-                .as_ref()
-                .and(record.attributes.get(steadfast_model::DRILL_RULES_ATTR));
-            for &(rule_index, side) in routes.iter().flat_map(|r| r.iter()) {
-                let named =
-                    |list: &String| list.split(',').any(|n| n == rules.rules[rule_index].name);
-                if only.is_some_and(|list| !named(list)) {
-                    continue;
-                }
-                self.apply(&rules, rule_index, side, loc, record, out);
+            let found = &probes[step.probes];
+            for (&probe, (ri, side)) in found.iter().zip(steps(&rules, record, step.routes)) {
+                self.apply(&rules, ri, side, loc, record, probe, &keys, out);
             }
         }
+        self.probes = probes;
+        self.probe_keys = keys;
         self.expire_ids();
         self.check_capacity(out);
+    }
+
+    /// The first pass's look at one (record, rule side): whether the record passes the
+    /// side's filter, its key, and the key's slot if the rule holds it already.
+    fn probe(
+        &mut self,
+        rules: &RuleSet,
+        ri: usize,
+        side: u8,
+        record: &FundRecord,
+        keys: &mut String,
+    ) -> Probe {
+        let rule = &rules.rules[ri];
+        let spec = side_of(rule, side);
+        if !Self::passes(spec, record) {
+            return Probe::Filtered;
+        }
+        if matches!(rule.kind, RuleKind::Balance { .. }) {
+            return Probe::Later;
+        }
+        let mut key = std::mem::take(&mut self.key_buf);
+        let probe = match Self::key_of(spec, record, &mut key) {
+            Ok(()) => {
+                let hash = key_hash(&key);
+                let start = keys.len() as u32;
+                keys.push_str(&key);
+                Probe::Keyed {
+                    rule: ri as u32,
+                    key: (start, keys.len() as u32),
+                    hash,
+                    slot: None,
+                }
+            }
+            Err(_) => Probe::Later,
+        };
+        self.key_buf = key;
+        probe
     }
 
     /// Advances engine time without records: fires deadlines and silence checks.
@@ -835,17 +1060,31 @@ impl Engine {
             .s
             .now
             .saturating_sub(self.limits.record_id_retention_ms);
-        while let Some(&(at, [lo, hi])) = self.s.seen_order.front() {
-            let fp = (lo as u128) | ((hi as u128) << 64);
-            let over = self.s.seen_order.len() > self.limits.record_ids_max;
-            if at >= horizon && !over {
+        let over = self
+            .s
+            .seen_order
+            .len()
+            .saturating_sub(self.limits.record_ids_max);
+        // First count what leaves and touch it in the id set, a tight loop whose cache
+        // misses overlap (see `ingest`); then remove it.
+        let mut leaving = 0;
+        for &(at, [lo, hi]) in self.s.seen_order.iter() {
+            if at >= horizon && leaving >= over {
                 break;
             }
-            if over && at >= horizon {
+            leaving += 1;
+            let fp = (lo as u128) | ((hi as u128) << 64);
+            std::hint::black_box(self.seen.contains(&fp));
+        }
+        for i in 0..leaving {
+            let Some(&(at, [lo, hi])) = self.s.seen_order.front() else {
+                break;
+            };
+            if i < over && at >= horizon {
                 self.s.stats.record_ids_evicted += 1;
             }
             self.s.seen_order.pop_front();
-            self.seen.remove(&fp);
+            self.seen.remove(&((lo as u128) | ((hi as u128) << 64)));
         }
     }
 
@@ -1002,7 +1241,33 @@ impl Engine {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn apply(
+        &mut self,
+        rules: &RuleSet,
+        ri: usize,
+        side: u8,
+        loc: Loc,
+        record: &FundRecord,
+        probe: Probe,
+        keys: &str,
+        out: &mut Vec<Event>,
+    ) {
+        let (key, hash, slot) = match probe {
+            Probe::Filtered => return,
+            Probe::Keyed {
+                key, hash, slot, ..
+            } => (&keys[key.0 as usize..key.1 as usize], hash, slot),
+            Probe::Later => return self.apply_unprobed(rules, ri, side, loc, record, out),
+        };
+        // A key the first pass did not find may have come with an earlier record.
+        let slot = slot.or_else(|| self.s.rules[ri].keyed.find(hash, key));
+        self.apply_keyed(rules, ri, side, loc, record, key, hash, slot, out);
+    }
+
+    /// `apply` for what the first pass leaves for later: balance rules and records
+    /// missing a key field.
+    fn apply_unprobed(
         &mut self,
         rules: &RuleSet,
         ri: usize,
@@ -1013,16 +1278,17 @@ impl Engine {
     ) {
         let rule = &rules.rules[ri];
         let spec = side_of(rule, side);
-        if !Self::passes(spec, record) {
-            return;
-        }
         // The key is built in a reused buffer: most records need no allocation for it.
         let mut key = std::mem::take(&mut self.key_buf);
         match Self::key_of(spec, record, &mut key) {
             Ok(()) if matches!(rule.kind, RuleKind::Balance { .. }) => {
                 self.apply_balance(ri, side, loc, record, &key, out)
             }
-            Ok(()) => self.apply_keyed(rules, ri, side, loc, record, &key, out),
+            Ok(()) => {
+                let hash = key_hash(&key);
+                let slot = self.s.rules[ri].keyed.find(hash, &key);
+                self.apply_keyed(rules, ri, side, loc, record, &key, hash, slot, out)
+            }
             Err(field) => {
                 let id = self.next_id();
                 let now = self.s.now;
@@ -1058,12 +1324,12 @@ impl Engine {
         loc: Loc,
         record: &FundRecord,
         key: &str,
+        hash: u64,
+        found: Option<SlotId>,
         out: &mut Vec<Event>,
     ) {
         let rule = &rules.rules[ri];
         let spec = side_of(rule, side);
-        let hash = key_hash(key);
-        let found = self.s.rules[ri].keyed.find(hash, key);
         if matches!(rule.kind, RuleKind::Conservation { daily: true, .. }) && record.drill.is_none()
         {
             // An amendment replaces the amount it supersedes in the day's total.
@@ -1109,9 +1375,10 @@ impl Engine {
                     time: deadline,
                     phase: Phase::Pending,
                     has_breaks: false,
+                    frag: fragment(hash),
                 },
             );
-            st.deadlines.push(Reverse((deadline, id)));
+            st.deadlines.push(deadline, id);
             st.open += 1;
             return;
         };
@@ -1316,22 +1583,18 @@ impl Engine {
     }
 
     fn fire_keyed(&mut self, rules: &RuleSet, ri: usize, until: Millis, out: &mut Vec<Event>) {
-        loop {
-            let st = &mut self.s.rules[ri].keyed;
-            let Some(&Reverse((deadline, id))) = st.deadlines.peek() else {
-                break;
-            };
-            if deadline > until {
-                break;
-            }
-            st.deadlines.pop();
-            let ks = &st.slots[id as usize];
-            // Any pending key whose deadline this is must close now, whichever key it is.
-            if ks.phase == Phase::Pending && ks.time == deadline {
-                if until == Millis::MAX {
-                    self.s.now = self.s.now.max(deadline);
+        while let Some((deadline, ids)) = self.s.rules[ri].keyed.deadlines.pop_due(until) {
+            for id in ids {
+                let ks = &self.s.rules[ri].keyed.slots[id as usize];
+                // Any pending key whose deadline this is must close now, whichever key it
+                // is. A key closed already (matched, or by an earlier entry for the same
+                // deadline) is skipped.
+                if ks.phase == Phase::Pending && ks.time == deadline {
+                    if until == Millis::MAX {
+                        self.s.now = self.s.now.max(deadline);
+                    }
+                    self.close(rules, ri, id, deadline, out);
                 }
-                self.close(rules, ri, id, deadline, out);
             }
         }
     }
@@ -1340,6 +1603,21 @@ impl Engine {
         let horizon = self.s.now.saturating_sub(self.limits.closed_retention_ms);
         let max = self.limits.closed_keys_max;
         let st = &mut self.s.rules[ri].keyed;
+        // Touch what leaves first, in a loop whose cache misses overlap (see `ingest`): the
+        // slots and their records' text, which removing them then reads and frees.
+        let over = st.closed_count.saturating_sub(max);
+        let mut touched = 0usize;
+        for (i, &(at, id)) in st.closed.iter().enumerate() {
+            if at >= horizon && i >= over {
+                break;
+            }
+            let ks = &st.slots[id as usize];
+            touched += ks.frag as usize;
+            for e in &ks.entries {
+                touched += e.text.get(T_KEY).len();
+            }
+        }
+        std::hint::black_box(touched);
         while let Some(&(at, id)) = st.closed.front() {
             let over = st.closed_count > max;
             if at >= horizon && !over {
@@ -1942,6 +2220,7 @@ mod chunk_tests {
             time: t,
             phase: Phase::Pending,
             has_breaks: false,
+            frag: 0,
         };
         let mut slab = Slab::default();
         for t in 0..3 * SLAB_CHUNK as i64 + 5 {
