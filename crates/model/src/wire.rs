@@ -410,6 +410,138 @@ pub fn parse_ndjson(text: &str, threads: usize) -> (Vec<FundRecord>, Vec<RecordE
     (records, errors)
 }
 
+/// NDJSON bytes [`parse_ndjson_stream`] parses as one block.
+pub const NDJSON_BLOCK_BYTES: usize = 4 << 20;
+/// Longest NDJSON line [`parse_ndjson_stream`] takes; a longer one ends the stream with an
+/// error (records are limited to far less: a few fields of [`FIELD_BYTES_MAX`]).
+pub const NDJSON_LINE_BYTES_MAX: usize = 1 << 20;
+/// Parsed blocks [`parse_ndjson_stream`] keeps ready for its consumer. With the block
+/// being parsed, this bounds what a stream holds to a few blocks, whatever the file size.
+pub const NDJSON_BLOCKS_AHEAD: usize = 2;
+
+/// One block of a [`parse_ndjson_stream`].
+#[derive(Debug)]
+pub struct ParsedBlock {
+    pub records: Vec<FundRecord>,
+    /// Invalid records, indexed from the start of the stream (as [`parse_ndjson`] would
+    /// over the whole text).
+    pub errors: Vec<RecordError>,
+    /// Bytes of input the block covers.
+    pub bytes: u64,
+}
+
+/// Parses NDJSON from `reader` on a thread of its own, a block of about
+/// [`NDJSON_BLOCK_BYTES`] at a time, cut at line ends, and yields the blocks in order. The
+/// caller works on one block while the next is parsed, and memory stays bounded (see
+/// [`NDJSON_BLOCKS_AHEAD`]) where reading a whole export first would hold all of it. A
+/// read error, text that is not UTF-8 or an over-long line ends the stream with an error.
+pub fn parse_ndjson_stream<R: std::io::Read + Send + 'static>(reader: R) -> NdjsonStream {
+    let (tx, rx) = std::sync::mpsc::sync_channel(NDJSON_BLOCKS_AHEAD);
+    let thread = std::thread::spawn(move || {
+        let mut reader = reader;
+        let mut carry: Vec<u8> = Vec::new();
+        let mut lines = 0usize;
+        loop {
+            let mut buf = std::mem::take(&mut carry);
+            let block = match read_block(&mut reader, &mut buf) {
+                Ok(eof) => {
+                    if !eof {
+                        match buf.iter().rposition(|&b| b == b'\n') {
+                            Some(end) => carry = buf.split_off(end + 1),
+                            None if buf.len() > NDJSON_LINE_BYTES_MAX => {
+                                let _ = tx.send(Err(std::io::Error::new(
+                                    std::io::ErrorKind::InvalidData,
+                                    format!(
+                                        "record {} is on a line longer than {NDJSON_LINE_BYTES_MAX} bytes",
+                                        lines + 1
+                                    ),
+                                )));
+                                return;
+                            }
+                            // No line end yet: read on.
+                            None => {
+                                carry = buf;
+                                continue;
+                            }
+                        }
+                    }
+                    match std::str::from_utf8(&buf) {
+                        Ok(text) => {
+                            let (records, mut errors) = parse_ndjson(text, 1);
+                            for e in &mut errors {
+                                e.index += lines;
+                            }
+                            lines += records.len() + errors.len();
+                            Ok(ParsedBlock {
+                                records,
+                                errors,
+                                bytes: buf.len() as u64,
+                            })
+                        }
+                        Err(e) => Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("not UTF-8 after record {lines}: {e}"),
+                        )),
+                    }
+                    .map(|b| (b, eof))
+                }
+                Err(e) => Err(e),
+            };
+            match block {
+                Ok((b, eof)) => {
+                    if tx.send(Ok(b)).is_err() || eof {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    NdjsonStream {
+        rx,
+        thread: Some(thread),
+    }
+}
+
+/// Appends to `buf` until it holds [`NDJSON_BLOCK_BYTES`] or the input ends; says whether
+/// it ended.
+fn read_block(reader: &mut impl std::io::Read, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    use std::io::Read as _;
+    let want = NDJSON_BLOCK_BYTES.saturating_sub(buf.len()).max(1);
+    let before = buf.len();
+    reader.take(want as u64).read_to_end(buf)?;
+    Ok(buf.len() == before)
+}
+
+/// The blocks of [`parse_ndjson_stream`], in input order.
+pub struct NdjsonStream {
+    rx: std::sync::mpsc::Receiver<std::io::Result<ParsedBlock>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Iterator for NdjsonStream {
+    type Item = std::io::Result<ParsedBlock>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.rx.recv() {
+            Ok(block) => Some(block),
+            Err(_) => {
+                if let Some(t) = self.thread.take() {
+                    if t.join().is_err() {
+                        return Some(Err(std::io::Error::other(
+                            "the NDJSON parser thread panicked",
+                        )));
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
 /// Builds a record from one CSV row. Columns: the record's field names, plus
 /// `key.NAME` for business keys and `attr.NAME` for attributes; empty cells are absent.
 pub fn record_from_csv(

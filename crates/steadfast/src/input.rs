@@ -40,13 +40,7 @@ pub fn read_file(
             }
         }
     } else {
-        use std::io::BufRead;
-        let text_start = {
-            let mut peek = std::io::BufReader::new(std::fs::File::open(path)?);
-            let buf = peek.fill_buf()?;
-            buf.iter().find(|b| !b.is_ascii_whitespace()).copied()
-        };
-        if text_start == Some(b'[') {
+        if !is_ndjson(path)? {
             let bytes = std::fs::read(path)?;
             on_bytes(bytes.len() as u64);
             let parsed = steadfast_model::wire::parse_body(&bytes, usize::MAX)
@@ -68,6 +62,22 @@ pub fn read_file(
         }
     }
     Ok((records, errors))
+}
+
+/// Whether `path` holds NDJSON: not a `.csv` file, and not a JSON array.
+pub fn is_ndjson(path: &Path) -> anyhow::Result<bool> {
+    use std::io::BufRead;
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    {
+        return Ok(false);
+    }
+    let file =
+        std::fs::File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
+    let mut peek = std::io::BufReader::new(file);
+    let buf = peek.fill_buf()?;
+    Ok(buf.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'['))
 }
 
 /// Prints the first invalid records and fails when there are any.

@@ -653,23 +653,29 @@ fn verify(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         set.business_day = probe.business_day;
     }
-    let mut records = Vec::new();
+    // Records are verified as they are read: NDJSON files are parsed a block at a time on
+    // a thread of their own while the engine works on the previous block, so neither the
+    // whole file nor all its records are held. Any invalid record still refuses the run
+    // before a break is printed.
+    let started = std::time::Instant::now();
+    let mut verifier =
+        steadfast_verify::BatchVerifier::new(Arc::new(set), Limits::unbounded_batch());
     for path in inputs {
         if path.is_dir() {
             // A server's WAL directory: backtest on the records it was sent.
-            let before = records.len();
+            let before = verifier.records();
             let mut batches = 0usize;
             steadfast_store::Wal::read_all(path, |entry| {
-                if let steadfast_store::WalItem::Batch(mut rs) = entry.item {
+                if let steadfast_store::WalItem::Batch(rs) = entry.item {
                     batches += 1;
-                    records.append(&mut rs);
+                    verifier.feed(rs);
                 }
             })
             .with_context(|| format!("failed to read the WAL in {}", path.display()))?;
             eprintln!(
                 "{}: {} records from {batches} WAL batches",
                 path.display(),
-                records.len() - before
+                verifier.records() - before
             );
             continue;
         }
@@ -677,22 +683,29 @@ fn verify(
             .with_context(|| format!("failed to read {}", path.display()))?
             .len();
         let pb = bar(len, &path.display().to_string());
-        let (mut r, errors) = input::read_file(path, |n| pb.inc(n))?;
+        let errors = if input::is_ndjson(path)? {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("failed to open {}", path.display()))?;
+            let mut errors = Vec::new();
+            for block in steadfast_model::wire::parse_ndjson_stream(file) {
+                let block = block.with_context(|| format!("failed to read {}", path.display()))?;
+                pb.inc(block.bytes);
+                if errors.is_empty() && block.errors.is_empty() {
+                    verifier.feed(block.records);
+                }
+                errors.extend(block.errors);
+            }
+            errors
+        } else {
+            let (r, errors) = input::read_file(path, |n| pb.inc(n))?;
+            verifier.feed(r);
+            errors
+        };
         pb.finish_and_clear();
         input::refuse_errors(path, &errors)?;
-        records.append(&mut r);
     }
-    let total = records.len();
-    let started = std::time::Instant::now();
-    let limits = Limits::unbounded_batch();
-    let pb = ProgressBar::new(total as u64);
-    pb.set_style(
-        ProgressStyle::with_template("verifying [{bar:30}] {pos}/{len} records {per_sec}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let events =
-        steadfast_verify::verify_batch(Arc::new(set), limits, records.iter(), |n| pb.inc(n as u64));
-    pb.finish_and_clear();
+    let total = verifier.records();
+    let events = verifier.finish();
     let breaks: Vec<_> = steadfast_verify::breaks_with_resolution(&events)
         .into_iter()
         .filter(|(_, resolved)| !resolved)

@@ -1217,9 +1217,13 @@ impl Engine {
             RuleKind::Match { compare, .. } => compare,
             _ => &[],
         };
-        let compared = compare.iter().map(move |p| {
-            let name = if side == 0 { &p.left } else { &p.right };
-            record.field(name).unwrap_or("")
+        // Amount and currency are compared through `Entry::amount` and `Entry::currency`
+        // (see `evaluate`), so their parts stay empty and cost no lookup.
+        let compared = compare.iter().map(move |p| match p.left.as_str() {
+            "amount" | "currency" => "",
+            _ => record
+                .field(if side == 0 { &p.left } else { &p.right })
+                .unwrap_or(""),
         });
         let fixed = [
             key,

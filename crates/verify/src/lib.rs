@@ -31,29 +31,94 @@ pub fn verify_batch<'a>(
     records: impl IntoIterator<Item = &'a steadfast_model::FundRecord>,
     mut progress: impl FnMut(usize),
 ) -> Vec<Event> {
-    /// Records between clock advances; small enough that deadlines fire close to on time.
-    const CHUNK: usize = 1024;
-    let mut engine = Engine::new(rules, limits);
-    let mut out = Vec::new();
-    let mut chunk = Vec::with_capacity(CHUNK);
-    let mut watermark = steadfast_model::Millis::MIN;
-    let feed = |engine: &mut Engine,
-                chunk: &mut Vec<(Loc, &'a steadfast_model::FundRecord)>,
-                watermark,
-                out: &mut Vec<Event>| {
-        let n = chunk.len();
-        engine.ingest(watermark, chunk.drain(..), out);
-        engine.tick(watermark, out);
-        n
-    };
-    for (loc, r) in records.into_iter().enumerate() {
-        watermark = watermark.max(r.event_time);
-        chunk.push((loc as Loc, r));
-        if chunk.len() == CHUNK {
-            progress(feed(&mut engine, &mut chunk, watermark, &mut out));
+    let mut v = BatchVerifier::new(rules, limits);
+    let mut block = Vec::with_capacity(BatchVerifier::CHUNK);
+    for r in records {
+        block.push(r);
+        if block.len() == BatchVerifier::CHUNK {
+            v.feed_refs(block.drain(..));
+            progress(BatchVerifier::CHUNK);
         }
     }
-    progress(feed(&mut engine, &mut chunk, watermark, &mut out));
-    engine.flush(&mut out);
-    out
+    let n = block.len();
+    v.feed_refs(block.drain(..));
+    progress(n);
+    v.finish()
+}
+
+/// [`verify_batch`] fed piece by piece, so that a file can be verified while it is still
+/// being read and parsed, and no more of it is held than the piece at hand. Records are
+/// taken in the order they are fed, in chunks of [`BatchVerifier::CHUNK`] between clock
+/// advances however they are fed, so the breaks are the same as `verify_batch`'s.
+pub struct BatchVerifier {
+    engine: Engine,
+    out: Vec<Event>,
+    watermark: steadfast_model::Millis,
+    loc: Loc,
+    /// Records fed but not yet ingested (fewer than a chunk).
+    pending: Vec<(Loc, steadfast_model::FundRecord)>,
+}
+
+impl BatchVerifier {
+    /// Records between clock advances; small enough that deadlines fire close to on time.
+    pub const CHUNK: usize = 1024;
+
+    pub fn new(rules: std::sync::Arc<RuleSet>, limits: Limits) -> BatchVerifier {
+        BatchVerifier {
+            engine: Engine::new(rules, limits),
+            out: Vec::new(),
+            watermark: steadfast_model::Millis::MIN,
+            loc: 0,
+            pending: Vec::with_capacity(Self::CHUNK),
+        }
+    }
+
+    /// Takes the next records, in order.
+    pub fn feed(&mut self, records: Vec<steadfast_model::FundRecord>) {
+        for r in records {
+            self.watermark = self.watermark.max(r.event_time);
+            self.pending.push((self.loc, r));
+            self.loc += 1;
+            if self.pending.len() == Self::CHUNK {
+                self.ingest_pending();
+            }
+        }
+    }
+
+    fn ingest_pending(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        self.engine.ingest(
+            self.watermark,
+            pending.iter().map(|(loc, r)| (*loc, r)),
+            &mut self.out,
+        );
+        self.engine.tick(self.watermark, &mut self.out);
+        self.pending = pending;
+        self.pending.clear();
+    }
+
+    /// Borrowed records, a chunk at most; for `verify_batch`, which owns none.
+    fn feed_refs<'a>(&mut self, chunk: impl Iterator<Item = &'a steadfast_model::FundRecord>) {
+        let chunk: Vec<(Loc, &steadfast_model::FundRecord)> = chunk
+            .map(|r| {
+                self.watermark = self.watermark.max(r.event_time);
+                self.loc += 1;
+                (self.loc - 1, r)
+            })
+            .collect();
+        self.engine.ingest(self.watermark, chunk, &mut self.out);
+        self.engine.tick(self.watermark, &mut self.out);
+    }
+
+    /// Records fed so far.
+    pub fn records(&self) -> u64 {
+        self.loc
+    }
+
+    /// End of input: ingests what is left, fires every deadline, and returns every event.
+    pub fn finish(mut self) -> Vec<Event> {
+        self.ingest_pending();
+        self.engine.flush(&mut self.out);
+        self.out
+    }
 }

@@ -35,10 +35,11 @@ impl Packed {
         let mut at = 0;
         for p in parts {
             let bytes = cut(p).as_bytes();
-            for b in (bytes.len() as u16).to_le_bytes().iter().chain(bytes) {
-                dst[at].write(*b);
-                at += 1;
-            }
+            let end = at + 2 + bytes.len();
+            assert!(end <= len, "parts yield the same strings twice");
+            dst[at..at + 2].write_copy_of_slice(&(bytes.len() as u16).to_le_bytes());
+            dst[at + 2..end].write_copy_of_slice(bytes);
+            at = end;
         }
         assert_eq!(at, len, "parts yield the same strings twice");
         // SAFETY: the loop above wrote all `len` bytes (checked just before).
