@@ -36,8 +36,9 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Limits for a batch run over files (`verify_batch`): the whole input is in memory
-    /// already, nothing is refused, and ids and keys are kept for the whole run.
+    /// Limits for a batch run over files (`verify_batch`, `BatchVerifier`): nothing is
+    /// refused, and ids and keys are kept for the whole run, so the state grows with the
+    /// input (the engine's bytes per record, not the records themselves).
     pub fn unbounded_batch() -> Limits {
         Limits {
             open_records_max: usize::MAX / 4,
