@@ -671,6 +671,63 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_parses_in_blocks_what_the_whole_text_would_give() {
+        /// Hands out at most 999 bytes per read, so blocks end mid-line.
+        struct Trickle(std::io::Cursor<Vec<u8>>);
+        impl std::io::Read for Trickle {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(999);
+                self.0.read(&mut buf[..n])
+            }
+        }
+        let lines: Vec<String> = (0..60_000)
+            .map(|i| {
+                let amount = if i % 1013 == 7 { "1.001" } else { "1.00" };
+                GOOD.replace("\"r1\"", &format!("\"r{i}\""))
+                    .replace("\"100.5\"", &format!("\"{amount}\""))
+            })
+            .collect();
+        // Blank lines, and no line end after the last record.
+        let text = lines.join("\n\n");
+        assert!(
+            text.len() > 2 * NDJSON_BLOCK_BYTES,
+            "the text spans several blocks"
+        );
+        let (want_records, want_errors) = parse_ndjson(&text, 1);
+        let (mut records, mut errors, mut bytes, mut blocks) = (Vec::new(), Vec::new(), 0, 0);
+        for block in parse_ndjson_stream(Trickle(std::io::Cursor::new(text.clone().into_bytes()))) {
+            let block = block.unwrap();
+            records.extend(block.records);
+            errors.extend(block.errors);
+            bytes += block.bytes;
+            blocks += 1;
+        }
+        assert!(blocks >= 3, "{blocks} blocks");
+        assert_eq!(bytes, text.len() as u64);
+        assert_eq!(records, want_records);
+        let index = |e: &[RecordError]| {
+            e.iter()
+                .map(|e| (e.index, e.record_id.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(index(&errors), index(&want_errors));
+        assert_eq!(errors.len(), (0..60_000).filter(|i| i % 1013 == 7).count());
+
+        // Not UTF-8, and a line longer than any record can be: an error ends the stream.
+        let mut bad = format!("{GOOD}\n").into_bytes();
+        bad.extend_from_slice(b"\xff\xfe\n");
+        let last = parse_ndjson_stream(std::io::Cursor::new(bad))
+            .last()
+            .unwrap();
+        assert!(last.unwrap_err().to_string().contains("not UTF-8"));
+        let long = vec![b'x'; NDJSON_BLOCK_BYTES + 1];
+        let last = parse_ndjson_stream(std::io::Cursor::new(long))
+            .last()
+            .unwrap();
+        assert!(last.unwrap_err().to_string().contains("longer than"));
+    }
+
+    #[test]
     fn parses_ndjson_in_parallel_in_file_order() {
         let lines: Vec<String> = (0..1000)
             .map(|i| {

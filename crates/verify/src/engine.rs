@@ -2127,6 +2127,103 @@ fn evaluate(rule: &Rule, ks: &KeyState) -> Vec<Finding> {
 mod tests {
     use super::BusinessDayClock;
 
+    fn record(source: &str, kind: &str, key: (&str, &str), id: &str, minor: i64) -> FundRecord {
+        FundRecord {
+            record_id: id.into(),
+            source: source.into(),
+            kind: kind.into(),
+            keys: std::collections::BTreeMap::from([(key.0.into(), key.1.into())]),
+            amount: steadfast_model::Money {
+                minor,
+                currency: Currency::from_code("USD").unwrap(),
+            },
+            account: None,
+            counter_account: None,
+            direction: None,
+            status: Some("SUCCESS".into()),
+            event_time: 1_000,
+            trace_id: None,
+            order_id: None,
+            drill: None,
+            amends: None,
+            attributes: Default::default(),
+        }
+    }
+
+    use steadfast_model::{Currency, FundRecord};
+
+    /// The batch lookup takes the first index bucket with a key's hash fragment as its
+    /// candidate; two keys sharing a fragment must still each find their own slot, within
+    /// a batch and across batches.
+    #[test]
+    fn keys_sharing_a_hash_fragment_are_told_apart() {
+        let mut by_fragment = hashbrown::HashMap::new();
+        let (a, b) = (0u64..)
+            .find_map(|i| {
+                let key = format!("ORD-{i}");
+                let f = super::fragment(super::key_hash(&key));
+                by_fragment.insert(f, key.clone()).map(|other| (other, key))
+            })
+            .unwrap();
+        assert_ne!(a, b);
+        let rules = std::sync::Arc::new(
+            crate::parse_rules(include_str!("../../../examples/rules.toml")).unwrap(),
+        );
+        let pay = |k: &str, minor| {
+            record(
+                "payment-core",
+                "payment",
+                ("order_no", k),
+                &format!("p-{k}"),
+                minor,
+            )
+        };
+        let bill =
+            |k: &str, minor| record("billing", "bill", ("biz_id", k), &format!("b-{k}"), minor);
+        let run = |batches: Vec<Vec<FundRecord>>| {
+            let mut engine = super::Engine::new(rules.clone(), super::Limits::default());
+            let mut out = Vec::new();
+            for (i, batch) in batches.iter().enumerate() {
+                engine.ingest(
+                    2_000,
+                    batch.iter().zip(10 * i as u64..).map(|(r, l)| (l, r)),
+                    &mut out,
+                );
+            }
+            let breaks: Vec<(String, crate::BreakKind)> = out
+                .iter()
+                .filter_map(|e| match e {
+                    crate::Event::Break(b) => Some((b.key.clone(), b.kind)),
+                    _ => None,
+                })
+                .collect();
+            (breaks, engine.open_records())
+        };
+        // Across batches: both keys are in the index when the bills come.
+        let (breaks, open) = run(vec![
+            vec![pay(&a, 1000), pay(&b, 2000)],
+            vec![bill(&b, 2000), bill(&a, 1001)],
+        ]);
+        assert_eq!(breaks, [(a.clone(), crate::BreakKind::AmountMismatch)]);
+        assert_eq!(open, 0);
+        // Within one batch: neither key is in the index when the batch is looked up.
+        let (breaks, open) = run(vec![vec![
+            pay(&a, 1000),
+            pay(&b, 2000),
+            bill(&b, 2001),
+            bill(&a, 1000),
+        ]]);
+        assert_eq!(breaks, [(b.clone(), crate::BreakKind::AmountMismatch)]);
+        assert_eq!(open, 0);
+        // One key held before the batch, the other added by it.
+        let (breaks, open) = run(vec![
+            vec![pay(&a, 1000)],
+            vec![pay(&b, 2000), bill(&a, 1000), bill(&b, 2000)],
+        ]);
+        assert!(breaks.is_empty(), "{breaks:?}");
+        assert_eq!(open, 0);
+    }
+
     fn ms(rfc3339: &str) -> i64 {
         steadfast_model::parse_millis(rfc3339).unwrap()
     }

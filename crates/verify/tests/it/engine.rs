@@ -1,5 +1,5 @@
 use steadfast_model::Direction::{Credit, Debit};
-use steadfast_verify::{BreakKind, Event, Limits};
+use steadfast_verify::{verify_batch, BatchVerifier, BreakKind, Event, Limits};
 
 use crate::support::*;
 
@@ -381,4 +381,40 @@ fn a_restored_checkpoint_continues_exactly_like_the_original() {
     // Record ids remembered before the checkpoint are still recognised after it.
     after.feed(T + 10_001, &first[..1]);
     assert_eq!(after.engine.stats().retries_ignored, 1);
+}
+
+#[test]
+fn a_batch_verifier_fed_in_any_pieces_gives_the_breaks_of_verify_batch() {
+    // Orders over ten seconds of event time: some bills off by a cent, some missing, some
+    // payments missing, a few retries.
+    let mut records = Vec::new();
+    for i in 0..3000i64 {
+        let t = T + i * 3;
+        let order = format!("O{i}");
+        if i % 101 != 1 {
+            records.push(payment(&format!("p{i}"), &order, "10.00", t));
+        }
+        if i % 103 != 2 {
+            let amount = if i % 97 == 3 { "10.01" } else { "10.00" };
+            records.push(bill(&format!("b{i}"), &order, amount, t + 500));
+        }
+        if i % 89 == 4 {
+            records.push(payment(&format!("p{i}"), &order, "10.00", t));
+        }
+    }
+    let events = |e: &[Event]| e.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>();
+    let whole = verify_batch(rules(), Limits::unbounded_batch(), &records, |_| {});
+    let breaks = whole
+        .iter()
+        .filter(|e| matches!(e, Event::Break(_)))
+        .count();
+    assert!(breaks > 60, "the input has breaks to find: {breaks}");
+    for piece in [1, 7, 1023, 1024, 1500, records.len()] {
+        let mut v = BatchVerifier::new(rules(), Limits::unbounded_batch());
+        for chunk in records.chunks(piece) {
+            v.feed(chunk.to_vec());
+        }
+        assert_eq!(v.records(), records.len() as u64);
+        assert_eq!(events(&v.finish()), events(&whole), "pieces of {piece}");
+    }
 }
