@@ -1258,29 +1258,20 @@ impl Engine {
         keys: &str,
         out: &mut Vec<Event>,
     ) {
-        let (key, hash, slot) = match probe {
+        match probe {
             Probe::Filtered => return,
             Probe::Keyed {
                 key, hash, slot, ..
-            } => (&keys[key.0 as usize..key.1 as usize], hash, slot),
-            Probe::Later => return self.apply_unprobed(rules, ri, side, loc, record, out),
-        };
-        // A key the first pass did not find may have come with an earlier record.
-        let slot = slot.or_else(|| self.s.rules[ri].keyed.find(hash, key));
-        self.apply_keyed(rules, ri, side, loc, record, key, hash, slot, out);
-    }
-
-    /// `apply` for what the first pass leaves for later: balance rules and records
-    /// missing a key field.
-    fn apply_unprobed(
-        &mut self,
-        rules: &RuleSet,
-        ri: usize,
-        side: u8,
-        loc: Loc,
-        record: &FundRecord,
-        out: &mut Vec<Event>,
-    ) {
+            } => {
+                let key = &keys[key.0 as usize..key.1 as usize];
+                // A key the first pass did not find may have come with an earlier record.
+                let slot = slot.or_else(|| self.s.rules[ri].keyed.find(hash, key));
+                return self.apply_keyed(rules, ri, side, loc, record, key, hash, slot, out);
+            }
+            // What the first pass leaves for later: balance rules, and records missing a
+            // key field.
+            Probe::Later => {}
+        }
         let rule = &rules.rules[ri];
         let spec = side_of(rule, side);
         // The key is built in a reused buffer: most records need no allocation for it.
