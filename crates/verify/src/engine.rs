@@ -957,7 +957,7 @@ impl Engine {
                 rule,
                 key,
                 hash,
-                slot: slot @ Some(_),
+                slot,
             } = probe
             {
                 let st = &self.s.rules[*rule as usize].keyed;
@@ -1007,7 +1007,7 @@ impl Engine {
     }
 
     /// The first pass's look at one (record, rule side): whether the record passes the
-    /// side's filter, its key, and the key's slot if the rule holds it already.
+    /// side's filter, and its key and the key's hash (its slot is looked up after).
     fn probe(
         &mut self,
         rules: &RuleSet,
