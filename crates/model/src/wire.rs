@@ -438,58 +438,15 @@ pub struct ParsedBlock {
 pub fn parse_ndjson_stream<R: std::io::Read + Send + 'static>(reader: R) -> NdjsonStream {
     let (tx, rx) = std::sync::mpsc::sync_channel(NDJSON_BLOCKS_AHEAD);
     let thread = std::thread::spawn(move || {
-        let mut reader = reader;
-        let mut carry: Vec<u8> = Vec::new();
-        let mut lines = 0usize;
+        let mut blocks = Blocks {
+            reader,
+            carry: Vec::new(),
+            lines: 0,
+        };
         loop {
-            let mut buf = std::mem::take(&mut carry);
-            let block = match read_block(&mut reader, &mut buf) {
-                Ok(eof) => {
-                    if !eof {
-                        match buf.iter().rposition(|&b| b == b'\n') {
-                            Some(end) => carry = buf.split_off(end + 1),
-                            None if buf.len() > NDJSON_LINE_BYTES_MAX => {
-                                let _ = tx.send(Err(std::io::Error::new(
-                                    std::io::ErrorKind::InvalidData,
-                                    format!(
-                                        "record {} is on a line longer than {NDJSON_LINE_BYTES_MAX} bytes",
-                                        lines + 1
-                                    ),
-                                )));
-                                return;
-                            }
-                            // No line end yet: read on.
-                            None => {
-                                carry = buf;
-                                continue;
-                            }
-                        }
-                    }
-                    match std::str::from_utf8(&buf) {
-                        Ok(text) => {
-                            let (records, mut errors) = parse_ndjson(text, 1);
-                            for e in &mut errors {
-                                e.index += lines;
-                            }
-                            lines += records.len() + errors.len();
-                            Ok(ParsedBlock {
-                                records,
-                                errors,
-                                bytes: buf.len() as u64,
-                            })
-                        }
-                        Err(e) => Err(std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!("not UTF-8 after record {lines}: {e}"),
-                        )),
-                    }
-                    .map(|b| (b, eof))
-                }
-                Err(e) => Err(e),
-            };
-            match block {
-                Ok((b, eof)) => {
-                    if tx.send(Ok(b)).is_err() || eof {
+            match blocks.next_block() {
+                Ok((block, eof)) => {
+                    if tx.send(Ok(block)).is_err() || eof {
                         return;
                     }
                 }
@@ -503,6 +460,56 @@ pub fn parse_ndjson_stream<R: std::io::Read + Send + 'static>(reader: R) -> Ndjs
     NdjsonStream {
         rx,
         thread: Some(thread),
+    }
+}
+
+/// Cuts a reader into blocks of whole lines and parses them.
+struct Blocks<R> {
+    reader: R,
+    /// The start of a line the last block left over.
+    carry: Vec<u8>,
+    /// Records (non-blank lines) parsed so far.
+    lines: usize,
+}
+
+impl<R: std::io::Read> Blocks<R> {
+    /// The next block, and whether the input ended with it.
+    fn next_block(&mut self) -> std::io::Result<(ParsedBlock, bool)> {
+        let invalid =
+            |message: String| std::io::Error::new(std::io::ErrorKind::InvalidData, message);
+        loop {
+            let mut buf = std::mem::take(&mut self.carry);
+            let eof = read_block(&mut self.reader, &mut buf)?;
+            if !eof {
+                match buf.iter().rposition(|&b| b == b'\n') {
+                    Some(end) => self.carry = buf.split_off(end + 1),
+                    None if buf.len() > NDJSON_LINE_BYTES_MAX => {
+                        return Err(invalid(format!(
+                            "record {} is on a line longer than {NDJSON_LINE_BYTES_MAX} bytes",
+                            self.lines + 1
+                        )))
+                    }
+                    // No line end yet: read on.
+                    None => {
+                        self.carry = buf;
+                        continue;
+                    }
+                }
+            }
+            let text = std::str::from_utf8(&buf)
+                .map_err(|e| invalid(format!("not UTF-8 after record {}: {e}", self.lines)))?;
+            let (records, mut errors) = parse_ndjson(text, 1);
+            for e in &mut errors {
+                e.index += self.lines;
+            }
+            self.lines += records.len() + errors.len();
+            let block = ParsedBlock {
+                records,
+                errors,
+                bytes: buf.len() as u64,
+            };
+            return Ok((block, eof));
+        }
     }
 }
 
@@ -582,6 +589,17 @@ mod tests {
     use super::*;
 
     const GOOD: &str = r#"{"record_id":"r1","source":"payment-core","kind":"payment","keys":{"order_no":"O1"},"amount":"100.5","currency":"USD","event_time":"2026-11-22T10:00:00Z"}"#;
+
+    /// `n` records `r0`, `r1`, ...; those `bad` picks have an amount with too many decimals.
+    fn ndjson_lines(n: usize, bad: impl Fn(usize) -> bool) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let amount = if bad(i) { "1.001" } else { "1.00" };
+                GOOD.replace("\"r1\"", &format!("\"r{i}\""))
+                    .replace("\"100.5\"", &format!("\"{amount}\""))
+            })
+            .collect()
+    }
 
     fn err_of(json: &str) -> String {
         parse_record(0, json).expect_err(json).message
@@ -680,15 +698,8 @@ mod tests {
                 self.0.read(&mut buf[..n])
             }
         }
-        let lines: Vec<String> = (0..60_000)
-            .map(|i| {
-                let amount = if i % 1013 == 7 { "1.001" } else { "1.00" };
-                GOOD.replace("\"r1\"", &format!("\"r{i}\""))
-                    .replace("\"100.5\"", &format!("\"{amount}\""))
-            })
-            .collect();
         // Blank lines, and no line end after the last record.
-        let text = lines.join("\n\n");
+        let text = ndjson_lines(60_000, |i| i % 1013 == 7).join("\n\n");
         assert!(
             text.len() > 2 * NDJSON_BLOCK_BYTES,
             "the text spans several blocks"
@@ -729,14 +740,7 @@ mod tests {
 
     #[test]
     fn parses_ndjson_in_parallel_in_file_order() {
-        let lines: Vec<String> = (0..1000)
-            .map(|i| {
-                let amount = if i % 97 == 5 { "1.001" } else { "1.00" };
-                GOOD.replace("\"r1\"", &format!("\"r{i}\""))
-                    .replace("\"100.5\"", &format!("\"{amount}\""))
-            })
-            .collect();
-        let text = lines.join("\n\n");
+        let text = ndjson_lines(1000, |i| i % 97 == 5).join("\n\n");
         for threads in [1, 2, 3, 7] {
             let (records, errors) = parse_ndjson(&text, threads);
             let ids: Vec<usize> = records

@@ -2117,6 +2117,7 @@ fn evaluate(rule: &Rule, ks: &KeyState) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::BusinessDayClock;
+    use steadfast_model::{Currency, FundRecord};
 
     fn record(source: &str, kind: &str, key: (&str, &str), id: &str, minor: i64) -> FundRecord {
         FundRecord {
@@ -2140,8 +2141,6 @@ mod tests {
             attributes: Default::default(),
         }
     }
-
-    use steadfast_model::{Currency, FundRecord};
 
     /// The batch lookup takes the first index bucket with a key's hash fragment as its
     /// candidate; two keys sharing a fragment must still each find their own slot, within

@@ -32,17 +32,21 @@ pub fn verify_batch<'a>(
     mut progress: impl FnMut(usize),
 ) -> Vec<Event> {
     let mut v = BatchVerifier::new(rules, limits);
-    let mut block = Vec::with_capacity(BatchVerifier::CHUNK);
-    for r in records {
-        block.push(r);
-        if block.len() == BatchVerifier::CHUNK {
-            v.feed_refs(block.drain(..));
-            progress(BatchVerifier::CHUNK);
+    let mut records = records.into_iter();
+    loop {
+        // Copies a chunk at a time: the engine keeps what it needs, not the records.
+        let chunk: Vec<_> = records
+            .by_ref()
+            .take(BatchVerifier::CHUNK)
+            .cloned()
+            .collect();
+        if chunk.is_empty() {
+            break;
         }
+        let n = chunk.len();
+        v.feed(chunk);
+        progress(n);
     }
-    let n = block.len();
-    v.feed_refs(block.drain(..));
-    progress(n);
     v.finish()
 }
 
@@ -95,19 +99,6 @@ impl BatchVerifier {
         self.engine.tick(self.watermark, &mut self.out);
         self.pending = pending;
         self.pending.clear();
-    }
-
-    /// Borrowed records, a chunk at most; for `verify_batch`, which owns none.
-    fn feed_refs<'a>(&mut self, chunk: impl Iterator<Item = &'a steadfast_model::FundRecord>) {
-        let chunk: Vec<(Loc, &steadfast_model::FundRecord)> = chunk
-            .map(|r| {
-                self.watermark = self.watermark.max(r.event_time);
-                self.loc += 1;
-                (self.loc - 1, r)
-            })
-            .collect();
-        self.engine.ingest(self.watermark, chunk, &mut self.out);
-        self.engine.tick(self.watermark, &mut self.out);
     }
 
     /// Records fed so far.
