@@ -1,0 +1,1 @@
+//! Streaming per-series baseline and anomaly detector.

@@ -1,0 +1,1 @@
+//! NAB scoring.

@@ -1,0 +1,1 @@
+//! NAB scorer against the published results.
