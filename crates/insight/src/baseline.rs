@@ -1,6 +1,6 @@
 //! A streaming baseline and anomaly detector for one series.
 //!
-//! [`Detector::update`] takes one point (time in seconds, value) and returns a [`Point`]:
+//! [`Detector::update`] takes one point (time in milliseconds, value) and returns a [`Point`]:
 //! the expected value and band, the robust score, the anomaly score and whether the series
 //! is anomalous now. The stages, each switchable for ablation ([`Stages`]):
 //!
@@ -79,7 +79,12 @@ pub struct Stages {
 
 impl Default for Stages {
     fn default() -> Self {
-        Stages { seasonality: true, likelihood: true, hysteresis: true, change_points: true }
+        Stages {
+            seasonality: true,
+            likelihood: true,
+            hysteresis: true,
+            change_points: true,
+        }
     }
 }
 
@@ -157,9 +162,17 @@ impl Default for DetectorConfig {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
     #[error("{field} must be at least {min}, got {got}")]
-    TooSmall { field: &'static str, min: usize, got: usize },
+    TooSmall {
+        field: &'static str,
+        min: usize,
+        got: usize,
+    },
     #[error("{field} must be at most {max}, got {got}")]
-    TooLarge { field: &'static str, max: usize, got: usize },
+    TooLarge {
+        field: &'static str,
+        max: usize,
+        got: usize,
+    },
     #[error("score_off ({off}) must be between 0 and score_on ({on}), and score_on at most 1")]
     Thresholds { on: f64, off: f64 },
 }
@@ -185,7 +198,11 @@ impl DetectorConfig {
                 return Err(ConfigError::TooSmall { field, min, got });
             }
             if got > WINDOW_POINTS_MAX {
-                return Err(ConfigError::TooLarge { field, max: WINDOW_POINTS_MAX, got });
+                return Err(ConfigError::TooLarge {
+                    field,
+                    max: WINDOW_POINTS_MAX,
+                    got,
+                });
             }
         }
         let (on, off) = (self.score_on, self.score_off);
@@ -276,11 +293,11 @@ impl Detector {
 
     /// Takes the next point. Times must not go backwards (an older point is scored but
     /// not learned from); a non-finite value is skipped and reported as a warming point.
-    pub fn update(&mut self, time_secs: i64, value: f64) -> Point {
+    pub fn update(&mut self, time_ms: i64, value: f64) -> Point {
         if !value.is_finite() {
             return self.quiet_point(value);
         }
-        let Some(index) = self.grid.index(time_secs) else {
+        let Some(index) = self.grid.index(time_ms) else {
             return self.quiet_point(value);
         };
         let x = self.transform(value);
@@ -318,7 +335,11 @@ impl Detector {
             let tail = if self.config.stages.likelihood {
                 self.likelihood.push(one_sided.min(LIKELIHOOD_Z_MAX))
             } else {
-                let sides = if self.config.direction == Direction::Both { 2.0 } else { 1.0 };
+                let sides = if self.config.direction == Direction::Both {
+                    2.0
+                } else {
+                    1.0
+                };
                 (sides * normal_tail(one_sided)).min(1.0)
             };
             score = score_of_tail(tail);
@@ -379,7 +400,11 @@ impl Detector {
 
     fn detect_season(&mut self) {
         let values: Vec<f64> = self.history.iter().map(|&(_, x)| x).collect();
-        let found = find_period(&values, self.grid.calendar_periods(), self.config.season_acf_min);
+        let found = find_period(
+            &values,
+            self.grid.calendar_periods(),
+            self.config.season_acf_min,
+        );
         if found != self.season.as_ref().map(|s| s.period) {
             self.season = found.map(|period| {
                 let mut season = Season::new(period, self.config.season_cycles);
@@ -406,8 +431,11 @@ impl Detector {
             Some(season) => season.offset(index.rem_euclid(season.period as i64) as usize),
             None => 0.0,
         };
-        let deseasonalised: Vec<f64> =
-            self.history.iter().map(|&(index, x)| x - offset(&self.season, index)).collect();
+        let deseasonalised: Vec<f64> = self
+            .history
+            .iter()
+            .map(|&(index, x)| x - offset(&self.season, index))
+            .collect();
         // Replays the windows over the history's tail: long enough to fill both.
         let replay_points = self.config.scale_points + self.config.level_points;
         let from = deseasonalised.len().saturating_sub(replay_points);
@@ -478,47 +506,43 @@ pub fn normal_tail(z: f64) -> f64 {
 #[derive(Clone, Debug, Default)]
 struct Grid {
     origin: Option<i64>,
-    step_secs: Option<i64>,
+    step_ms: Option<i64>,
     last: i64,
 }
 
 impl Grid {
-    fn index(&mut self, time_secs: i64) -> Option<i64> {
+    fn index(&mut self, time_ms: i64) -> Option<i64> {
         let Some(origin) = self.origin else {
-            self.origin = Some(time_secs);
-            self.last = time_secs;
+            self.origin = Some(time_ms);
+            self.last = time_ms;
             return Some(0);
         };
-        if time_secs < self.last {
+        if time_ms < self.last {
             return None;
         }
-        let gap = time_secs - self.last;
+        let gap = time_ms - self.last;
         // The first positive gap sets the step for good: changing it later would move
         // every phase learned so far.
-        if gap > 0 && self.step_secs.is_none() {
-            self.step_secs = Some(gap);
+        if gap > 0 && self.step_ms.is_none() {
+            self.step_ms = Some(gap);
         }
-        self.last = time_secs;
-        let step = self.step_secs.unwrap_or(1).max(1);
-        Some((time_secs - origin + step / 2) / step)
+        self.last = time_ms;
+        let step = self.step_ms.unwrap_or(1).max(1);
+        Some((time_ms - origin + step / 2) / step)
     }
 
     /// A day and a week in grid points, when the step divides into them.
     fn calendar_periods(&self) -> [Option<usize>; 2] {
-        let step = self.step_secs.unwrap_or(0);
-        let points = |secs: i64| (step > 0 && secs % step == 0).then(|| (secs / step) as usize);
-        [points(86_400), points(7 * 86_400)]
+        let step = self.step_ms.unwrap_or(0);
+        let points = |ms: i64| (step > 0 && ms % step == 0).then(|| (ms / step) as usize);
+        [points(86_400_000), points(7 * 86_400_000)]
     }
 }
 
 /// The strongest period in `history` by autocorrelation: among local maxima of the
 /// autocorrelation function at or above `acf_min`, the first that is within 0.05 of the
 /// best, with a calendar period taking precedence when it is that strong.
-pub fn find_period(
-    history: &[f64],
-    calendar: [Option<usize>; 2],
-    acf_min: f64,
-) -> Option<usize> {
+pub fn find_period(history: &[f64], calendar: [Option<usize>; 2], acf_min: f64) -> Option<usize> {
     let n = history.len();
     let lag_max = (n / 2).min(PERIOD_POINTS_MAX);
     if lag_max < PERIOD_POINTS_MIN + 2 {
@@ -531,17 +555,26 @@ pub fn find_period(
         return None;
     }
     let acf = |lag: usize| -> f64 {
-        let sum: f64 = centred[..n - lag].iter().zip(&centred[lag..]).map(|(a, b)| a * b).sum();
+        let sum: f64 = centred[..n - lag]
+            .iter()
+            .zip(&centred[lag..])
+            .map(|(a, b)| a * b)
+            .sum();
         // Scaled to the overlap, so long lags are not penalised for having fewer pairs.
         sum / energy * n as f64 / (n - lag) as f64
     };
-    let values: Vec<f64> = (0..=lag_max + 1).map(|lag| if lag < 2 { 1.0 } else { acf(lag) }).collect();
+    let values: Vec<f64> = (0..=lag_max + 1)
+        .map(|lag| if lag < 2 { 1.0 } else { acf(lag) })
+        .collect();
     let peaks: Vec<(usize, f64)> = (PERIOD_POINTS_MIN..=lag_max)
         .filter(|&lag| values[lag] >= values[lag - 1] && values[lag] >= values[lag + 1])
         .map(|lag| (lag, values[lag]))
         .filter(|&(_, r)| r >= acf_min)
         .collect();
-    let best = peaks.iter().map(|&(_, r)| r).fold(f64::NEG_INFINITY, f64::max);
+    let best = peaks
+        .iter()
+        .map(|&(_, r)| r)
+        .fold(f64::NEG_INFINITY, f64::max);
     if !best.is_finite() {
         return None;
     }
@@ -549,13 +582,18 @@ pub fn find_period(
     // points may peak a point early or late.
     for period in calendar.into_iter().flatten() {
         if period >= PERIOD_POINTS_MIN && period + 2 <= lag_max {
-            let near = values[period - 1].max(values[period]).max(values[period + 1]);
+            let near = values[period - 1]
+                .max(values[period])
+                .max(values[period + 1]);
             if near >= acf_min && near >= best - 0.05 {
                 return Some(period);
             }
         }
     }
-    peaks.iter().find(|&&(_, r)| r >= best - 0.05).map(|&(lag, _)| lag)
+    peaks
+        .iter()
+        .find(|&&(_, r)| r >= best - 0.05)
+        .map(|&(lag, _)| lag)
 }
 
 /// The shortest period looked for: shorter "seasons" are noise or trend.
@@ -576,7 +614,12 @@ struct Season {
 
 impl Season {
     fn new(period: usize, cycles: usize) -> Season {
-        Season { period, cycles, offsets: vec![0.0; period * cycles], filled: vec![(0, 0); period] }
+        Season {
+            period,
+            cycles,
+            offsets: vec![0.0; period * cycles],
+            filled: vec![(0, 0); period],
+        }
     }
 
     fn offset(&self, phase: usize) -> f64 {
@@ -785,7 +828,13 @@ struct Cusum {
 
 impl Cusum {
     fn new(recent_max: usize) -> Cusum {
-        Cusum { high: 0.0, low: 0.0, recent: VecDeque::new(), recent_max, run_points: 0 }
+        Cusum {
+            high: 0.0,
+            low: 0.0,
+            recent: VecDeque::new(),
+            recent_max,
+            run_points: 0,
+        }
     }
 
     /// Returns whether a shift is detected at this point.
@@ -835,14 +884,22 @@ impl AlertState {
             return (on, on);
         }
         if self.firing {
-            self.below = if score < config.score_off { self.below + 1 } else { 0 };
+            self.below = if score < config.score_off {
+                self.below + 1
+            } else {
+                0
+            };
             if self.below >= config.clear_points {
                 self.firing = false;
                 self.above = 0;
             }
             return (self.firing, false);
         }
-        self.above = if score >= config.score_on { self.above + 1 } else { 0 };
+        self.above = if score >= config.score_on {
+            self.above + 1
+        } else {
+            0
+        };
         if self.above >= config.min_duration_points {
             self.firing = true;
             self.below = 0;
@@ -867,7 +924,9 @@ mod tests {
         x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
         x ^= x >> 29;
         // Sum of four uniforms: roughly normal, mean 0, std ≈ 0.58.
-        (0..4).map(|k| ((x >> (k * 16)) & 0xFFFF) as f64 / 65535.0 - 0.5).sum::<f64>()
+        (0..4)
+            .map(|k| ((x >> (k * 16)) & 0xFFFF) as f64 / 65535.0 - 0.5)
+            .sum::<f64>()
     }
 
     #[test]
@@ -878,9 +937,12 @@ mod tests {
         for i in 0..(288 * 6) {
             let phase = (i % 288) as f64 / 288.0 * std::f64::consts::TAU;
             let value = 100.0 + 40.0 * phase.sin() + noise(i as u64);
-            let point = detector.update(i * step, value);
+            let point = detector.update(i * step * 1000, value);
             if i > 288 * 3 {
-                assert!((point.expected - value).abs() < 8.0, "baseline off at {i}: {point:?}");
+                assert!(
+                    (point.expected - value).abs() < 8.0,
+                    "baseline off at {i}: {point:?}"
+                );
                 alerts += point.onset as usize;
             }
         }
@@ -895,7 +957,7 @@ mod tests {
         let mut last = None;
         for i in 0..800i64 {
             let value = 50.0 + noise(i as u64) + if (600..603).contains(&i) { 30.0 } else { 0.0 };
-            let point = detector.update(i * 60, value);
+            let point = detector.update(i * 60_000, value);
             if point.onset {
                 onsets.push(i);
             }
@@ -916,17 +978,24 @@ mod tests {
         for i in 0..600i64 {
             // 0..2 errors a minute is normal noise for a busy service.
             let errors = (noise(i as u64) + 1.0).round().max(0.0);
-            small += detector.update(i * 60, errors).onset as usize;
+            small += detector.update(i * 60_000, errors).onset as usize;
         }
         assert_eq!(small, 0, "a few errors are not an incident");
-        let burst = (600..605).map(|i| detector.update(i * 60, 60.0)).collect::<Vec<_>>();
-        assert!(burst.iter().any(|p| p.onset), "60 errors a minute is: {burst:?}");
+        let burst = (600..605)
+            .map(|i| detector.update(i * 60_000, 60.0))
+            .collect::<Vec<_>>();
+        assert!(
+            burst.iter().any(|p| p.onset),
+            "60 errors a minute is: {burst:?}"
+        );
     }
 
     /// Onsets after warm-up for a series, with the given stages.
     fn onsets(stages: Stages, series: impl Fn(i64) -> f64, points: i64) -> Vec<i64> {
         let mut detector = Detector::new(DetectorConfig { stages, ..config() }).unwrap();
-        (0..points).filter(|&i| detector.update(i * 60, series(i)).onset && i >= 400).collect()
+        (0..points)
+            .filter(|&i| detector.update(i * 60_000, series(i)).onset && i >= 400)
+            .collect()
     }
 
     #[test]
@@ -937,10 +1006,24 @@ mod tests {
         // that averages like these happen.
         let jump = |i: i64| (noise(i as u64 + 1_000_000) * 1000.0) as i64 % 25 == 0;
         let spiky = |i: i64| 50.0 + noise(i as u64) + if jump(i) { 5.0 } else { 0.0 };
-        let no_hysteresis = Stages { hysteresis: false, ..Stages::default() };
-        let without = onsets(Stages { likelihood: false, ..no_hysteresis }, spiky, 2000);
+        let no_hysteresis = Stages {
+            hysteresis: false,
+            ..Stages::default()
+        };
+        let without = onsets(
+            Stages {
+                likelihood: false,
+                ..no_hysteresis
+            },
+            spiky,
+            2000,
+        );
         let with = onsets(no_hysteresis, spiky, 2000);
-        assert!(without.len() > 40, "z-scores alone alert on every jump: {}", without.len());
+        assert!(
+            without.len() > 40,
+            "z-scores alone alert on every jump: {}",
+            without.len()
+        );
         assert!(
             with.len() * 8 < without.len(),
             "the likelihood mostly does not: {} vs {}",
@@ -957,21 +1040,34 @@ mod tests {
     fn hysteresis_and_duration_keep_one_alert_from_flapping() {
         let config = config();
         // Wavering across score_on but never below score_off: one alert, not four.
-        let wavering = [0.6, 0.6, 0.45, 0.6, 0.45, 0.6, 0.45, 0.6, 0.1, 0.1, 0.1, 0.1];
+        let wavering = [
+            0.6, 0.6, 0.45, 0.6, 0.45, 0.6, 0.45, 0.6, 0.1, 0.1, 0.1, 0.1,
+        ];
         let count = |stages: Stages, scores: &[f64]| {
-            let config = DetectorConfig { stages, ..config.clone() };
+            let config = DetectorConfig {
+                stages,
+                ..config.clone()
+            };
             let mut state = AlertState::default();
-            scores.iter().filter(|&&score| state.push(score, &config).1).count()
+            scores
+                .iter()
+                .filter(|&&score| state.push(score, &config).1)
+                .count()
         };
         assert_eq!(count(Stages::default(), &wavering), 1);
-        let plain = Stages { hysteresis: false, ..Stages::default() };
+        let plain = Stages {
+            hysteresis: false,
+            ..Stages::default()
+        };
         assert_eq!(count(plain, &wavering), 5);
         // One high point is below the minimum duration of two.
         assert_eq!(count(Stages::default(), &[0.9, 0.1, 0.9, 0.1]), 0);
         // And the alert clears only after clear_points quiet points.
         let mut state = AlertState::default();
-        let firing: Vec<bool> =
-            [0.9, 0.9, 0.1, 0.1, 0.1, 0.1].iter().map(|&s| state.push(s, &config).0).collect();
+        let firing: Vec<bool> = [0.9, 0.9, 0.1, 0.1, 0.1, 0.1]
+            .iter()
+            .map(|&s| state.push(s, &config).0)
+            .collect();
         assert_eq!(firing, [false, true, true, true, false, false]);
     }
 
@@ -980,7 +1076,9 @@ mod tests {
         let shift = |i: i64| 50.0 + noise(i as u64) + if i >= 600 { 10.0 } else { 0.0 };
         let run = |stages: Stages| {
             let mut detector = Detector::new(DetectorConfig { stages, ..config() }).unwrap();
-            let points: Vec<Point> = (0..900).map(|i| detector.update(i * 60, shift(i))).collect();
+            let points: Vec<Point> = (0..900)
+                .map(|i| detector.update(i * 60_000, shift(i)))
+                .collect();
             let change = points.iter().position(|p| p.change_point);
             let anomalous = points.iter().filter(|p| p.anomalous).count();
             (change, anomalous, points[620].expected)
@@ -988,8 +1086,14 @@ mod tests {
         let (change, anomalous, expected_after) = run(Stages::default());
         let change = change.expect("the shift is detected");
         assert!((600..606).contains(&change), "detected at {change}");
-        assert!((expected_after - 60.0).abs() < 1.5, "new level learned: {expected_after}");
-        let (none, anomalous_without, _) = run(Stages { change_points: false, ..Stages::default() });
+        assert!(
+            (expected_after - 60.0).abs() < 1.5,
+            "new level learned: {expected_after}"
+        );
+        let (none, anomalous_without, _) = run(Stages {
+            change_points: false,
+            ..Stages::default()
+        });
         assert_eq!(none, None);
         assert!(anomalous > 0, "the shift itself alerts");
         assert!(
@@ -1001,9 +1105,13 @@ mod tests {
     #[test]
     fn cold_start_only_learns() {
         let mut detector = Detector::new(config()).unwrap();
-        let points: Vec<Point> = (0..32).map(|i| detector.update(i * 60, (i % 7) as f64 * 100.0)).collect();
-        assert!(points.iter().all(|p| p.warming_up && p.score == 0.0 && !p.anomalous));
-        assert!(!detector.update(32 * 60, 1.0).warming_up);
+        let points: Vec<Point> = (0..32)
+            .map(|i| detector.update(i * 60_000, (i % 7) as f64 * 100.0))
+            .collect();
+        assert!(points
+            .iter()
+            .all(|p| p.warming_up && p.score == 0.0 && !p.anomalous));
+        assert!(!detector.update(32 * 60_000, 1.0).warming_up);
     }
 
     #[test]
@@ -1012,10 +1120,17 @@ mod tests {
         c.level_points = 1;
         assert_eq!(
             Detector::new(c).unwrap_err(),
-            ConfigError::TooSmall { field: "level_points", min: 3, got: 1 }
+            ConfigError::TooSmall {
+                field: "level_points",
+                min: 3,
+                got: 1
+            }
         );
         let mut c = config();
         c.score_off = 0.9;
-        assert!(matches!(Detector::new(c).unwrap_err(), ConfigError::Thresholds { .. }));
+        assert!(matches!(
+            Detector::new(c).unwrap_err(),
+            ConfigError::Thresholds { .. }
+        ));
     }
 }
