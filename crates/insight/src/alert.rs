@@ -269,6 +269,12 @@ impl Book {
         }
     }
 
+    /// Continues incident ids after `next` - 1 (ids stored by an earlier run).
+    pub fn starting_at(mut self, next: u64) -> Book {
+        self.next_incident = next.max(1);
+        self
+    }
+
     pub fn rules(&self) -> &[AlertRule] {
         &self.rules
     }

@@ -649,10 +649,10 @@ impl Season {
             prefix.push(prefix.last().copied().unwrap_or(0.0) + x);
         }
         let first = n.saturating_sub(p * self.cycles).max(p / 2);
-        for j in first..n.saturating_sub(p - p / 2) {
+        let end = n.saturating_sub(p - p / 2);
+        for (j, &(index, x)) in history.iter().enumerate().take(end).skip(first) {
             let from = j - p / 2;
             let level = (prefix[from + p] - prefix[from]) / p as f64;
-            let (index, x) = history[j];
             self.push((index.rem_euclid(p as i64)) as usize, x - level);
         }
     }
