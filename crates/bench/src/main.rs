@@ -12,6 +12,9 @@
 //! cargo run --release -p steadfast-bench -- demo [--rate 2500] [--secs 30]
 //! cargo run --release -p steadfast-bench -- drill [--faults 1000] [--background-rate 20000]
 //! cargo run --release -p steadfast-bench -- chain [--spans 2000000] [--journey-spans 10000000]
+//! cargo run --release -p steadfast-bench -- nab ../shared/data/nab [--results DIR]
+//! cargo run --release -p steadfast-bench -- petshop ../shared/data/petshop [--split test]
+//! cargo run --release -p steadfast-bench -- insight-speed [--points 10000000] [--series 1000]
 //! ```
 //!
 //! - `engine`: throughput of the verification engine on a 1:1 match rule with a fixed
@@ -28,6 +31,9 @@
 //!   detect per fault, found on arrival and found at the lateness deadline.
 //! - `chain`: OTLP/HTTP span ingest (spans/s, CPU-seconds per million spans), bytes per
 //!   span after compaction, and journey query latency over a large store.
+//! - `nab`, `petshop`, `insight-speed`: the detector on NAB (fixed threshold, best
+//!   threshold, ablation, published detectors), root-cause ranking on PetShop, and the
+//!   speed of both (see `insight.rs`).
 //! - `restart`: time from SIGKILL of a loaded server (run as a child process) to its
 //!   replacement answering `/healthz`.
 
@@ -38,6 +44,7 @@ mod demo;
 mod drill;
 mod engine;
 mod http;
+mod insight;
 mod ndjson;
 mod prom;
 mod proxy;
@@ -83,6 +90,12 @@ enum Command {
     Proxy(proxy::Args),
     /// The data chain: OTLP span ingest, bytes per span, journey latency.
     Chain(chain::Args),
+    /// Steadfast's detector on a NAB-layout folder, next to the published detectors.
+    Nab(insight::NabArgs),
+    /// Root-cause ranking on the PetShop dataset: top-k recall and specificity.
+    Petshop(insight::PetshopArgs),
+    /// Baseline updates per second and root-cause analysis time per incident.
+    InsightSpeed(insight::SpeedArgs),
     /// The server the `restart` benchmark runs and kills (internal).
     #[command(hide = true)]
     ServeChild(restart::ChildArgs),
@@ -100,6 +113,9 @@ impl Command {
             Command::Drill(_) => "drill",
             Command::Proxy(_) => "proxy",
             Command::Chain(_) => "chain",
+            Command::Nab(_) => "nab",
+            Command::Petshop(_) => "petshop",
+            Command::InsightSpeed(_) => "insight-speed",
             Command::ServeChild(_) => "serve-child",
         }
     }
@@ -149,6 +165,21 @@ fn main() -> Result<()> {
         }
         Command::Chain(args) => {
             let report = chain::run(args)?;
+            print!("{}", report.table());
+            write_result(&out, &report)?;
+        }
+        Command::Nab(args) => {
+            let report = insight::nab(args)?;
+            print!("{}", report.table());
+            write_result(&out, &report)?;
+        }
+        Command::Petshop(args) => {
+            let report = insight::petshop(args)?;
+            print!("{}", report.table());
+            write_result(&out, &report)?;
+        }
+        Command::InsightSpeed(args) => {
+            let report = insight::speed(args)?;
             print!("{}", report.table());
             write_result(&out, &report)?;
         }

@@ -34,7 +34,7 @@
 //! never anomalous). Until a period is found it is a local-level detector: the rolling
 //! median follows the daily shape slowly and the residual scale, which then includes the
 //! seasonal drift, is wider, so it alerts on large departures only. Once a period is
-//! found, offsets of a phase are used after two cycles of that phase.
+//! found, offsets of a phase are seeded from the history it was found in.
 //!
 //! Why not MSTL/STL from a crate: they decompose a whole series in a batch, and refitting
 //! per point would not reach a million points a second. The rolling medians here are the
@@ -126,6 +126,10 @@ pub struct DetectorConfig {
     pub cusum_drift: f64,
     /// CUSUM decision limit, in z units.
     pub cusum_limit: f64,
+    /// Points the departure must have lasted before it counts as a new level: a burst of
+    /// a few points is an anomaly, not a new normal, and taking it for one would make the
+    /// return to normal a second alert.
+    pub cusum_confirm_points: usize,
     /// z-scores are clipped to this before entering the CUSUM, so one spike is no shift.
     pub cusum_clip: f64,
     /// The smallest scale, relative to the level's magnitude.
@@ -152,6 +156,7 @@ impl Default for DetectorConfig {
             clear_points: 3,
             cusum_drift: 1.0,
             cusum_limit: 12.0,
+            cusum_confirm_points: 8,
             cusum_clip: 5.0,
             scale_floor_relative: 1e-3,
         }
@@ -192,6 +197,7 @@ impl DetectorConfig {
             ("likelihood_avg_points", self.likelihood_avg_points, 1),
             ("min_duration_points", self.min_duration_points, 1),
             ("clear_points", self.clear_points, 1),
+            ("cusum_confirm_points", self.cusum_confirm_points, 1),
         ];
         for (field, got, min) in windows {
             if got < min {
@@ -236,13 +242,14 @@ pub struct Point {
 }
 
 impl Point {
-    /// The score as NAB's per-row `anomaly_score`: a detection is counted at the onset
-    /// only, so an anomaly that stays is one detection, as a pager would see it.
+    /// The score as NAB's per-row `anomaly_score`: with hysteresis, an anomaly is one
+    /// detection at its onset (as a pager sees it) and every other row scores 0; without
+    /// it, every row carries its score.
     pub fn detection_score(&self, stages: Stages) -> f64 {
-        if stages.hysteresis && self.anomalous && !self.onset {
-            0.0
-        } else {
+        if !stages.hysteresis || self.onset {
             self.score
+        } else {
+            0.0
         }
     }
 }
@@ -325,6 +332,7 @@ impl Detector {
                     z.clamp(-clip, clip),
                     self.config.cusum_drift,
                     self.config.cusum_limit,
+                    self.config.cusum_confirm_points,
                 );
             }
             let one_sided = match self.config.direction {
@@ -413,11 +421,11 @@ impl Detector {
             });
             self.rebaseline_from_history();
         }
-        // Growing by half while the history grows keeps detection cheap during warm-up;
+        // Growing by a quarter while the history grows keeps detection cheap during warm-up;
         // once the history is full it is re-checked rarely.
         let full = self.config.history_points_max;
         self.next_detection_at = if self.next_detection_at < full {
-            (self.next_detection_at * 3 / 2).min(full)
+            (self.next_detection_at * 5 / 4).min(full)
         } else {
             self.next_detection_at + full * REDETECT_HISTORIES
         };
@@ -566,7 +574,13 @@ pub fn find_period(history: &[f64], calendar: [Option<usize>; 2], acf_min: f64) 
     let values: Vec<f64> = (0..=lag_max + 1)
         .map(|lag| if lag < 2 { 1.0 } else { acf(lag) })
         .collect();
-    let peaks: Vec<(usize, f64)> = (PERIOD_POINTS_MIN..=lag_max)
+    // A smooth series correlates with itself at every short lag; only peaks after the
+    // autocorrelation first turns negative are periods (a series that never turns has a
+    // trend or one slow swing in this history, not a season).
+    let Some(first_negative) = (2..=lag_max).find(|&lag| values[lag] < 0.0) else {
+        return None;
+    };
+    let peaks: Vec<(usize, f64)> = (PERIOD_POINTS_MIN.max(first_negative)..=lag_max)
         .filter(|&lag| values[lag] >= values[lag - 1] && values[lag] >= values[lag + 1])
         .map(|lag| (lag, values[lag]))
         .filter(|&(_, r)| r >= acf_min)
@@ -624,7 +638,7 @@ impl Season {
 
     fn offset(&self, phase: usize) -> f64 {
         let (count, _) = self.filled[phase];
-        if count < 2 {
+        if count == 0 {
             return 0.0;
         }
         let start = phase * self.cycles;
@@ -635,7 +649,7 @@ impl Season {
     }
 
     /// Offsets from the history a period was just found in, so the seasonal baseline is
-    /// used at once instead of two cycles later. The level of a point is the mean of the
+    /// used at once instead of a cycle later. The level of a point is the mean of the
     /// period around it (classical decomposition: a moving average of one period holds no
     /// season); only the last `cycles` cycles are kept, as `push` would.
     fn seed(&mut self, history: &[(i64, f64)]) {
@@ -648,10 +662,10 @@ impl Season {
         for &(_, x) in history {
             prefix.push(prefix.last().copied().unwrap_or(0.0) + x);
         }
-        let first = n.saturating_sub(p * self.cycles).max(p / 2);
-        let end = n.saturating_sub(p - p / 2);
-        for (j, &(index, x)) in history.iter().enumerate().take(end).skip(first) {
-            let from = j - p / 2;
+        let first = n.saturating_sub(p * self.cycles);
+        for (j, &(index, x)) in history.iter().enumerate().skip(first) {
+            // Centred where the history allows, else the period at its start or end.
+            let from = j.saturating_sub(p / 2).min(n - p);
             let level = (prefix[from + p] - prefix[from]) / p as f64;
             self.push((index.rem_euclid(p as i64)) as usize, x - level);
         }
@@ -824,6 +838,8 @@ struct Cusum {
     recent: VecDeque<f64>,
     recent_max: usize,
     run_points: usize,
+    /// +1 above, -1 below, 0 no run.
+    run_side: i8,
 }
 
 impl Cusum {
@@ -834,19 +850,41 @@ impl Cusum {
             recent: VecDeque::new(),
             recent_max,
             run_points: 0,
+            run_side: 0,
         }
     }
 
     /// Returns whether a shift is detected at this point.
-    fn push(&mut self, z: f64, drift: f64, limit: f64) -> bool {
+    fn push(&mut self, z: f64, drift: f64, limit: f64, confirm_points: usize) -> bool {
         self.high = (self.high + z - drift).max(0.0);
         self.low = (self.low - z - drift).max(0.0);
-        if self.high > 0.0 || self.low > 0.0 {
-            self.run_points += 1;
-        } else {
-            self.run_points = 0;
-        }
-        self.high > limit || self.low > limit
+        // The run is the points in a row beyond the drift on one side: a burst that ended
+        // leaves the sum high for a while, but its run is over.
+        self.run_points = match (z > drift, z < -drift) {
+            (true, _) if self.run_side >= 0 => {
+                self.run_side = 1;
+                self.run_points + 1
+            }
+            (_, true) if self.run_side <= 0 => {
+                self.run_side = -1;
+                self.run_points + 1
+            }
+            (true, _) => {
+                self.run_side = 1;
+                1
+            }
+            (_, true) => {
+                self.run_side = -1;
+                1
+            }
+            _ => {
+                self.run_side = 0;
+                0
+            }
+        };
+        let over =
+            (self.run_side > 0 && self.high > limit) || (self.run_side < 0 && self.low > limit);
+        over && self.run_points >= confirm_points
     }
 
     fn remember(&mut self, value: f64) {
@@ -865,6 +903,7 @@ impl Cusum {
         self.high = 0.0;
         self.low = 0.0;
         self.run_points = 0;
+        self.run_side = 0;
     }
 }
 
@@ -1085,7 +1124,7 @@ mod tests {
         };
         let (change, anomalous, expected_after) = run(Stages::default());
         let change = change.expect("the shift is detected");
-        assert!((600..606).contains(&change), "detected at {change}");
+        assert!((606..612).contains(&change), "detected at {change}");
         assert!(
             (expected_after - 60.0).abs() < 1.5,
             "new level learned: {expected_after}"
@@ -1099,6 +1138,23 @@ mod tests {
         assert!(
             anomalous < anomalous_without,
             "re-baselining shortens the alert: {anomalous} vs {anomalous_without} points"
+        );
+    }
+
+    #[test]
+    fn a_burst_of_a_few_points_is_no_level_shift() {
+        let mut detector = Detector::new(config()).unwrap();
+        let burst =
+            |i: i64| 50.0 + noise(i as u64) + if (600..606).contains(&i) { 10.0 } else { 0.0 };
+        let points: Vec<Point> = (0..800)
+            .map(|i| detector.update(i * 60_000, burst(i)))
+            .collect();
+        assert!(points.iter().all(|p| !p.change_point));
+        let onsets: Vec<usize> = (0..800).filter(|&i| points[i].onset).collect();
+        assert_eq!(
+            onsets.len(),
+            1,
+            "the return to normal is no second alert: {onsets:?}"
         );
     }
 
