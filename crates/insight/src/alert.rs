@@ -45,6 +45,11 @@ pub struct AlertRule {
     /// Static bound: the value must also be below this.
     #[serde(default)]
     pub below: Option<f64>,
+    /// The value must also be at least this many times the baseline, or at most its
+    /// inverse (max(value/expected, expected/value) ≥ this): a departure that is
+    /// statistically clear but operationally small (0.3 ms to 0.4 ms) pages nobody.
+    #[serde(default)]
+    pub ratio_min: Option<f64>,
     /// The service must have had at least this many requests in the interval, so a
     /// service with three calls an hour does not page anyone for one slow call.
     #[serde(default)]
@@ -82,6 +87,12 @@ impl AlertRule {
                 self.name
             ));
         }
+        if self.ratio_min.is_some_and(|r| !(r >= 1.0 && r.is_finite())) {
+            return Some(format!(
+                "alert rule {:?}: ratio_min must be at least 1",
+                self.name
+            ));
+        }
         if self.traffic_min < 0.0 || !self.traffic_min.is_finite() {
             return Some(format!(
                 "alert rule {:?}: traffic_min must be at least 0",
@@ -100,7 +111,24 @@ impl AlertRule {
         (!self.baseline || o.point.anomalous)
             && self.above.is_none_or(|b| o.value > b)
             && self.below.is_none_or(|b| o.value < b)
+            && self
+                .ratio_min
+                .is_none_or(|r| departure_ratio(o.value, o.point.expected) >= r)
             && o.traffic >= self.traffic_min
+    }
+}
+
+/// How many times the larger of value and expected is the smaller (1 when equal;
+/// infinite when one is zero and the other is not).
+fn departure_ratio(value: f64, expected: f64) -> f64 {
+    let (a, b) = (value.abs(), expected.abs());
+    let (low, high) = if a < b { (a, b) } else { (b, a) };
+    if high == 0.0 {
+        1.0
+    } else if low == 0.0 {
+        f64::INFINITY
+    } else {
+        high / low
     }
 }
 
@@ -494,6 +522,7 @@ mod tests {
             baseline: true,
             above: None,
             below: None,
+            ratio_min: None,
             traffic_min: 10.0,
             severity: Severity::Warning,
             resolve_points: 2,

@@ -31,7 +31,8 @@
 //!    learned in a few points instead of alerting for half a level window.
 //!
 //! **Cold start.** Until `warmup_points` points are seen the detector only learns (score 0,
-//! never anomalous). Until a period is found it is a local-level detector: the rolling
+//! never anomalous); with the likelihood stage, nothing turns anomalous until its
+//! reference distribution holds 64 averages either. Until a period is found it is a local-level detector: the rolling
 //! median follows the daily shape slowly and the residual scale, which then includes the
 //! seasonal drift, is wider, so it alerts on large departures only. Once a period is
 //! found, offsets of a phase are seeded from the history it was found in.
@@ -351,7 +352,12 @@ impl Detector {
                 (sides * normal_tail(one_sided)).min(1.0)
             };
             score = score_of_tail(tail);
-            (anomalous, onset) = self.alert.push(score, &self.config);
+            // Cold start of the likelihood: until its reference distribution exists, the
+            // score is shown but raises nothing (a guess about the noise would page).
+            let learning = self.config.stages.likelihood && !self.likelihood.ready();
+            if !learning {
+                (anomalous, onset) = self.alert.push(score, &self.config);
+            }
         }
 
         self.learn(index, x, offset, residual);
@@ -786,6 +792,11 @@ impl Likelihood {
             reference_points,
             since_exact: 0,
         }
+    }
+
+    /// Whether the reference distribution has enough averages to be used.
+    fn ready(&self) -> bool {
+        self.averages.len() >= LIKELIHOOD_REFERENCE_MIN
     }
 
     /// Adds a one-sided score and returns the tail probability of the current average.

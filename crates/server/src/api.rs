@@ -40,6 +40,10 @@ pub struct AppState {
     pub proxies: crate::lossy::ProxyHub,
     /// The data chain's store (spans, logs, metrics).
     pub chain: crate::chain_api::Chain,
+    /// Baselines, alerts and incidents.
+    pub insight: crate::insight::Insight,
+    /// Runbook verification slots and the runbooks being executed.
+    pub runbooks: crate::runbooks::Runbooks,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -360,6 +364,54 @@ fn api() -> Api {
         Need(P::DrillLossy),
         delete(drills::delete_blackout),
     )
+    .route(
+        "get",
+        "/api/v1/alerts",
+        Need(P::Read),
+        get(crate::insight::list_alerts),
+    )
+    .route(
+        "get",
+        "/api/v1/incidents",
+        Need(P::Read),
+        get(crate::insight::list_incidents),
+    )
+    .route(
+        "get",
+        "/api/v1/incidents/{id}",
+        Need(P::Read),
+        get(crate::insight::get_incident),
+    )
+    .route(
+        "get",
+        "/api/v1/series",
+        Need(P::Read),
+        get(crate::insight::get_series),
+    )
+    .route(
+        "get",
+        "/api/v1/runbooks",
+        Need(P::Read),
+        get(crate::runbooks::list),
+    )
+    .route(
+        "post",
+        "/api/v1/runbooks/{name}/verify",
+        Need(P::RunbookExecute),
+        post(crate::runbooks::verify_now),
+    )
+    .route(
+        "post",
+        "/api/v1/runbooks/{name}/execute",
+        Need(P::RunbookExecute),
+        post(crate::runbooks::execute_now),
+    )
+    .route(
+        "get",
+        "/api/v1/runbooks/{name}/runs",
+        Need(P::Read),
+        get(crate::runbooks::runs),
+    )
     .route("get", "/api/v1/audit", Need(P::Audit), get(ctl::list_audit))
     .route(
         "get",
@@ -411,10 +463,14 @@ pub fn router(state: Shared) -> Router {
         crate::otlp_grpc::grpc_traces, crate::otlp_grpc::grpc_metrics, crate::otlp_grpc::grpc_logs,
         crate::chain_api::journey, crate::chain_api::service_map, crate::npm::ingest,
         crate::rum_api::agent, crate::rum_api::preflight, crate::rum_api::beacon, crate::rum_api::app_events,
-        crate::chain_api::query, crate::chain_api::trace),
+        crate::chain_api::query, crate::chain_api::trace,
+        crate::runbooks::list, crate::runbooks::verify_now, crate::runbooks::execute_now, crate::runbooks::runs,
+        crate::insight::list_alerts, crate::insight::list_incidents, crate::insight::get_incident,
+        crate::insight::get_series),
     components(schemas(IngestAck, ErrorBody, StatusChange, RecordErrorDoc, crate::auth::TokenSpec,
         ctl::Login, ctl::NewUser, ctl::Reason, drills::NewDrill, drills::NewSchedule,
-        crate::lossy::Handover, crate::lossy::ProxySeen, crate::chain_api::Query)),
+        crate::lossy::Handover, crate::lossy::ProxySeen, crate::chain_api::Query,
+        crate::runbooks::ExecuteRequest)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -104,6 +104,8 @@ pub(crate) async fn store_sampled(
     s: &Shared,
     mut rows: steadfast_chain::Rows,
 ) -> Result<(), ApiError> {
+    // Rates are taken before sampling, so a sampled store still alerts on true rates.
+    let tap = crate::insight::SpanTap::of(&rows.spans, s.cfg.insight.interval_ms);
     let c = &s.cfg.chain;
     if c.sample_percent < 100 {
         let policy = steadfast_chain::sampling::Sampling {
@@ -114,7 +116,9 @@ pub(crate) async fn store_sampled(
         let dropped = policy.apply(&mut rows);
         s.metrics.chain_sampled_out.inc_by(dropped as u64);
     }
-    store_rows(s, rows).await
+    store_rows(s, rows).await?;
+    s.insight.absorb(tap, crate::pipeline::wall_ms());
+    Ok(())
 }
 
 /// Logs rows durably; returns once they are fsynced.
@@ -535,8 +539,23 @@ pub async fn service_map(
     let now = crate::pipeline::wall_ms();
     let since = q.since_ms.unwrap_or(now - 3_600_000);
     let secs = ((now - since).max(1_000) as f64) / 1000.0;
-    let snapshot = with_chain(&s, |c| c.snapshot()).await?;
-    let edges = rows_of(
+    let edges = edge_rows(&s, since).await?;
+    let edges: Vec<serde_json::Value> = edges
+        .into_iter()
+        .map(|mut e| {
+            let calls = e["calls"].as_f64().unwrap_or(0.0);
+            e["per_sec"] = json!((calls / secs * 1000.0).round() / 1000.0);
+            e
+        })
+        .collect();
+    Ok(Json(json!({ "since_ms": since, "edges": edges })).into_response())
+}
+
+/// The service map's edges since `since` (ms): caller, callee, calls, errors and the
+/// callee's latency percentiles.
+async fn edge_rows(s: &Shared, since: i64) -> Result<Vec<serde_json::Value>, ApiError> {
+    let snapshot = with_chain(s, |c| c.snapshot()).await?;
+    rows_of(
         &snapshot,
         &format!(
             "WITH w AS (SELECT * FROM spans WHERE start_time >= to_timestamp_millis({since})), \
@@ -554,16 +573,34 @@ pub async fn service_map(
              FROM calls GROUP BY caller, callee ORDER BY caller, callee"
         ),
     )
-    .await?;
-    let edges: Vec<serde_json::Value> = edges
+    .await
+}
+
+/// Caller → callee pairs between services since `since` (ms), for the detectors' merge
+/// and root-cause analysis (database calls stay inside their service).
+pub(crate) async fn service_edges(
+    s: &Shared,
+    since: i64,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let rows = edge_rows(s, since).await?;
+    let pairs: Vec<(String, String)> = rows
         .into_iter()
-        .map(|mut e| {
-            let calls = e["calls"].as_f64().unwrap_or(0.0);
-            e["per_sec"] = json!((calls / secs * 1000.0).round() / 1000.0);
-            e
+        .filter_map(|e| {
+            Some((
+                e["caller"].as_str()?.to_string(),
+                e["callee"].as_str()?.to_string(),
+            ))
         })
         .collect();
-    Ok(Json(json!({ "since_ms": since, "edges": edges })).into_response())
+    // Every service calls something (at least its database); a database system calls
+    // nothing. Keeping callees that are callers drops the database nodes, which would
+    // otherwise join every service that uses the same kind of database.
+    let services: std::collections::HashSet<String> =
+        pairs.iter().map(|(a, _)| a.clone()).collect();
+    Ok(pairs
+        .into_iter()
+        .filter(|(_, callee)| services.contains(callee))
+        .collect())
 }
 
 /// The chain's copy of accepted fund records (drill records are the drill's, not kept).

@@ -29,6 +29,10 @@ pub struct Config {
     pub audit: AuditConfig,
     pub drills: DrillsConfig,
     pub chain: ChainConfig,
+    /// Pre-verified runbooks (`[[runbooks]]`): HTTP changes with a dry-run verification.
+    pub runbooks: Vec<crate::runbooks::RunbookConfig>,
+    /// Baselines, alert rules and incidents.
+    pub insight: crate::insight::InsightConfig,
 }
 
 /// The data chain's storage (`DATA_DIR/chain`).
@@ -274,6 +278,8 @@ impl Default for Config {
             audit: AuditConfig::default(),
             drills: DrillsConfig::default(),
             chain: ChainConfig::default(),
+            runbooks: Vec::new(),
+            insight: crate::insight::InsightConfig::default(),
         }
     }
 }
@@ -339,6 +345,7 @@ impl Config {
 
     /// Checks what the types cannot: relations between options.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.insight.validate()?;
         if self.chain.sample_percent > 100 {
             anyhow::bail!(
                 "chain.sample_percent is {}: a percentage, 0 to 100",
@@ -373,6 +380,7 @@ impl Config {
                 );
             }
         }
+        crate::runbooks::validate(&self.runbooks)?;
         for r in &self.masking.unmasked_roles {
             if crate::auth::Role::parse(r).is_none() {
                 anyhow::bail!("masking.unmasked_roles: unknown role {r:?}");

@@ -455,6 +455,7 @@ async fn run_action(
     params: &Value,
     by: &str,
     approver: Option<&str>,
+    approval: Option<u64>,
     reason: &str,
 ) -> Result<Value, ApiError> {
     match action {
@@ -462,6 +463,9 @@ async fn run_action(
         "drill.lossy" => crate::drills::start_approved(s, &drill_param(params)?, by).await,
         "correction" => {
             crate::lossy::book_corrections(s, &drill_param(params)?, by, approver).await
+        }
+        "runbook.execute" => {
+            crate::runbooks::execute_approved(s, params, by, approver, approval, reason).await
         }
         other => Err(ApiError::internal(
             "an approved action has no executor",
@@ -566,6 +570,7 @@ async fn decide(
         &row.params,
         &row.requested_by,
         Some(&caller.subject),
+        Some(id),
         &row.reason,
     )
     .await;
@@ -740,6 +745,7 @@ pub async fn release_killswitch(
         "killswitch.release",
         &Value::Null,
         &caller.subject,
+        None,
         None,
         &why,
     )

@@ -6,6 +6,8 @@
 //! - [`auth`]: roles, permissions, tokens, passwords, scopes, rate limits.
 //! - `control_api`: sessions, tokens, users, four-eyes approvals, kill switch, audit routes.
 //! - [`tls`]: the plain and rustls listeners.
+//! - [`runbooks`]: pre-verified runbooks: config, dry-run verification, execution under
+//!   four-eyes, and [`runbooks::suggest`] for incidents.
 //! - [`webhook`]: delivery of new breaks from the durable outbox.
 //! - [`metrics`]: Prometheus metrics.
 //!
@@ -18,12 +20,15 @@ mod chain_api;
 mod config;
 mod control_api;
 pub mod drills;
+pub mod insight;
 mod lossy;
 pub mod metrics;
 mod npm;
 mod otlp_grpc;
 pub mod pipeline;
+mod rca;
 mod rum_api;
+pub mod runbooks;
 pub mod tls;
 pub mod view;
 mod webhook;
@@ -41,6 +46,7 @@ pub use config::{
     EngineConfig, LimitsConfig, MaskingConfig, TlsConfig, WebhookConfig, FOUR_EYES_ACTIONS,
 };
 pub use control_api::{create_local_user, killswitch_state, KillSwitch, NewUser};
+pub use runbooks::{HeaderSource, HttpCall, RunbookConfig};
 
 /// The rule file shipped with Steadfast, used when none is configured.
 pub const DEFAULT_RULES: &str = include_str!("../../../examples/rules.toml");
@@ -147,6 +153,8 @@ impl Server {
             drills: drills::Registry::default(),
             proxies: lossy::ProxyHub::default(),
             chain: std::sync::Arc::new(chain),
+            runbooks: runbooks::Runbooks::default(),
+            insight: insight::Insight::open(cfg.insight.clone(), &cfg.data_dir)?,
         });
         let router = api::router(state.clone());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -201,6 +209,20 @@ impl Server {
             state.clone(),
             stop_rx.clone(),
         )));
+        tasks.push(tokio::spawn(runbooks::verify_periodically(
+            state.clone(),
+            stop_rx.clone(),
+        )));
+        if cfg.insight.enabled {
+            tasks.push(tokio::spawn(insight::run(state.clone(), stop_rx.clone())));
+        }
+        if let Some(url) = cfg.insight.webhook_url.clone() {
+            tasks.push(tokio::spawn(insight::deliver(
+                state.clone(),
+                url,
+                stop_rx.clone(),
+            )));
+        }
         let scheduler = state.clone();
         let mut rx = stop_rx.clone();
         tasks.push(tokio::spawn(async move {

@@ -20,6 +20,9 @@ pub struct Metrics {
     pub registry: Registry,
     /// Detection latencies (ms) of the most recent breaks, newest last.
     pub recent_detection_ms: std::sync::Mutex<std::collections::VecDeque<u64>>,
+    /// New production breaks per rule since the detectors last took them (bounded by the
+    /// rule file's rules).
+    pub live_breaks: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     pub records_ingested: Counter,
     pub batches_refused: Family<RefusalLabels, Counter>,
     pub breaks: Family<BreakLabels, Counter>,
@@ -154,6 +157,7 @@ impl Metrics {
             requests_denied,
             audit_export_failures,
             recent_detection_ms: Default::default(),
+            live_breaks: Default::default(),
             records_ingested,
             batches_refused,
             breaks,

@@ -159,6 +159,22 @@ fn record_breaks(metrics: &Metrics, events: &[Event], now: Millis) {
     }
 }
 
+/// New production breaks (not replays, not drills) for the detectors.
+fn count_live_breaks(metrics: &Metrics, events: &[Event], fresh: &[u64]) {
+    if fresh.is_empty() {
+        return;
+    }
+    let fresh: std::collections::HashSet<u64> = fresh.iter().copied().collect();
+    let mut live = metrics.live_breaks.lock().expect("metrics lock");
+    for e in events {
+        if let Event::Break(b) = e {
+            if b.drill.is_none() && fresh.contains(&b.id) {
+                *live.entry(b.rule.clone()).or_default() += 1;
+            }
+        }
+    }
+}
+
 impl Pipeline {
     /// Recovers from the data directory and starts the pipeline's threads.
     pub fn start(
@@ -656,7 +672,10 @@ fn store_loop(
                     .expect("store lock")
                     .apply(&events, now, webhooks);
                 match result {
-                    Ok(_) => record_breaks(metrics, &events, now),
+                    Ok(fresh) => {
+                        record_breaks(metrics, &events, now);
+                        count_live_breaks(metrics, &events, &fresh);
+                    }
                     Err(e) => {
                         // The events are in the WAL: a restart replays them. Stop
                         // checkpointing so that replay starts before them.

@@ -1,5 +1,5 @@
-//! The CLI's control-plane commands: tokens, users, approvals, the kill switch and the
-//! audit log. `--local` commands work on the data directory itself (the trust root: whoever
+//! The CLI's control-plane commands: tokens, users, approvals, the kill switch, runbooks
+//! and the audit log. `--local` commands work on the data directory itself (the trust root: whoever
 //! can write it owns the server), for the first admin token or when the server is down.
 
 use std::path::PathBuf;
@@ -868,5 +868,184 @@ async fn show(conn: &Conn, id: &str, format: &str) -> anyhow::Result<()> {
             Ok(())
         }
         f => bail!("unknown format {f:?} (markdown or json)"),
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum RunbookCmd {
+    /// List the configured runbooks with their last verification and execution.
+    List {
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Run a runbook's verification (its dry run) now; exits 1 when it does not pass.
+    Verify {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Execute a runbook; under four-eyes this asks a second person to approve, and the
+    /// change is made only then.
+    Run {
+        name: String,
+        /// Why; recorded with the run and in the audit log.
+        #[arg(long)]
+        reason: String,
+        /// Execute although its last verification did not pass.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// A runbook's executions (or verifications), newest first.
+    Runs {
+        name: String,
+        /// execute or verify.
+        #[arg(long, default_value = "execute")]
+        kind: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+fn when(v: &Value) -> String {
+    v.as_i64()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// One run as a line: outcome, when, status, duration, who, message.
+fn run_line(r: &Value) -> String {
+    format!(
+        "{:<8} {:<20} {:>6} {:>7}  {:<16} {:<16} {}",
+        r["outcome"].as_str().unwrap_or(""),
+        when(&r["started_at"]),
+        r["status"].as_u64().map_or("-".into(), |s| s.to_string()),
+        r["duration_ms"]
+            .as_u64()
+            .map_or("-".into(), |d| format!("{d}ms")),
+        r["requested_by"].as_str().unwrap_or(""),
+        r["approved_by"].as_str().unwrap_or("-"),
+        r["message"].as_str().unwrap_or(""),
+    )
+}
+
+pub async fn runbooks(cmd: RunbookCmd) -> anyhow::Result<()> {
+    match cmd {
+        RunbookCmd::List { format, conn } => {
+            let v = conn.call(Method::GET, "/api/v1/runbooks", None).await?;
+            if format == "json" {
+                return print(&v);
+            }
+            println!(
+                "{:<28} {:<10} {:<20} {:<28} {:<30} DESCRIPTION",
+                "NAME", "VERIFIED", "AT", "SERVICES", "FAULTS"
+            );
+            for rb in v.as_array().into_iter().flatten() {
+                let last = &rb["last_verification"];
+                let join = |k: &str| {
+                    rb[k]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                println!(
+                    "{:<28} {:<10} {:<20} {:<28} {:<30} {}",
+                    rb["name"].as_str().unwrap_or(""),
+                    last["outcome"].as_str().unwrap_or("never"),
+                    when(&last["started_at"]),
+                    join("services"),
+                    join("fault_types"),
+                    rb["description"].as_str().unwrap_or(""),
+                );
+                if last["outcome"].as_str().is_some_and(|o| o != "ok") {
+                    println!("    {}", last["message"].as_str().unwrap_or(""));
+                }
+            }
+            Ok(())
+        }
+        RunbookCmd::Verify { name, conn } => {
+            let r = conn
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/runbooks/{}/verify", urlencode(&name)),
+                    None,
+                )
+                .await?;
+            if r["outcome"] != "ok" {
+                bail!(
+                    "runbook {name}'s verification did not pass: {}",
+                    r["message"].as_str().unwrap_or("")
+                );
+            }
+            println!(
+                "runbook {name} verified in {} ms: {}",
+                r["duration_ms"],
+                r["message"].as_str().unwrap_or("")
+            );
+            Ok(())
+        }
+        RunbookCmd::Run {
+            name,
+            reason,
+            force,
+            conn,
+        } => {
+            let v = conn
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/runbooks/{}/execute", urlencode(&name)),
+                    Some(json!({ "reason": reason, "force": force })),
+                )
+                .await?;
+            if let Some(p) = v.get("pending_approval") {
+                eprintln!(
+                    "runbook {name} requested as approval {}; a second person with the runbook-executor role runs `steadfast approve {}`, and only then is it executed",
+                    p["id"], p["id"]
+                );
+                return Ok(());
+            }
+            println!(
+                "runbook {name} executed (run {}): {}",
+                v["id"],
+                v["message"].as_str().unwrap_or("")
+            );
+            Ok(())
+        }
+        RunbookCmd::Runs {
+            name,
+            kind,
+            limit,
+            conn,
+        } => {
+            let v = conn
+                .call(
+                    Method::GET,
+                    &format!(
+                        "/api/v1/runbooks/{}/runs?kind={}&limit={limit}",
+                        urlencode(&name),
+                        urlencode(&kind)
+                    ),
+                    None,
+                )
+                .await?;
+            println!(
+                "{:<8} {:<20} {:>6} {:>7}  {:<16} {:<16} MESSAGE",
+                "OUTCOME", "AT", "STATUS", "TIME", "BY", "APPROVER"
+            );
+            for r in v.as_array().into_iter().flatten() {
+                println!("{}", run_line(r));
+            }
+            Ok(())
+        }
     }
 }

@@ -184,6 +184,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         .push(steadfast_server::CorrectionTarget::new(
             "billing", url, body,
         ));
+    cfg.runbooks = demo_runbooks(&platform.endpoints.gateway, &server_dir.join("admin.token"));
     let server = match Server::start_on(cfg, rules.clone(), false, Some(bound)).await {
         Ok(s) => s,
         Err(e) => {
@@ -228,6 +229,10 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             p.addr
         );
     }
+    eprintln!(
+        "  runbooks:             payment-core-failover, notifications-off  (`steadfast runbooks list --data-dir {}`; executing one needs a second person's approval)",
+        server_dir.display()
+    );
     eprintln!("Ctrl-C stops the traffic, reports everything written and shuts down.");
 
     let stats = Arc::new(DriverStats::default());
@@ -294,6 +299,56 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     }
     eprintln!("data kept in {} until the next demo", a.data_dir.display());
     Ok(())
+}
+
+/// The demo's runbooks, both on the gateway's admin API (under the session's admin token,
+/// which the platform's services take): failing over to the standby payment core, and
+/// switching notifications off. Each is verified by the same call with `dry_run=true`,
+/// which validates the change and makes none.
+fn demo_runbooks(gateway: &str, token_file: &Path) -> Vec<steadfast_server::RunbookConfig> {
+    use steadfast_server::{HttpCall, RunbookConfig};
+    let call = |path: &str, body: serde_json::Value, dry_run: bool| HttpCall {
+        body: Some(body),
+        token_file: Some(token_file.to_path_buf()),
+        expect_status: dry_run.then_some(200),
+        ..HttpCall::new(
+            "POST",
+            format!(
+                "{}{path}{}",
+                gateway.trim_end_matches('/'),
+                if dry_run { "?dry_run=true" } else { "" }
+            ),
+        )
+    };
+    let both = |path: &str, body: serde_json::Value| {
+        (call(path, body.clone(), false), call(path, body, true))
+    };
+    let (failover, failover_dry) = both(
+        "/admin/route",
+        serde_json::json!({ "payment_core": "standby" }),
+    );
+    let (quiet, quiet_dry) = both(
+        "/admin/flags",
+        serde_json::json!({ "notifications": false }),
+    );
+    vec![
+        RunbookConfig::new(
+            "payment-core-failover",
+            "Switch the gateway's payment traffic to the standby payment core",
+            &["latency", "errors", "saturation", "overload"],
+            &["payment-core"],
+            failover,
+            failover_dry,
+        ),
+        RunbookConfig::new(
+            "notifications-off",
+            "Switch the notifications feature flag off: payments go on without notifying",
+            &["latency", "errors", "saturation", "overload"],
+            &["notification"],
+            quiet,
+            quiet_dry,
+        ),
+    ]
 }
 
 /// The built-in proxy between both payment cores and billing, synced with the server under

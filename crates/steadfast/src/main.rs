@@ -4,6 +4,7 @@ mod client;
 mod control;
 mod demo;
 mod input;
+mod insight;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -147,9 +148,35 @@ enum Command {
         #[command(flatten)]
         conn: client::Conn,
     },
+    /// Alerts raised by the learned baselines (since the server started), newest first.
+    Alerts {
+        /// firing or resolved.
+        #[arg(long)]
+        state: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Incidents (merged alerts with their root-cause ranking); with an id, one in full.
+    Incidents {
+        id: Option<u64>,
+        /// firing, resolved or interrupted (by a restart).
+        #[arg(long)]
+        state: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
     /// The drills' kill switch.
     #[command(subcommand)]
     Killswitch(control::KillSwitchCmd),
+    /// Pre-verified runbooks: list, verify (dry run), run (under four-eyes), history.
+    #[command(subcommand)]
+    Runbooks(control::RunbookCmd),
     /// Run, list, show and stop drills.
     #[command(subcommand)]
     Drill(control::DrillCmd),
@@ -544,7 +571,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Approvals { status, conn } => control::approvals(status, &conn).await,
         Command::Approve { id, reason, conn } => control::decide(id, true, reason, &conn).await,
         Command::Reject { id, reason, conn } => control::decide(id, false, reason, &conn).await,
+        Command::Alerts { state, json, conn } => insight::alerts(&conn, &state, json).await,
+        Command::Incidents {
+            id,
+            state,
+            json,
+            conn,
+        } => insight::incidents(&conn, id, &state, json).await,
         Command::Killswitch(cmd) => control::killswitch(cmd).await,
+        Command::Runbooks(cmd) => control::runbooks(cmd).await,
         Command::Drill(cmd) => control::drill(cmd).await,
         Command::Query { sql, format, conn } => {
             let v = conn

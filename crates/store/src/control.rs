@@ -1,5 +1,6 @@
 //! The control store: API tokens, local users, four-eyes approvals, settings such as the
-//! kill switch, and the hash-chained audit log, in one SQLite database (`control.db`).
+//! kill switch, runbook verifications and executions, and the hash-chained audit log, in
+//! one SQLite database (`control.db`).
 //!
 //! Roles and permissions are the server's vocabulary; this module stores them as text
 //! and knows nothing of what they allow. Secrets are never stored: tokens as SHA-256 of
@@ -34,6 +35,14 @@ pub const DRILLS_MAX: usize = 100_000;
 /// Hits stored for one drill: a lossy drill's tampered requests, each to be corrected.
 pub const DRILL_HITS_MAX: usize = 100_000;
 pub const AUDIT_DETAIL_BYTES_MAX: usize = 8 * 1024;
+/// Verifications kept per runbook; older ones are dropped (a verification changes nothing,
+/// and its latest result is what counts).
+pub const RUNBOOK_VERIFICATIONS_KEPT: usize = 1_000;
+/// Executions kept per runbook; older ones are dropped here, never from the audit log,
+/// which records every execution.
+pub const RUNBOOK_EXECUTIONS_KEPT: usize = 10_000;
+/// Longest message kept with a runbook run.
+pub const RUNBOOK_MESSAGE_CHARS_MAX: usize = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -134,6 +143,57 @@ fn drill_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<DrillRow> {
         state: row.get("state")?,
         body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
     })
+}
+
+/// One verification (a dry run) or execution of a runbook and what came of it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunbookRun {
+    pub id: u64,
+    pub runbook: String,
+    /// `verify` or `execute`.
+    pub kind: String,
+    pub started_at: Millis,
+    /// `running`, `ok`, `failed`, or `unknown` (the server stopped during the call).
+    pub outcome: String,
+    pub duration_ms: Option<u64>,
+    /// The HTTP status answered, when there was an answer.
+    pub status: Option<u16>,
+    pub message: String,
+    /// Who asked for it (`server` for scheduled verifications).
+    pub requested_by: String,
+    pub approved_by: Option<String>,
+    pub approval: Option<u64>,
+    pub reason: Option<String>,
+    /// Executed although the last verification had not passed.
+    pub forced: bool,
+}
+
+impl RunbookRun {
+    pub fn ok(&self) -> bool {
+        self.outcome == "ok"
+    }
+}
+
+fn runbook_run_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunbookRun> {
+    Ok(RunbookRun {
+        id: row.get::<_, i64>("id")? as u64,
+        runbook: row.get("runbook")?,
+        kind: row.get("kind")?,
+        started_at: row.get("started_at")?,
+        outcome: row.get("outcome")?,
+        duration_ms: row.get::<_, Option<i64>>("duration_ms")?.map(|d| d as u64),
+        status: row.get("status")?,
+        message: row.get("message")?,
+        requested_by: row.get("requested_by")?,
+        approved_by: row.get("approved_by")?,
+        approval: row.get::<_, Option<i64>>("approval")?.map(|a| a as u64),
+        reason: row.get("reason")?,
+        forced: row.get("forced")?,
+    })
+}
+
+fn clip(text: &str) -> String {
+    text.chars().take(RUNBOOK_MESSAGE_CHARS_MAX).collect()
 }
 
 /// An audit entry as appended: who did what, to what, from where, with what result.
@@ -252,6 +312,13 @@ CREATE TABLE IF NOT EXISTS drill_hits (
   seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, drill TEXT NOT NULL, body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS drill_hits_by_drill ON drill_hits (drill, seq);
+CREATE TABLE IF NOT EXISTS runbook_runs (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, runbook TEXT NOT NULL, kind TEXT NOT NULL,
+  started_at INTEGER NOT NULL, outcome TEXT NOT NULL, duration_ms INTEGER, status INTEGER,
+  message TEXT NOT NULL, requested_by TEXT NOT NULL, approved_by TEXT, approval INTEGER,
+  reason TEXT, forced INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runbook_runs_by_runbook ON runbook_runs (runbook, kind, id);
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
   target TEXT NOT NULL, source TEXT NOT NULL, result TEXT NOT NULL, approver TEXT,
@@ -681,6 +748,110 @@ impl ControlStore {
             .collect()
     }
 
+    // ---- runbook runs ------------------------------------------------------------
+
+    /// Records the start of a runbook run (its outcome `running`) before its call is made,
+    /// so that a run the server did not live to finish is still on record; returns its id.
+    /// Runs of the same runbook and kind past their bound are dropped, oldest first.
+    pub fn start_runbook_run(&mut self, r: &RunbookRun) -> Result<u64, ControlError> {
+        let kept = if r.kind == "verify" {
+            RUNBOOK_VERIFICATIONS_KEPT
+        } else {
+            RUNBOOK_EXECUTIONS_KEPT
+        };
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO runbook_runs (runbook, kind, started_at, outcome, duration_ms, status, message, requested_by, approved_by, approval, reason, forced)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![r.runbook, r.kind, r.started_at, r.outcome, r.duration_ms.map(|d| d as i64), r.status, clip(&r.message), r.requested_by, r.approved_by, r.approval.map(|a| a as i64), r.reason, r.forced],
+        )?;
+        let id = tx.last_insert_rowid();
+        let oldest_dropped: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM runbook_runs WHERE runbook = ?1 AND kind = ?2 ORDER BY id DESC LIMIT 1 OFFSET ?3",
+                params![r.runbook, r.kind, kept as i64],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(cut) = oldest_dropped {
+            tx.execute(
+                "DELETE FROM runbook_runs WHERE runbook = ?1 AND kind = ?2 AND id <= ?3",
+                params![r.runbook, r.kind, cut],
+            )?;
+        }
+        tx.commit()?;
+        Ok(id as u64)
+    }
+
+    /// Stores how a run ended.
+    pub fn finish_runbook_run(
+        &mut self,
+        id: u64,
+        outcome: &str,
+        duration_ms: u64,
+        status: Option<u16>,
+        message: &str,
+    ) -> Result<RunbookRun, ControlError> {
+        self.conn.execute(
+            "UPDATE runbook_runs SET outcome = ?2, duration_ms = ?3, status = ?4, message = ?5 WHERE id = ?1",
+            params![id as i64, outcome, duration_ms as i64, status, clip(message)],
+        )?;
+        self.conn
+            .query_row(
+                "SELECT * FROM runbook_runs WHERE id = ?1",
+                params![id as i64],
+                runbook_run_from,
+            )
+            .optional()?
+            .ok_or_else(|| ControlError::NotFound(format!("runbook run {id} does not exist")))
+    }
+
+    /// Marks runs still `running` (the server stopped during their call) as `unknown`;
+    /// returns how many there were.
+    pub fn end_unfinished_runbook_runs(&mut self) -> Result<usize, ControlError> {
+        Ok(self.conn.execute(
+            "UPDATE runbook_runs SET outcome = 'unknown',
+               message = 'the server stopped during this run: whether its call took effect is unknown; check the target'
+             WHERE outcome = 'running'",
+            [],
+        )?)
+    }
+
+    /// A runbook's runs of `kind` (`verify` or `execute`), newest first.
+    pub fn runbook_runs(
+        &self,
+        runbook: &str,
+        kind: &str,
+        limit: usize,
+    ) -> Result<Vec<RunbookRun>, ControlError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT * FROM runbook_runs WHERE runbook = ?1 AND kind = ?2 ORDER BY id DESC LIMIT ?3",
+        )?;
+        let rows = st.query_map(
+            params![runbook, kind, limit.clamp(1, CONTROL_PAGE_MAX) as i64],
+            runbook_run_from,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A runbook's newest finished run of `kind`: the last verification result, or the
+    /// last execution's.
+    pub fn last_runbook_run(
+        &self,
+        runbook: &str,
+        kind: &str,
+    ) -> Result<Option<RunbookRun>, ControlError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT * FROM runbook_runs WHERE runbook = ?1 AND kind = ?2 AND outcome != 'running'
+                 ORDER BY id DESC LIMIT 1",
+                params![runbook, kind],
+                runbook_run_from,
+            )
+            .optional()?)
+    }
+
     // ---- settings ----------------------------------------------------------------
 
     pub fn setting(&self, key: &str) -> Result<Option<String>, ControlError> {
@@ -1004,5 +1175,71 @@ mod tests {
             st.decide_approval(id, "approved", "carol", None, 30),
             Err(ControlError::Conflict(_))
         ));
+    }
+
+    fn run(runbook: &str, kind: &str, at: Millis) -> RunbookRun {
+        RunbookRun {
+            id: 0,
+            runbook: runbook.into(),
+            kind: kind.into(),
+            started_at: at,
+            outcome: "running".into(),
+            duration_ms: None,
+            status: None,
+            message: String::new(),
+            requested_by: "server".into(),
+            approved_by: None,
+            approval: None,
+            reason: None,
+            forced: false,
+        }
+    }
+
+    #[test]
+    fn runbook_runs_keep_their_latest_result_within_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = ControlStore::open(dir.path()).unwrap();
+        let first = st.start_runbook_run(&run("failover", "verify", 1)).unwrap();
+        assert_eq!(
+            st.last_runbook_run("failover", "verify").unwrap(),
+            None,
+            "a run still going is not a result"
+        );
+        let done = st
+            .finish_runbook_run(first, "ok", 12, Some(200), "200 OK")
+            .unwrap();
+        assert!(done.ok() && done.status == Some(200) && done.duration_ms == Some(12));
+        let second = st.start_runbook_run(&run("failover", "verify", 2)).unwrap();
+        st.finish_runbook_run(second, "failed", 5, Some(500), &"x".repeat(5_000))
+            .unwrap();
+        let last = st.last_runbook_run("failover", "verify").unwrap().unwrap();
+        assert_eq!((last.id, last.outcome.as_str()), (second, "failed"));
+        assert_eq!(last.message.chars().count(), RUNBOOK_MESSAGE_CHARS_MAX);
+        assert_eq!(st.last_runbook_run("failover", "execute").unwrap(), None);
+        assert_eq!(st.last_runbook_run("other", "verify").unwrap(), None);
+
+        // A run the server did not live to finish ends as unknown, not as running forever.
+        let cut = st
+            .start_runbook_run(&run("failover", "execute", 3))
+            .unwrap();
+        assert_eq!(st.end_unfinished_runbook_runs().unwrap(), 1);
+        let runs = st.runbook_runs("failover", "execute", 10).unwrap();
+        assert_eq!((runs[0].id, runs[0].outcome.as_str()), (cut, "unknown"));
+
+        // Past the bound, the oldest verifications go; other runbooks' runs stay.
+        for i in 0..RUNBOOK_VERIFICATIONS_KEPT {
+            st.start_runbook_run(&run("failover", "verify", 10 + i as i64))
+                .unwrap();
+        }
+        let kept: i64 = st
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM runbook_runs WHERE runbook = 'failover' AND kind = 'verify'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(kept as usize, RUNBOOK_VERIFICATIONS_KEPT);
+        assert_eq!(st.runbook_runs("failover", "execute", 10).unwrap().len(), 1);
     }
 }

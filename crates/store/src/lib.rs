@@ -6,15 +6,18 @@
 //!   replays only the log's tail.
 //! - [`BreakStore`]: breaks, their workflow history and the webhook outbox, in SQLite.
 //! - [`ControlStore`]: tokens, users, approvals, settings and the hash-chained audit log.
+//! - [`IncidentStore`]: incidents as last described and their notification outbox.
 
 mod breaks;
 pub mod chain;
 pub mod checkpoint;
 pub mod control;
+pub mod incidents;
 mod wal;
 
 pub use breaks::{
     BreakFilter, BreakRow, BreakStore, HistoryRow, OutboxItem, Status, StoreError, PAGE_MAX,
 };
 pub use control::{ControlError, ControlStore};
+pub use incidents::{IncidentError, IncidentStore};
 pub use wal::{Wal, WalEntry, WalError, WalItem};

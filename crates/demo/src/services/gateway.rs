@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS orders (
   created_ms INTEGER NOT NULL
 );";
 
-/// Feature flags, switchable at run time (`GET`/`POST /admin/flags`).
+/// Feature flags, switchable at run time (`GET`/`POST /admin/flags`, `?dry_run=true` to
+/// validate a change without making it).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Flags {
@@ -47,6 +48,45 @@ impl Default for Flags {
             notifications: true,
         }
     }
+}
+
+/// A change to the flags: only the flags given change.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FlagsPatch {
+    pub instalments: Option<bool>,
+    pub wallet_payments: Option<bool>,
+    pub refunds: Option<bool>,
+    pub notifications: Option<bool>,
+}
+
+impl Flags {
+    fn patched(&self, p: &FlagsPatch) -> Flags {
+        Flags {
+            instalments: p.instalments.unwrap_or(self.instalments),
+            wallet_payments: p.wallet_payments.unwrap_or(self.wallet_payments),
+            refunds: p.refunds.unwrap_or(self.refunds),
+            notifications: p.notifications.unwrap_or(self.notifications),
+        }
+    }
+}
+
+/// `?dry_run=true` on an admin change: validate it and answer what it would give, changing
+/// nothing (what a runbook's verification calls).
+#[derive(Debug, Default, Deserialize)]
+pub struct DryRun {
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The answer to an admin change: the state after it, or in a dry run the state it would
+/// give, marked `dry_run`.
+#[derive(Serialize)]
+struct Changed<T: Serialize> {
+    #[serde(flatten)]
+    state: T,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dry_run: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -262,10 +302,21 @@ async fn get_flags(State(g): State<Arc<Gateway>>) -> Json<Flags> {
     Json(g.flags.lock().expect("flags lock").clone())
 }
 
-async fn set_flags(State(g): State<Arc<Gateway>>, Json(f): Json<Flags>) -> Json<Flags> {
-    tracing::info!(flags = ?f, "feature flags changed");
-    *g.flags.lock().expect("flags lock") = f.clone();
-    Json(f)
+async fn set_flags(
+    State(g): State<Arc<Gateway>>,
+    Query(q): Query<DryRun>,
+    Json(p): Json<FlagsPatch>,
+) -> Json<Changed<Flags>> {
+    let mut flags = g.flags.lock().expect("flags lock");
+    let f = flags.patched(&p);
+    if !q.dry_run {
+        tracing::info!(flags = ?f, "feature flags changed");
+        *flags = f.clone();
+    }
+    Json(Changed {
+        state: f,
+        dry_run: q.dry_run,
+    })
 }
 
 async fn get_route(State(g): State<Arc<Gateway>>) -> Json<Route> {
@@ -276,8 +327,9 @@ async fn get_route(State(g): State<Arc<Gateway>>) -> Json<Route> {
 
 async fn set_route(
     State(g): State<Arc<Gateway>>,
+    Query(q): Query<DryRun>,
     Json(r): Json<Route>,
-) -> Result<Json<Route>, AppError> {
+) -> Result<Json<Changed<Route>>, AppError> {
     let standby = match r.payment_core.as_str() {
         "primary" => false,
         "standby" => true,
@@ -287,7 +339,12 @@ async fn set_route(
             )))
         }
     };
-    g.on_standby.store(standby, Ordering::Relaxed);
-    tracing::info!(payment_core = %r.payment_core, "traffic switched");
-    Ok(Json(r))
+    if !q.dry_run {
+        g.on_standby.store(standby, Ordering::Relaxed);
+        tracing::info!(payment_core = %r.payment_core, "traffic switched");
+    }
+    Ok(Json(Changed {
+        state: r,
+        dry_run: q.dry_run,
+    }))
 }

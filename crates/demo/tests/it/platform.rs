@@ -390,6 +390,37 @@ async fn failure_modes_switch_at_run_time() {
     .await;
     assert_eq!(held.await.unwrap().0, 200);
 
+    // A dry run validates the switch and answers what it would give, switching nothing
+    // (a runbook's verification); a bad one is refused all the same.
+    let (s, v) = rig
+        .admin(
+            &format!("{}/admin/route?dry_run=true", e.gateway),
+            json!({"payment_core": "standby"}),
+        )
+        .await;
+    assert_eq!((s, v["dry_run"].as_bool()), (200, Some(true)), "{v}");
+    let (s, _) = rig
+        .admin(
+            &format!("{}/admin/route?dry_run=true", e.gateway),
+            json!({"payment_core": "elsewhere"}),
+        )
+        .await;
+    assert_eq!(s, 422);
+    let route: Value = rig
+        .http
+        .get(format!("{}/admin/route", e.gateway))
+        .bearer_auth(&rig.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        route["payment_core"], "primary",
+        "a dry run changes nothing"
+    );
+
     // Traffic switches to the standby payment core.
     let (s, _) = rig
         .admin(
@@ -458,11 +489,40 @@ async fn failure_modes_switch_at_run_time() {
         .await
         .unwrap();
     assert_eq!(flags["instalments"], true);
+    let (_, dry) = rig
+        .admin(
+            &format!("{}/admin/flags?dry_run=true", e.gateway),
+            json!({"refunds": false}),
+        )
+        .await;
+    assert_eq!(
+        (dry["refunds"].as_bool(), dry["dry_run"].as_bool()),
+        (Some(false), Some(true))
+    );
+    // Only the flags given change (and the dry run changed none).
+    let (_, before) = rig
+        .admin(&format!("{}/admin/flags", e.gateway), json!({}))
+        .await;
+    assert_eq!(before["refunds"], true, "{before}");
     rig.admin(
         &format!("{}/admin/flags", e.gateway),
-        json!({"instalments": false}),
+        json!({"wallet_payments": false}),
     )
     .await;
+    let (_, after) = rig
+        .admin(
+            &format!("{}/admin/flags", e.gateway),
+            json!({"instalments": false}),
+        )
+        .await;
+    assert_eq!(
+        (
+            after["instalments"].as_bool(),
+            after["wallet_payments"].as_bool()
+        ),
+        (Some(false), Some(false)),
+        "{after}"
+    );
     let mut plan = pay(7, "credit");
     plan["instalments"] = 6.into();
     let (s, a) = post(format!("{}/v1/pay", e.gateway), plan).await;

@@ -39,6 +39,16 @@ impl Rig {
     }
 
     async fn start_opts(seed: u64, users: u32, otlp: bool) -> Rig {
+        Rig::start_configured(seed, users, otlp, |_| {}).await
+    }
+
+    /// A rig whose server configuration `tweak` changes first.
+    pub async fn start_configured(
+        seed: u64,
+        users: u32,
+        otlp: bool,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config {
             data_dir: dir.path().join("steadfast"),
@@ -46,6 +56,7 @@ impl Rig {
             ..Config::default()
         };
         cfg.engine.tick_ms = 50;
+        tweak(&mut cfg);
         let rules = Arc::new(parse_rules(DEMO_RULES).unwrap());
         // The server's address first, so the platform can start before it: the server
         // then knows billing's correction API.
@@ -138,6 +149,31 @@ impl Rig {
             DriverConfig {
                 rate,
                 seasonal: false,
+                ops_max: None,
+                in_flight_max: 64,
+                ..DriverConfig::default()
+            },
+            Arc::new(DriverStats::default()),
+            stop,
+        )
+        .await;
+    }
+
+    /// Plays the seeded traffic at its seasonal rate (`rate` on average, following the
+    /// hour and weekday of simulated time, `day_secs` wall seconds a day) until `stop`.
+    pub async fn drive_seasonal_until(
+        &self,
+        rate: f64,
+        day_secs: u64,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        drive(
+            Traffic::new(self.seed, self.users, 50),
+            self.platform().endpoints.gateway.clone(),
+            DriverConfig {
+                rate,
+                day_secs,
+                seasonal: true,
                 ops_max: None,
                 in_flight_max: 64,
                 ..DriverConfig::default()

@@ -287,6 +287,19 @@ async fn every_state_changing_action_is_in_the_audit_log() {
         )
         .await;
     assert_eq!(code, 404);
+    // Verifying and executing a runbook that is not configured: refused, and audited
+    // (runbooks.rs runs configured ones).
+    for step in ["verify", "execute"] {
+        let (code, _) = s
+            .call(
+                "post",
+                &format!("/api/v1/runbooks/nobody/{step}"),
+                Some(&s.token),
+                Some(json!({"reason": "failover"})),
+            )
+            .await;
+        assert_eq!(code, 404);
+    }
     // A query over the data chain: a read, but who asked what is kept.
     let (code, _) = s
         .call(
