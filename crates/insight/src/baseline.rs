@@ -583,9 +583,7 @@ pub fn find_period(history: &[f64], calendar: [Option<usize>; 2], acf_min: f64) 
     // A smooth series correlates with itself at every short lag; only peaks after the
     // autocorrelation first turns negative are periods (a series that never turns has a
     // trend or one slow swing in this history, not a season).
-    let Some(first_negative) = (2..=lag_max).find(|&lag| values[lag] < 0.0) else {
-        return None;
-    };
+    let first_negative = (2..=lag_max).find(|&lag| values[lag] < 0.0)?;
     let peaks: Vec<(usize, f64)> = (PERIOD_POINTS_MIN.max(first_negative)..=lag_max)
         .filter(|&lag| values[lag] >= values[lag - 1] && values[lag] >= values[lag + 1])
         .map(|lag| (lag, values[lag]))

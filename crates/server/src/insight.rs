@@ -752,8 +752,16 @@ pub async fn run(s: Shared, mut stop: tokio::sync::watch::Receiver<bool>) {
         if changed.is_empty() {
             continue;
         }
+        let opened: Vec<Value> = changed
+            .iter()
+            .filter(|(_, events)| events.contains(&"incident_opened"))
+            .filter_map(|(view, _)| serde_json::to_value(view).ok())
+            .collect();
         let s2 = s.clone();
         let stored = tokio::task::spawn_blocking(move || s2.insight.persist(&changed)).await;
+        for incident in &opened {
+            crate::rca::execute_automatic(&s, incident).await;
+        }
         match stored {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "incidents could not be stored"),

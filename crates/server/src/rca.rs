@@ -122,8 +122,78 @@ pub(crate) fn analyse<'a>(
     })
 }
 
-/// The runbooks configured for the incident's top cause and fault type, with their last
-/// verification.
-pub(crate) async fn suggested_runbooks(_s: &Shared, _incident: &Value) -> Value {
-    json!([])
+/// Ranked services whose runbooks are suggested.
+const SUGGEST_FROM_TOP: usize = 3;
+
+/// The configured runbooks for the incident's likely causes (the top three, in rank
+/// order) and their fault types.
+pub(crate) fn suggestions<'a>(
+    runbooks: &'a [crate::runbooks::RunbookConfig],
+    incident: &Value,
+) -> Vec<&'a crate::runbooks::RunbookConfig> {
+    let analysis = &incident["analysis"];
+    let overall = analysis["fault_type"].as_str();
+    let mut out: Vec<&crate::runbooks::RunbookConfig> = vec![];
+    for c in analysis["ranking"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(SUGGEST_FROM_TOP)
+    {
+        let Some(service) = c["service"].as_str() else {
+            continue;
+        };
+        let Some(fault) = c["fault_type"].as_str().or(overall) else {
+            continue;
+        };
+        for rb in crate::runbooks::suggest(runbooks, service, fault) {
+            if !out.iter().any(|r| r.name == rb.name) {
+                out.push(rb);
+            }
+        }
+    }
+    out
+}
+
+/// The suggested runbooks with their last verification, as an incident shows them.
+pub(crate) async fn suggested_runbooks(s: &Shared, incident: &Value) -> Value {
+    let mut out = vec![];
+    for rb in suggestions(&s.cfg.runbooks, incident) {
+        let last = crate::runbooks::last_verification(s, &rb.name).await;
+        out.push(json!({
+            "name": rb.name,
+            "description": rb.description,
+            "services": rb.services,
+            "fault_types": rb.fault_types,
+            "auto_execute": rb.auto_execute,
+            "last_verification": last.map(|r| json!({
+                "ok": r.outcome == "ok",
+                "outcome": r.outcome,
+                "started_at": r.started_at,
+                "duration_ms": r.duration_ms,
+                "status": r.status,
+                "message": r.message,
+            })),
+        }));
+    }
+    Value::Array(out)
+}
+
+/// Runs the suggested runbooks configured `auto_execute = true` for a new incident
+/// (never any other: a person runs those). Each execution is recorded like any other.
+pub(crate) async fn execute_automatic(s: &Shared, incident: &Value) {
+    let id = incident["id"].as_u64().unwrap_or(0).to_string();
+    for rb in suggestions(&s.cfg.runbooks, incident) {
+        if !rb.auto_execute {
+            continue;
+        }
+        match crate::runbooks::execute_automatically(s, &rb.name, &id).await {
+            Ok(run) => {
+                tracing::info!(runbook = %rb.name, incident = %id, outcome = %run.outcome, "runbook executed automatically")
+            }
+            Err(e) => {
+                tracing::warn!(runbook = %rb.name, incident = %id, error = ?e, "automatic runbook refused")
+            }
+        }
+    }
 }

@@ -360,9 +360,7 @@ pub fn suggest<'a>(
         .collect();
     runbooks
         .iter()
-        .filter(|rb| {
-            rb.services.iter().any(|s| s == service) && rb.fault_types.iter().any(|t| *t == fault)
-        })
+        .filter(|rb| rb.services.iter().any(|s| s == service) && rb.fault_types.contains(&fault))
         .collect()
 }
 
