@@ -986,3 +986,88 @@ pub async fn get_series(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(service: &str, end_ms: i64, duration_ms: i64, error: bool) -> SpanRow {
+        SpanRow {
+            start_ns: (end_ms - duration_ms) * 1_000_000,
+            end_ns: end_ms * 1_000_000,
+            service: service.into(),
+            kind: "server".into(),
+            status: if error { "error" } else { "ok" }.into(),
+            ..SpanRow::default()
+        }
+    }
+
+    fn last(insight: &Insight, service: &str, metric: &str) -> Option<f64> {
+        insight.series(service, metric)?.last().map(|p| p.value)
+    }
+
+    #[test]
+    fn an_interval_is_scored_after_its_lateness_and_later_spans_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = InsightConfig {
+            interval_ms: 1_000,
+            lateness_ms: 500,
+            ..InsightConfig::default()
+        };
+        let insight = Insight::open(cfg, dir.path()).unwrap();
+        let t0 = 1_000_000;
+        let spans = [span("a", t0 + 100, 5, false), span("a", t0 + 900, 7, true)];
+        insight.absorb(SpanTap::of(&spans, 1_000), t0 + 950);
+        // The first close only sets where scoring starts.
+        insight.close(t0 + 1_000);
+        insight.close(t0 + 1_499);
+        assert_eq!(
+            last(&insight, "a", METRIC_REQUESTS),
+            None,
+            "not yet: spans may still come"
+        );
+        insight.absorb(
+            SpanTap::of(&[span("a", t0 + 990, 9, false)], 1_000),
+            t0 + 1_400,
+        );
+        insight.close(t0 + 1_500);
+        assert_eq!(last(&insight, "a", METRIC_REQUESTS), Some(3.0));
+        assert_eq!(last(&insight, "a", METRIC_ERRORS), Some(1.0));
+        assert_eq!(last(&insight, "a", METRIC_LATENCY), Some(9.0));
+        // A span of an interval already scored is late: counted, not scored.
+        insight.absorb(
+            SpanTap::of(&[span("a", t0 + 500, 5, false)], 1_000),
+            t0 + 1_600,
+        );
+        assert_eq!(insight.late_spans(), 1);
+        // An interval with no spans still scores the service (zero requests).
+        insight.close(t0 + 2_500);
+        assert_eq!(last(&insight, "a", METRIC_REQUESTS), Some(0.0));
+        assert_eq!(insight.series("a", METRIC_REQUESTS).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_insight_settings_are_refused_with_the_option_named() {
+        let mut cfg = InsightConfig::default();
+        cfg.interval_ms = 10;
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("insight.interval_ms"));
+        let mut cfg = InsightConfig::default();
+        cfg.rules.push(cfg.rules[0].clone());
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("named twice"));
+        let mut cfg = InsightConfig::default();
+        cfg.webhook_url = Some("ftp://x".into());
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("http or https"));
+    }
+}
