@@ -45,11 +45,19 @@ pub struct AlertRule {
     /// Static bound: the value must also be below this.
     #[serde(default)]
     pub below: Option<f64>,
-    /// The value must also be at least this many times the baseline, or at most its
-    /// inverse (max(value/expected, expected/value) ≥ this): a departure that is
-    /// statistically clear but operationally small (0.3 ms to 0.4 ms) pages nobody.
+    /// The value must also be at least this many times the baseline (e.g. 1.25: latency
+    /// a quarter above it): a departure that is statistically clear but operationally
+    /// small (0.3 ms to 0.4 ms) pages nobody.
     #[serde(default)]
-    pub ratio_min: Option<f64>,
+    pub above_ratio: Option<f64>,
+    /// The value must also be at most this many times the baseline (e.g. 0.5: throughput
+    /// halved).
+    #[serde(default)]
+    pub below_ratio: Option<f64>,
+    /// Points in a row the condition must hold before the alert fires (like a
+    /// Prometheus `for`): one slow interval on a busy host is not an incident.
+    #[serde(default = "for_points_default")]
+    pub for_points: usize,
     /// The service must have had at least this many requests in the interval, so a
     /// service with three calls an hour does not page anyone for one slow call.
     #[serde(default)]
@@ -67,6 +75,10 @@ fn yes() -> bool {
 
 fn resolve_points_default() -> usize {
     3
+}
+
+fn for_points_default() -> usize {
+    1
 }
 
 impl AlertRule {
@@ -87,9 +99,24 @@ impl AlertRule {
                 self.name
             ));
         }
-        if self.ratio_min.is_some_and(|r| !(r >= 1.0 && r.is_finite())) {
+        if self
+            .above_ratio
+            .is_some_and(|r| !(r >= 1.0 && r.is_finite()))
+        {
             return Some(format!(
-                "alert rule {:?}: ratio_min must be at least 1",
+                "alert rule {:?}: above_ratio must be at least 1",
+                self.name
+            ));
+        }
+        if self.below_ratio.is_some_and(|r| !(r > 0.0 && r <= 1.0)) {
+            return Some(format!(
+                "alert rule {:?}: below_ratio must be above 0 and at most 1",
+                self.name
+            ));
+        }
+        if self.for_points == 0 || self.for_points > RESOLVE_POINTS_MAX {
+            return Some(format!(
+                "alert rule {:?}: for_points must be 1 to {RESOLVE_POINTS_MAX}",
                 self.name
             ));
         }
@@ -112,23 +139,12 @@ impl AlertRule {
             && self.above.is_none_or(|b| o.value > b)
             && self.below.is_none_or(|b| o.value < b)
             && self
-                .ratio_min
-                .is_none_or(|r| departure_ratio(o.value, o.point.expected) >= r)
+                .above_ratio
+                .is_none_or(|r| o.value >= o.point.expected * r)
+            && self
+                .below_ratio
+                .is_none_or(|r| o.value <= o.point.expected * r)
             && o.traffic >= self.traffic_min
-    }
-}
-
-/// How many times the larger of value and expected is the smaller (1 when equal;
-/// infinite when one is zero and the other is not).
-fn departure_ratio(value: f64, expected: f64) -> f64 {
-    let (a, b) = (value.abs(), expected.abs());
-    let (low, high) = if a < b { (a, b) } else { (b, a) };
-    if high == 0.0 {
-        1.0
-    } else if low == 0.0 {
-        f64::INFINITY
-    } else {
-        high / low
     }
 }
 
@@ -282,6 +298,9 @@ pub struct Book {
     incidents: BTreeMap<u64, Incident>,
     /// Firing alert per (rule index, service, metric), with its quiet intervals so far.
     firing: HashMap<(usize, String, String), (u64, usize)>,
+    /// Points in a row the condition has held, per (rule index, service, metric), before
+    /// firing.
+    pending: HashMap<(usize, String, String), usize>,
     next_alert: u64,
     next_incident: u64,
 }
@@ -348,10 +367,17 @@ impl Book {
                     }
                 }
                 (None, true) => {
-                    let id = self.fire(index, o, graph, &mut events);
-                    self.firing.insert(key, (id, 0));
+                    let held = self.pending.entry(key.clone()).or_default();
+                    *held += 1;
+                    if *held >= rule.for_points {
+                        self.pending.remove(&key);
+                        let id = self.fire(index, o, graph, &mut events);
+                        self.firing.insert(key, (id, 0));
+                    }
                 }
-                (None, false) => {}
+                (None, false) => {
+                    self.pending.remove(&key);
+                }
             }
         }
         events
@@ -522,7 +548,9 @@ mod tests {
             baseline: true,
             above: None,
             below: None,
-            ratio_min: None,
+            above_ratio: None,
+            below_ratio: None,
+            for_points: 1,
             traffic_min: 10.0,
             severity: Severity::Warning,
             resolve_points: 2,
@@ -640,6 +668,48 @@ mod tests {
         // Firing again later is a new alert and a new incident.
         let e = observe(&mut book, &graph, "a", "latency_ms_p95", 3, true);
         assert_eq!(e[0], Event::IncidentOpened { incident: 2 });
+    }
+
+    #[test]
+    fn a_rule_fires_only_after_its_condition_held_for_points_in_a_row() {
+        let graph = ServiceGraph::default();
+        let mut r = rule("latency", "latency_ms_p95");
+        r.for_points = 3;
+        let mut book = Book::new(vec![r], MergeConfig::default());
+        let m = "latency_ms_p95";
+        // Two bad points, a good one, two bad: never three in a row.
+        for (t, bad) in [(0, true), (1, true), (2, false), (3, true), (4, true)] {
+            assert!(
+                observe(&mut book, &graph, "a", m, t, bad).is_empty(),
+                "at {t}"
+            );
+        }
+        let e = observe(&mut book, &graph, "a", m, 5, true);
+        assert_eq!(e[0], Event::IncidentOpened { incident: 1 });
+    }
+
+    #[test]
+    fn ratio_bounds_have_a_direction() {
+        let graph = ServiceGraph::default();
+        let mut up = rule("slow", "latency_ms_p95");
+        up.above_ratio = Some(1.25);
+        let mut book = Book::new(vec![up], MergeConfig::default());
+        let p = point(true);
+        // Anomalous, but below the baseline: not a latency alert.
+        let low = Observation {
+            service: "a",
+            metric: "latency_ms_p95",
+            time_ms: 0,
+            value: 5.0,
+            point: &p,
+            traffic: 50.0,
+        };
+        assert!(book.observe(&low, &graph).is_empty());
+        let high = Observation { value: 13.0, ..low };
+        assert!(!book.observe(&high, &graph).is_empty());
+        let mut bad = rule("x", "y");
+        bad.below_ratio = Some(2.0);
+        assert!(bad.problem().unwrap().contains("below_ratio"));
     }
 
     #[test]

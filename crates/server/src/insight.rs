@@ -90,22 +90,26 @@ fn default_rules() -> Vec<AlertRule> {
         baseline: true,
         above: None,
         below: None,
-        ratio_min: None,
+        above_ratio: None,
+        below_ratio: None,
+        for_points: 1,
         traffic_min,
         severity,
         resolve_points: 3,
     };
-    // Latency must also be 1.25 times its baseline and above a millisecond, and a
-    // throughput drop must halve it: smaller departures are real but nobody acts on them.
+    // Latency must also be 1.25 times its baseline and above a millisecond for three
+    // intervals in a row, and a throughput drop must halve it: smaller or shorter
+    // departures are real, but nobody acts on them.
     vec![
         AlertRule {
             above: Some(1.0),
-            ratio_min: Some(1.25),
+            above_ratio: Some(1.25),
+            for_points: 3,
             ..rule("latency", METRIC_LATENCY, Severity::Warning, 5.0)
         },
         rule("errors", METRIC_ERRORS, Severity::Critical, 5.0),
         AlertRule {
-            ratio_min: Some(2.0),
+            below_ratio: Some(0.5),
             ..rule("throughput_drop", METRIC_REQUESTS, Severity::Warning, 0.0)
         },
         rule("breaks", METRIC_BREAKS, Severity::Critical, 0.0),

@@ -50,6 +50,7 @@ async fn a_click_in_chromium_is_linked_from_page_view_to_the_backends_database_c
     if !browser_present() {
         return;
     }
+    let _turn = crate::support::shared_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = Config {
         data_dir: dir.path().join("steadfast"),

@@ -80,7 +80,7 @@ async fn a_slow_database_raises_one_incident_whose_top_cause_is_its_service() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let rig = Rig::start_configured(5, 1_000, true, |c| {
+    let rig = Rig::start_alone(5, 1_000, true, |c| {
         c.insight.interval_ms = 250;
         c.insight.lateness_ms = 1_500;
         c.insight.map_refresh_secs = 2;
@@ -190,7 +190,7 @@ async fn ten_simulated_days_of_seasonal_traffic_raise_no_alert() {
     // 12 wall seconds a simulated day, one point per series every 125 ms: 96 points a
     // day, so the detectors see the daily season after two days of history.
     let day_secs = 12;
-    let rig = Rig::start_configured(9, 1_000, true, |c| {
+    let rig = Rig::start_alone(9, 1_000, true, |c| {
         c.insight.interval_ms = 125;
         c.insight.lateness_ms = 1_500;
         c.insight.map_refresh_secs = 5;

@@ -25,6 +25,26 @@ pub struct Rig {
     pub seed: u64,
     pub users: u32,
     _dir: tempfile::TempDir,
+    /// Held for the rig's life: shared by ordinary tests, exclusive for the ones that
+    /// judge latency baselines (another test's load would be their false alarm).
+    _turn: Turn,
+}
+
+#[allow(dead_code)]
+enum Turn {
+    Shared(tokio::sync::OwnedRwLockReadGuard<()>),
+    Alone(tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
+/// The turn of a test that runs its own server beside the others.
+pub async fn shared_turn() -> tokio::sync::OwnedRwLockReadGuard<()> {
+    turns().read_owned().await
+}
+
+fn turns() -> std::sync::Arc<tokio::sync::RwLock<()>> {
+    static TURNS: std::sync::OnceLock<std::sync::Arc<tokio::sync::RwLock<()>>> =
+        std::sync::OnceLock::new();
+    TURNS.get_or_init(Default::default).clone()
 }
 
 impl Rig {
@@ -39,15 +59,28 @@ impl Rig {
     }
 
     async fn start_opts(seed: u64, users: u32, otlp: bool) -> Rig {
-        Rig::start_configured(seed, users, otlp, |_| {}).await
+        let turn = Turn::Shared(turns().read_owned().await);
+        Rig::start_with(seed, users, otlp, |_| {}, turn).await
     }
 
-    /// A rig whose server configuration `tweak` changes first.
-    pub async fn start_configured(
+    /// A rig with no other rig running beside it, whose server configuration `tweak`
+    /// changes first.
+    pub async fn start_alone(
         seed: u64,
         users: u32,
         otlp: bool,
         tweak: impl FnOnce(&mut Config),
+    ) -> Rig {
+        let turn = Turn::Alone(turns().write_owned().await);
+        Rig::start_with(seed, users, otlp, tweak, turn).await
+    }
+
+    async fn start_with(
+        seed: u64,
+        users: u32,
+        otlp: bool,
+        tweak: impl FnOnce(&mut Config),
+        turn: Turn,
     ) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config {
@@ -106,6 +139,7 @@ impl Rig {
             seed,
             users,
             _dir: dir,
+            _turn: turn,
         }
     }
 
