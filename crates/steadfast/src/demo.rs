@@ -184,6 +184,11 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         .push(steadfast_server::CorrectionTarget::new(
             "billing", url, body,
         ));
+    // A point a second (a simulated minute at the default speed); the services export
+    // spans every second, so two seconds of lateness takes all of them.
+    cfg.insight.interval_ms = 1_000;
+    cfg.insight.lateness_ms = 2_000;
+    cfg.insight.map_refresh_secs = 10;
     cfg.runbooks = demo_runbooks(&platform.endpoints.gateway, &server_dir.join("admin.token"));
     let server = match Server::start_on(cfg, rules.clone(), false, Some(bound)).await {
         Ok(s) => s,
