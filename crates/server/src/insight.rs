@@ -1052,8 +1052,10 @@ mod tests {
 
     #[test]
     fn bad_insight_settings_are_refused_with_the_option_named() {
-        let mut cfg = InsightConfig::default();
-        cfg.interval_ms = 10;
+        let cfg = InsightConfig {
+            interval_ms: 10,
+            ..InsightConfig::default()
+        };
         assert!(cfg
             .validate()
             .unwrap_err()
@@ -1066,8 +1068,10 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("named twice"));
-        let mut cfg = InsightConfig::default();
-        cfg.webhook_url = Some("ftp://x".into());
+        let cfg = InsightConfig {
+            webhook_url: Some("ftp://x".into()),
+            ..InsightConfig::default()
+        };
         assert!(cfg
             .validate()
             .unwrap_err()
