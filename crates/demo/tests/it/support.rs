@@ -177,20 +177,7 @@ impl Rig {
     /// Plays the seeded traffic at `rate` per second until `stop` (fresh operations all
     /// along: a replayed operation is an idempotent retry and calls nothing downstream).
     pub async fn drive_until(&self, rate: f64, stop: tokio::sync::watch::Receiver<bool>) {
-        drive(
-            Traffic::new(self.seed, self.users, 50),
-            self.platform().endpoints.gateway.clone(),
-            DriverConfig {
-                rate,
-                seasonal: false,
-                ops_max: None,
-                in_flight_max: 64,
-                ..DriverConfig::default()
-            },
-            Arc::new(DriverStats::default()),
-            stop,
-        )
-        .await;
+        self.drive_shaped(rate, None, stop).await;
     }
 
     /// Plays the seeded traffic at its seasonal rate (`rate` on average, following the
@@ -201,16 +188,27 @@ impl Rig {
         day_secs: u64,
         stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        self.drive_shaped(rate, Some(day_secs), stop).await;
+    }
+
+    /// Flat traffic without `day_secs`, seasonal with it.
+    async fn drive_shaped(
+        &self,
+        rate: f64,
+        day_secs: Option<u64>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let defaults = DriverConfig::default();
         drive(
             Traffic::new(self.seed, self.users, 50),
             self.platform().endpoints.gateway.clone(),
             DriverConfig {
                 rate,
-                day_secs,
-                seasonal: true,
+                day_secs: day_secs.unwrap_or(defaults.day_secs),
+                seasonal: day_secs.is_some(),
                 ops_max: None,
                 in_flight_max: 64,
-                ..DriverConfig::default()
+                ..defaults
             },
             Arc::new(DriverStats::default()),
             stop,
