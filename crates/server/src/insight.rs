@@ -594,13 +594,16 @@ impl Insight {
                 }
             }
         }
-        let grew: Vec<u64> = events
+        // One analysis per incident that grew, however many of its alerts fired at once.
+        let mut grew: Vec<u64> = events
             .iter()
             .filter_map(|e| match e {
                 Event::AlertFired { incident, .. } => Some(*incident),
                 _ => None,
             })
             .collect();
+        grew.sort_unstable();
+        grew.dedup();
         for id in grew {
             if let Some(analysis) = self.analyse(inner, id, now_ms) {
                 inner.analyses.insert(id, analysis);
