@@ -294,7 +294,6 @@ struct Inner {
     graph: ServiceGraph,
     edges: Vec<(String, String)>,
     analyses: HashMap<u64, Analysis>,
-    last_close_ms: Option<i64>,
 }
 
 /// Services unseen this long stop getting points (a retired service is not an outage
@@ -344,7 +343,6 @@ impl Insight {
                 graph: ServiceGraph::default(),
                 edges: vec![],
                 analyses: HashMap::new(),
-                last_close_ms: None,
             }),
             store: Mutex::new(store),
             cfg,
@@ -457,7 +455,6 @@ impl Insight {
         now_ms: i64,
     ) -> Vec<(IncidentView, Vec<&'static str>)> {
         let interval = self.cfg.interval_ms as i64;
-        inner.last_close_ms = Some(now_ms);
         for service in open.keys() {
             inner.known_services.insert(service.clone(), now_ms);
         }

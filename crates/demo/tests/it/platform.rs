@@ -323,15 +323,8 @@ async fn failure_modes_switch_at_run_time() {
         .await;
     assert_eq!(s, 422, "{body}");
     let faults: Value = rig
-        .http
-        .get(format!("{}/admin/faults", e.accounting))
-        .bearer_auth(&rig.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .admin_get(&format!("{}/admin/faults", e.accounting))
+        .await;
     assert_eq!(faults["error_percent"], 0);
 
     // An error burst in accounting fails the payment, with the reason.
@@ -406,16 +399,7 @@ async fn failure_modes_switch_at_run_time() {
         )
         .await;
     assert_eq!(s, 422);
-    let route: Value = rig
-        .http
-        .get(format!("{}/admin/route", e.gateway))
-        .bearer_auth(&rig.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let route: Value = rig.admin_get(&format!("{}/admin/route", e.gateway)).await;
     assert_eq!(
         route["payment_core"], "primary",
         "a dry run changes nothing"
@@ -478,16 +462,7 @@ async fn failure_modes_switch_at_run_time() {
     assert_eq!(a["status"], "SUCCESS", "{a}");
 
     // Feature flags.
-    let flags: Value = rig
-        .http
-        .get(format!("{}/admin/flags", e.gateway))
-        .bearer_auth(&rig.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let flags: Value = rig.admin_get(&format!("{}/admin/flags", e.gateway)).await;
     assert_eq!(flags["instalments"], true);
     let (_, dry) = rig
         .admin(

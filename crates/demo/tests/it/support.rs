@@ -228,6 +228,19 @@ impl Rig {
         r.json().await.unwrap()
     }
 
+    /// Admin read of a service (`url` is the service's own, not Steadfast's).
+    pub async fn admin_get(&self, url: &str) -> Value {
+        self.http
+            .get(url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn status(&self) -> Value {
         self.get("/api/v1/status").await
     }
