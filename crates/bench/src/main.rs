@@ -40,6 +40,7 @@
 mod alloc;
 mod chain;
 mod cpu;
+mod dashboard;
 mod demo;
 mod drill;
 mod engine;
@@ -96,6 +97,8 @@ enum Command {
     Petshop(insight::PetshopArgs),
     /// Baseline updates per second and root-cause analysis time per incident.
     InsightSpeed(insight::SpeedArgs),
+    /// The web dashboard's pages: server-side time with the demo's data after an hour.
+    Dashboard(dashboard::Args),
     /// The server the `restart` benchmark runs and kills (internal).
     #[command(hide = true)]
     ServeChild(restart::ChildArgs),
@@ -116,6 +119,7 @@ impl Command {
             Command::Nab(_) => "nab",
             Command::Petshop(_) => "petshop",
             Command::InsightSpeed(_) => "insight-speed",
+            Command::Dashboard(_) => "dashboard",
             Command::ServeChild(_) => "serve-child",
         }
     }
@@ -180,6 +184,11 @@ fn main() -> Result<()> {
         }
         Command::InsightSpeed(args) => {
             let report = insight::speed(args)?;
+            print!("{}", report.table());
+            write_result(&out, &report)?;
+        }
+        Command::Dashboard(args) => {
+            let report = dashboard::run(args)?;
             print!("{}", report.table());
             write_result(&out, &report)?;
         }

@@ -198,6 +198,12 @@ fn api() -> Api {
     )
     .route(
         "get",
+        "/api/v1/journeys/users",
+        Need(P::Read),
+        get(crate::chain_api::journey_users),
+    )
+    .route(
+        "get",
         "/api/v1/service-map",
         Need(P::Read),
         get(crate::chain_api::service_map),
@@ -440,12 +446,19 @@ pub fn router(state: Shared) -> Router {
         app: state.clone(),
         table,
     });
-    api.router
+    let secure = state.cfg.tls.cert.is_some();
+    let api: Router = api
+        .router
         .layer(axum::middleware::from_fn_with_state(guard_state, guard))
         .layer(axum::extract::DefaultBodyLimit::max(body_max))
         .layer(axum::middleware::from_fn(crate::otlp_grpc::as_grpc_status))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .with_state(state)
+        .with_state(state);
+    let not_found =
+        || async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") };
+    // The dashboard calls the API in-process, through the same guard; it is not itself
+    // an API route (its pages answer HTML and authenticate by cookie).
+    let ui = crate::dashboard::router(api.clone().fallback(not_found), secure);
+    api.merge(ui).fallback(not_found)
 }
 
 #[derive(OpenApi)]
@@ -461,7 +474,7 @@ pub fn router(state: Shared) -> Router {
         crate::lossy::handover, crate::lossy::sync, crate::lossy::list_proxies,
         crate::chain_api::traces, crate::chain_api::metrics, crate::chain_api::logs,
         crate::otlp_grpc::grpc_traces, crate::otlp_grpc::grpc_metrics, crate::otlp_grpc::grpc_logs,
-        crate::chain_api::journey, crate::chain_api::service_map, crate::npm::ingest,
+        crate::chain_api::journey, crate::chain_api::journey_users, crate::chain_api::service_map, crate::npm::ingest,
         crate::rum_api::agent, crate::rum_api::preflight, crate::rum_api::beacon, crate::rum_api::app_events,
         crate::chain_api::query, crate::chain_api::trace,
         crate::runbooks::list, crate::runbooks::verify_now, crate::runbooks::execute_now, crate::runbooks::runs,
@@ -1250,7 +1263,8 @@ async fn status(
     _caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (stats, seq) = s.pipeline.stats();
-    let counts = with_store(&s, |st| st.counts()).await?;
+    let (counts, unresolved) =
+        with_store(&s, |st| Ok((st.counts()?, st.unresolved_by_rule()?))).await?;
     let open: serde_json::Map<String, serde_json::Value> = s
         .pipeline
         .rules
@@ -1260,7 +1274,17 @@ async fn status(
         .map(|(r, n)| (r.name.clone(), (*n).into()))
         .collect();
     let (p50, p99, max, n) = s.metrics.recent_detection();
+    let now = wall_ms();
+    let records_per_sec = s.metrics.records_rate.lock().expect("metrics lock").per_sec(now);
+    let chain_rows_per_sec = s
+        .metrics
+        .chain_rows_rate
+        .lock()
+        .expect("metrics lock")
+        .per_sec(now);
     Ok(Json(serde_json::json!({
+        "records_per_sec": records_per_sec,
+        "chain_rows_per_sec": chain_rows_per_sec,
         "rules_version": s.pipeline.rules.version,
         "open_records_total": stats.open_per_rule.iter().sum::<usize>(),
         "detection_latency_ms": { "breaks": n, "p50": p50, "p99": p99, "max": max },
@@ -1270,5 +1294,6 @@ async fn status(
         "record_ids_evicted": stats.record_ids_evicted,
         "open_records": open,
         "breaks": counts.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "unresolved_by_rule": unresolved.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
     })))
 }

@@ -126,6 +126,11 @@ pub(crate) async fn store_rows(s: &Shared, rows: steadfast_chain::Rows) -> Resul
     let n = rows.len() as u64;
     with_chain(s, move |c| c.append(rows)).await?;
     s.metrics.chain_rows.inc_by(n);
+    s.metrics
+        .chain_rows_rate
+        .lock()
+        .expect("metrics lock")
+        .add(crate::pipeline::wall_ms(), n);
     Ok(())
 }
 
@@ -516,6 +521,50 @@ pub async fn journey(
         "truncated": spans_cut || traces.len() == limit,
     }))
     .into_response())
+}
+
+/// Users one answer of `GET /api/v1/journeys/users` lists at most.
+pub const JOURNEY_USERS_MAX: usize = 200;
+
+/// The users seen in spans from `since_ms` on (default the last hour): VIP users first,
+/// then the most recently seen, at most [`JOURNEY_USERS_MAX`].
+#[utoipa::path(get, path = "/api/v1/journeys/users", params(("since_ms" = Option<i64>, Query)),
+    responses((status = 200, description = "users, VIP first"), (status = 400, body = crate::api::ErrorBody)), security(("token" = [])))]
+pub async fn journey_users(
+    State(s): State<Shared>,
+    q: Result<axum::extract::Query<MapParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let since = q
+        .since_ms
+        .unwrap_or(crate::pipeline::wall_ms() - 3_600_000);
+    let c = &s.cfg.chain;
+    let listed = if c.vip_users.is_empty() {
+        "FALSE".to_string()
+    } else {
+        let names: Vec<String> = c.vip_users.iter().map(|u| literal(u)).collect();
+        format!("user_id IN ({})", names.join(","))
+    };
+    // A VIP as the sampler sees one: listed, marked by the attribute, or by tracestate.
+    let marked = format!(
+        "{listed} OR trace_state LIKE {} OR attributes LIKE {}",
+        literal(&format!("%{}%", steadfast_chain::sampling::VIP_TRACESTATE)),
+        literal(&format!("%\"{}\":true%", c.vip_attribute)),
+    );
+    let snapshot = with_chain(&s, |c| c.snapshot()).await?;
+    let rows = rows_of(
+        &snapshot,
+        &format!(
+            "SELECT user_id AS user, CAST(max(start_time) AS BIGINT) / 1000000 AS last_seen_ms, \
+               count(DISTINCT trace_id) AS traces, \
+               max(CASE WHEN {marked} THEN 1 ELSE 0 END) = 1 AS vip \
+             FROM spans WHERE user_id IS NOT NULL AND start_time >= to_timestamp_millis({since}) \
+             GROUP BY user_id ORDER BY vip DESC, last_seen_ms DESC LIMIT {JOURNEY_USERS_MAX}"
+        ),
+    )
+    .await?;
+    Ok(Json(json!(rows)).into_response())
 }
 
 #[derive(Deserialize)]

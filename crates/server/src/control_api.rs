@@ -379,6 +379,24 @@ fn permission_of(action: &str) -> Option<Permission> {
     })
 }
 
+/// Who may decide a four-eyes request for `action`, in words: the roles holding both
+/// `approve` and the action's own permission, and never the requester.
+pub(crate) fn approver_text(action: &str) -> String {
+    let roles: Vec<&str> = match permission_of(action) {
+        Some(p) => crate::auth::Role::ALL
+            .into_iter()
+            .filter(|r| r.permits(Permission::Approve) && r.permits(p))
+            .map(|r| r.as_str())
+            .collect(),
+        None => Vec::new(),
+    };
+    if roles.is_empty() {
+        "no role may approve it".into()
+    } else {
+        format!("a different person with the role {}", roles.join(" or "))
+    }
+}
+
 pub(crate) fn needs_approval(s: &Shared, action: &str) -> bool {
     s.cfg.approvals.required.iter().any(|a| a == action)
 }
@@ -768,6 +786,10 @@ pub struct AuditQuery {
     after_seq: Option<u64>,
     actor: Option<String>,
     action: Option<String>,
+    /// Only entries about this target, e.g. `drill d-42`.
+    target: Option<String>,
+    /// `oldest` first (default, for paging with `after_seq`) or `newest` first.
+    order: Option<String>,
     limit: Option<usize>,
     /// `json` (default) or `jsonl` (one entry per line, for a SIEM).
     format: Option<String>,
@@ -781,10 +803,23 @@ pub async fn list_audit(
 ) -> Result<Response, ApiError> {
     let Query(q) =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let newest_first = match q.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(o) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                format!("unknown order {o:?} (oldest or newest)"),
+            ))
+        }
+    };
     let filter = AuditFilter {
         after_seq: q.after_seq.unwrap_or(0),
         actor: q.actor,
         action: q.action,
+        target: q.target,
+        newest_first,
         limit: q.limit.unwrap_or(100),
     };
     let entries = with_control(&s, move |c| c.audit(&filter)).await?;

@@ -342,7 +342,9 @@ pub async fn list(State(s): State<Shared>) -> Result<Json<Vec<Value>>, ApiError>
         rows.into_iter()
             .map(|r| {
                 json!({ "id": r.id, "state": r.state, "created_at": r.created_at, "created_by": r.created_by,
-                        "name": r.body["spec"]["name"], "report": r.body["report"] })
+                        "name": r.body["spec"]["name"], "mode": r.body["spec"]["mode"],
+                        "started_by": r.body["started_by"], "started_at": r.body["lease"]["started_at"],
+                        "report": r.body["report"] })
             })
             .collect(),
     ))

@@ -9,6 +9,8 @@
 //! - [`runbooks`]: pre-verified runbooks: config, dry-run verification, execution under
 //!   four-eyes, and [`runbooks::suggest`] for incidents.
 //! - [`webhook`]: delivery of new breaks from the durable outbox.
+//! - [`dashboard`]: the web dashboard's edge: cookie sign-in, pages fed by in-process API
+//!   calls, rendered by `steadfast_web`.
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! [`Server::start`] wires them together; the binary only parses arguments.
@@ -19,6 +21,7 @@ pub mod auth;
 mod chain_api;
 mod config;
 mod control_api;
+pub mod dashboard;
 pub mod drills;
 pub mod insight;
 mod lossy;

@@ -16,8 +16,63 @@ pub struct BreakLabels {
 /// Detection latencies kept for `/api/v1/status`: the most recent breaks only.
 pub const RECENT_DETECTIONS_MAX: usize = 1024;
 
+/// Seconds of history an ingest rate is averaged over.
+pub const RATE_WINDOW_SECS: usize = 60;
+
+/// Counts per wall-clock second over the last [`RATE_WINDOW_SECS`], for the rates the
+/// status answer and the dashboard show (Prometheus users take `rate()` of the counters).
+#[derive(Default)]
+pub struct RateWindow {
+    /// (second since the epoch, count), oldest first, at most `RATE_WINDOW_SECS` long.
+    secs: std::collections::VecDeque<(i64, u64)>,
+    /// The first second anything was counted: a young window averages over less.
+    first_sec: Option<i64>,
+}
+
+impl RateWindow {
+    pub fn add(&mut self, now_ms: i64, n: u64) {
+        let sec = now_ms.div_euclid(1000);
+        self.first_sec.get_or_insert(sec);
+        match self.secs.back_mut() {
+            Some((s, c)) if *s == sec => *c += n,
+            _ => self.secs.push_back((sec, n)),
+        }
+        self.trim(sec);
+    }
+
+    fn trim(&mut self, sec: i64) {
+        while self
+            .secs
+            .front()
+            .is_some_and(|(s, _)| *s <= sec - RATE_WINDOW_SECS as i64)
+        {
+            self.secs.pop_front();
+        }
+    }
+
+    /// The mean per second over the window's complete seconds ending before `now_ms`
+    /// (the current second is still filling).
+    pub fn per_sec(&mut self, now_ms: i64) -> f64 {
+        let sec = now_ms.div_euclid(1000);
+        self.trim(sec);
+        let done: u64 = self
+            .secs
+            .iter()
+            .filter(|(s, _)| *s < sec)
+            .map(|(_, c)| c)
+            .sum();
+        let span = self
+            .first_sec
+            .map_or(1, |f| (sec - f).clamp(1, RATE_WINDOW_SECS as i64 - 1));
+        done as f64 / span as f64
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    /// Fund records and telemetry rows accepted per second, recently.
+    pub records_rate: std::sync::Mutex<RateWindow>,
+    pub chain_rows_rate: std::sync::Mutex<RateWindow>,
     /// Detection latencies (ms) of the most recent breaks, newest last.
     pub recent_detection_ms: std::sync::Mutex<std::collections::VecDeque<u64>>,
     /// New production breaks per rule since the detectors last took them (bounded by the
@@ -157,6 +212,8 @@ impl Metrics {
             requests_denied,
             audit_export_failures,
             recent_detection_ms: Default::default(),
+            records_rate: Default::default(),
+            chain_rows_rate: Default::default(),
             live_breaks: Default::default(),
             records_ingested,
             batches_refused,
@@ -214,5 +271,28 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Metrics {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_is_the_mean_of_the_complete_seconds_in_the_window() {
+        let mut w = RateWindow::default();
+        for sec in 0..10 {
+            w.add(sec * 1000 + 500, 100);
+        }
+        // Ten seconds of 100, seen during the tenth second: nine complete seconds.
+        assert_eq!(w.per_sec(9_900), 100.0);
+        // A long silence empties the window.
+        assert_eq!(w.per_sec(200_000), 0.0);
+        // Counts older than the window are dropped.
+        let mut w = RateWindow::default();
+        for sec in 0..200 {
+            w.add(sec * 1000, 60);
+        }
+        assert_eq!(w.per_sec(200_000), 60.0 * 59.0 / 59.0);
     }
 }

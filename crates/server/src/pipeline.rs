@@ -574,6 +574,12 @@ fn engine_loop(
         );
         shared.backlog.add_permits(n);
         shared.metrics.records_ingested.inc_by(n as u64);
+        shared
+            .metrics
+            .records_rate
+            .lock()
+            .expect("metrics lock")
+            .add(wall_ms(), n as u64);
         since_records += n as u64;
         if !out.is_empty()
             && store

@@ -355,6 +355,17 @@ impl BreakStore {
         self.get(id)?.ok_or(StoreError::NotFound(id))
     }
 
+    /// Unresolved production breaks per rule (open or acknowledged).
+    pub fn unresolved_by_rule(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT rule, COUNT(*) FROM breaks WHERE drill IS NULL AND status <> 'resolved' GROUP BY rule",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Counts of breaks by status, production breaks only.
     pub fn counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let mut stmt = self

@@ -246,6 +246,10 @@ pub struct AuditFilter {
     pub after_seq: u64,
     pub actor: Option<String>,
     pub action: Option<String>,
+    /// Only entries about this target (e.g. `drill d-42`).
+    pub target: Option<String>,
+    /// Newest first (the last `limit` entries after `after_seq`) instead of in order.
+    pub newest_first: bool,
     pub limit: usize,
 }
 
@@ -939,13 +943,14 @@ impl ControlStore {
     }
 
     pub fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>, ControlError> {
-        let mut st = self.conn.prepare(
+        let order = if f.newest_first { "DESC" } else { "ASC" };
+        let mut st = self.conn.prepare(&format!(
             "SELECT * FROM audit WHERE seq > ?1 AND (?2 IS NULL OR actor = ?2) AND (?3 IS NULL OR action = ?3)
-             ORDER BY seq LIMIT ?4",
-        )?;
+             AND (?4 IS NULL OR target = ?4) ORDER BY seq {order} LIMIT ?5"
+        ))?;
         let limit = f.limit.clamp(1, CONTROL_PAGE_MAX) as i64;
         let rows = st.query_map(
-            params![f.after_seq as i64, f.actor, f.action, limit],
+            params![f.after_seq as i64, f.actor, f.action, f.target, limit],
             audit_from,
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -1128,7 +1133,7 @@ mod tests {
         let mut e = st
             .audit(&AuditFilter {
                 after_seq: 2,
-                limit: 1,
+                target: None,                newest_first: false,                limit: 1,
                 ..Default::default()
             })
             .unwrap()

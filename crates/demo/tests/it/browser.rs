@@ -12,42 +12,9 @@ use serde_json::{json, Value};
 use steadfast_demo::telemetry::{server_span, Cx, OtlpConfig, Telemetry};
 use steadfast_server::{Config, Server};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-/// Absent on a user's plain clone: skip with a message. Under CI it is a failure.
-fn browser_present() -> bool {
-    let present =
-        std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists();
-    if !present {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("chromium and chromedriver are needed (CI=true: .ci/run installs them)");
-        }
-        eprintln!("skipped: chromium and chromedriver are not installed (.ci/run installs them)");
-    }
-    present
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_click_in_chromium_is_linked_from_page_view_to_the_backends_database_call() {
-    if !browser_present() {
+    if !crate::support::browser_present() {
         return;
     }
     let _turn = crate::support::shared_turn().await;
@@ -122,42 +89,8 @@ async fn a_click_in_chromium_is_linked_from_page_view_to_the_backends_database_c
     tokio::spawn(async move { axum::serve(shop_listener, app).await.unwrap() });
 
     // The browser.
-    let port = free_port();
-    let _driver = KillOnDrop(
-        std::process::Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let profile = tempfile::tempdir().unwrap();
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": CHROMIUM,
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", format!("--user-data-dir={}", profile.path().display())],
-        }),
-    );
-    let mut client = None;
-    for _ in 0..50 {
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        match fantoccini::ClientBuilder::new(connector)
-            .capabilities(caps.clone())
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-        {
-            Ok(c) => {
-                client = Some(c);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    let browser = client.expect("chromedriver answers");
+    let chromium = crate::support::Browser::start().await;
+    let browser = &chromium.client;
     browser.goto(&shop).await.unwrap();
     let button = browser
         .wait()
@@ -273,7 +206,7 @@ async fn a_click_in_chromium_is_linked_from_page_view_to_the_backends_database_c
         t["breakdown"]
     );
     assert_eq!(journey["sessions"].as_array().unwrap().len(), 1);
-    browser.close().await.unwrap();
+    chromium.close().await;
     let t2 = telemetry.clone();
     tokio::task::spawn_blocking(move || t2.shutdown())
         .await

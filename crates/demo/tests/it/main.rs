@@ -1,6 +1,7 @@
 //! End-to-end tests of the demo platform with a Steadfast server in the same process.
 
 mod browser;
+mod dashboard;
 mod insight;
 mod lossy;
 mod platform;

@@ -228,6 +228,21 @@ impl Rig {
         r.json().await.unwrap()
     }
 
+    /// A read that may not be answered yet (404 before a series exists).
+    pub async fn get_opt(&self, path: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
     /// Admin read of a service (`url` is the service's own, not Steadfast's).
     pub async fn admin_get(&self, url: &str) -> Value {
         self.http
@@ -371,5 +386,128 @@ impl Rig {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
         }
+    }
+}
+
+// ---- a real browser ------------------------------------------------------------------
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// Whether Debian's Chromium and ChromeDriver are installed. Absent on a user's plain
+/// clone: the test skips with a message. Under CI it is a failure.
+pub fn browser_present() -> bool {
+    let present =
+        std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists();
+    if !present {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("chromium and chromedriver are needed (CI=true: .ci/run installs them)");
+        }
+        eprintln!("skipped: chromium and chromedriver are not installed (.ci/run installs them)");
+    }
+    present
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Headless Chromium driven over WebDriver by its own chromedriver, with a fresh profile
+/// and the browser console recorded.
+pub struct Browser {
+    pub client: fantoccini::Client,
+    port: u16,
+    _driver: KillOnDrop,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    pub async fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = KillOnDrop(
+            std::process::Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let profile = tempfile::tempdir().unwrap();
+        let mut caps = serde_json::Map::new();
+        // The background-networking flags keep Chromium from calling out of a closed
+        // network (its refused connections would be console noise and slow the start).
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": CHROMIUM,
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--window-size=1366,900", "--hide-scrollbars",
+                    format!("--user-data-dir={}", profile.path().display())],
+            }),
+        );
+        caps.insert(
+            "goog:loggingPrefs".into(),
+            serde_json::json!({"browser": "ALL"}),
+        );
+        let mut client = None;
+        for _ in 0..50 {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match fantoccini::ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(c) => {
+                    client = Some(c);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        Browser {
+            client: client.expect("chromedriver answers"),
+            port,
+            _driver: driver,
+            _profile: profile,
+        }
+    }
+
+    /// The browser console's entries since the last call (level and message).
+    pub async fn console(&self) -> Vec<(String, String)> {
+        let id = self.client.session_id().await.unwrap().unwrap();
+        let r: Value = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/session/{id}/se/log", self.port))
+            .json(&serde_json::json!({"type": "browser"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["level"].as_str().unwrap_or("").to_string(),
+                    e["message"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn close(self) {
+        self.client.close().await.unwrap();
     }
 }
