@@ -104,7 +104,12 @@ pub fn run(a: &Args) -> Result<Report> {
         .block_on(run_async(a))
 }
 
-async fn api(http: &reqwest::Client, base: &str, token: &str, path: &str) -> Result<serde_json::Value> {
+async fn api(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    path: &str,
+) -> Result<serde_json::Value> {
     Ok(http
         .get(format!("{base}{path}"))
         .bearer_auth(token)
@@ -114,7 +119,12 @@ async fn api(http: &reqwest::Client, base: &str, token: &str, path: &str) -> Res
         .await?)
 }
 
-async fn post(http: &reqwest::Client, url: &str, token: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value> {
     let r = http.post(url).bearer_auth(token).json(&body).send().await?;
     let status = r.status();
     let v: serde_json::Value = r.json().await.unwrap_or_default();
@@ -160,7 +170,9 @@ async fn run_async(a: &Args) -> Result<Report> {
     let (url, body) = steadfast_demo::billing_correction(&platform.endpoints.billing);
     cfg.drills
         .corrections
-        .push(steadfast_server::CorrectionTarget::new("billing", url, body));
+        .push(steadfast_server::CorrectionTarget::new(
+            "billing", url, body,
+        ));
     let rules =
         Arc::new(steadfast_verify::parse_rules(DEMO_RULES).map_err(|e| anyhow::anyhow!("{e}"))?);
     let server = Server::start_on(cfg, rules, false, Some(bound)).await?;
@@ -184,7 +196,12 @@ async fn run_async(a: &Args) -> Result<Report> {
         rx,
     ));
     let replay = Duration::from_secs_f64(ops as f64 / a.rate);
-    eprintln!("replaying {ops} operations (an hour at {} ops/s) at {} ops/s: about {:.0} s", a.demo_rate, a.rate, replay.as_secs_f64());
+    eprintln!(
+        "replaying {ops} operations (an hour at {} ops/s) at {} ops/s: about {:.0} s",
+        a.demo_rate,
+        a.rate,
+        replay.as_secs_f64()
+    );
     let billing = platform.endpoints.billing.clone();
     let accounting = platform.endpoints.accounting.clone();
     let mut corrupted = false;
@@ -196,24 +213,58 @@ async fn run_async(a: &Args) -> Result<Report> {
         let frac = t.as_secs_f64() / replay.as_secs_f64();
         if frac > 0.3 && !corrupted {
             // Two seconds of corrupted bills: the hour's amount breaks.
-            post(&http, &format!("{billing}/admin/faults"), &token, serde_json::json!({"corrupt_amount_minor": 1})).await?;
+            post(
+                &http,
+                &format!("{billing}/admin/faults"),
+                &token,
+                serde_json::json!({"corrupt_amount_minor": 1}),
+            )
+            .await?;
             tokio::time::sleep(Duration::from_secs(2)).await;
-            post(&http, &format!("{billing}/admin/faults"), &token, serde_json::json!({"corrupt_amount_minor": 0})).await?;
+            post(
+                &http,
+                &format!("{billing}/admin/faults"),
+                &token,
+                serde_json::json!({"corrupt_amount_minor": 0}),
+            )
+            .await?;
             corrupted = true;
         }
         if frac > 0.5 && !drilled {
             let spec = include_str!("../../../examples/drill-pay-to-bill.toml");
-            let d = post(&http, &format!("{base}/api/v1/drills"), &token, serde_json::json!({"spec": spec})).await?;
+            let d = post(
+                &http,
+                &format!("{base}/api/v1/drills"),
+                &token,
+                serde_json::json!({"spec": spec}),
+            )
+            .await?;
             let id = d["id"].as_str().context("a drill id")?.to_string();
-            post(&http, &format!("{base}/api/v1/drills/{id}/start"), &token, serde_json::json!({})).await?;
+            post(
+                &http,
+                &format!("{base}/api/v1/drills/{id}/start"),
+                &token,
+                serde_json::json!({}),
+            )
+            .await?;
             drilled = true;
         }
         if frac > 0.85 && !slowed {
-            post(&http, &format!("{accounting}/admin/faults"), &token, serde_json::json!({"slow_db_ms": 150})).await?;
+            post(
+                &http,
+                &format!("{accounting}/admin/faults"),
+                &token,
+                serde_json::json!({"slow_db_ms": 150}),
+            )
+            .await?;
             slowed = true;
         }
         if t.as_secs() % 15 == 0 {
-            eprintln!("{:>4} s: {} operations answered", t.as_secs(), stats.completed());
+            eprintln!(
+                "{:>4} s: {} operations answered",
+                t.as_secs(),
+                stats.completed()
+            );
         }
     }
     let replay_secs = started.elapsed().as_secs_f64();
@@ -226,23 +277,48 @@ async fn run_async(a: &Args) -> Result<Report> {
         .unwrap_or(0);
 
     // The detail pages: a break, the drill, a service, a user, an incident.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
     let mut pages: Vec<(String, String)> = steadfast_server::dashboard::PAGES
         .iter()
         .map(|(p, n)| (n.to_string(), p.to_string()))
         .collect();
     pages.push(("services (1 h)".into(), "/ui/services?range=1h".into()));
-    let first = |v: &serde_json::Value, key: &str| v.as_array().and_then(|a| a.first()).map(|x| x[key].clone());
-    if let Some(id) = first(&api(&http, &base, &token, "/api/v1/breaks?limit=1").await?, "id") {
+    let first = |v: &serde_json::Value, key: &str| {
+        v.as_array().and_then(|a| a.first()).map(|x| x[key].clone())
+    };
+    if let Some(id) = first(
+        &api(&http, &base, &token, "/api/v1/breaks?limit=1").await?,
+        "id",
+    ) {
         pages.push(("break".into(), format!("/ui/breaks/{id}")));
     }
     if let Some(id) = first(&api(&http, &base, &token, "/api/v1/drills").await?, "id") {
-        pages.push(("drill".into(), format!("/ui/drills/{}", id.as_str().unwrap_or(""))));
+        pages.push((
+            "drill".into(),
+            format!("/ui/drills/{}", id.as_str().unwrap_or("")),
+        ));
     }
-    pages.push(("service accounting".into(), "/ui/services/accounting?range=1h".into()));
-    let users = api(&http, &base, &token, &format!("/api/v1/journeys/users?since_ms={}", now - 3_600_000)).await?;
+    pages.push((
+        "service accounting".into(),
+        "/ui/services/accounting?range=1h".into(),
+    ));
+    let users = api(
+        &http,
+        &base,
+        &token,
+        &format!("/api/v1/journeys/users?since_ms={}", now - 3_600_000),
+    )
+    .await?;
     if let Some(u) = first(&users, "user") {
-        pages.push(("journey".into(), format!("/ui/journeys?user={}", steadfast_web::fmt::enc(u.as_str().unwrap_or("")))));
+        pages.push((
+            "journey".into(),
+            format!(
+                "/ui/journeys?user={}",
+                steadfast_web::fmt::enc(u.as_str().unwrap_or(""))
+            ),
+        ));
     }
     if let Some(id) = first(&api(&http, &base, &token, "/api/v1/incidents").await?, "id") {
         pages.push(("incident".into(), format!("/ui/incidents/{id}")));
@@ -283,7 +359,10 @@ async fn run_async(a: &Args) -> Result<Report> {
             max_ms: *times.last().unwrap(),
             meets_target: at(0.95) < TARGET_MS && status == 200,
         };
-        eprintln!("{:<22} p50 {:>7.1} ms  p95 {:>7.1} ms  ({} bytes, {})", p.page, p.p50_ms, p.p95_ms, p.bytes, p.status);
+        eprintln!(
+            "{:<22} p50 {:>7.1} ms  p95 {:>7.1} ms  ({} bytes, {})",
+            p.page, p.p50_ms, p.p95_ms, p.bytes, p.status
+        );
         out.push(p);
     }
     let records = status["records_seen"].as_u64().unwrap_or(0);
@@ -292,7 +371,11 @@ async fn run_async(a: &Args) -> Result<Report> {
     server.shutdown().await;
     Ok(Report {
         bench: "dashboard",
-        profile: if cfg!(debug_assertions) { "debug" } else { "release" },
+        profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
         operations: stats.completed(),
         offered_ops_per_sec: a.rate,
         replay_secs,
@@ -306,7 +389,12 @@ async fn run_async(a: &Args) -> Result<Report> {
 
 /// Telemetry rows stored, from the Prometheus counter.
 async fn server_rows(http: &reqwest::Client, base: &str) -> Result<u64> {
-    let text = http.get(format!("{base}/metrics")).send().await?.text().await?;
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     Ok(text
         .lines()
         .find(|l| l.starts_with("steadfast_chain_rows_total"))

@@ -83,6 +83,10 @@ pub fn request_of(traffic: &Traffic, op: &Op) -> (&'static str, serde_json::Valu
         "amount": amount,
         "currency": op.currency,
     });
+    // The app knows its user's tier, as a bank's app does; the gateway marks the trace.
+    if user.vip {
+        body["vip"] = true.into();
+    }
     let path = match &op.kind {
         OpKind::Pay {
             channel,

@@ -453,8 +453,7 @@ pub fn router(state: Shared) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(body_max))
         .layer(axum::middleware::from_fn(crate::otlp_grpc::as_grpc_status))
         .with_state(state);
-    let not_found =
-        || async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") };
+    let not_found = || async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") };
     // The dashboard calls the API in-process, through the same guard; it is not itself
     // an API route (its pages answer HTML and authenticate by cookie).
     let ui = crate::dashboard::router(api.clone().fallback(not_found), secure);
@@ -1275,7 +1274,12 @@ async fn status(
         .collect();
     let (p50, p99, max, n) = s.metrics.recent_detection();
     let now = wall_ms();
-    let records_per_sec = s.metrics.records_rate.lock().expect("metrics lock").per_sec(now);
+    let records_per_sec = s
+        .metrics
+        .records_rate
+        .lock()
+        .expect("metrics lock")
+        .per_sec(now);
     let chain_rows_per_sec = s
         .metrics
         .chain_rows_rate

@@ -73,7 +73,9 @@ async fn export_once(
         let after = c.setting(key)?.and_then(|v| v.parse().ok()).unwrap_or(0u64);
         c.audit(&AuditFilter {
             after_seq: after,
-            target: None,            newest_first: false,            limit: batch_max,
+            target: None,
+            newest_first: false,
+            limit: batch_max,
             ..Default::default()
         })
     })

@@ -536,9 +536,7 @@ pub async fn journey_users(
 ) -> Result<Response, ApiError> {
     let axum::extract::Query(q) =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
-    let since = q
-        .since_ms
-        .unwrap_or(crate::pipeline::wall_ms() - 3_600_000);
+    let since = q.since_ms.unwrap_or(crate::pipeline::wall_ms() - 3_600_000);
     let c = &s.cfg.chain;
     let listed = if c.vip_users.is_empty() {
         "FALSE".to_string()
@@ -548,9 +546,10 @@ pub async fn journey_users(
     };
     // A VIP as the sampler sees one: listed, marked by the attribute, or by tracestate.
     let marked = format!(
-        "{listed} OR trace_state LIKE {} OR attributes LIKE {}",
+        "{listed} OR trace_state LIKE {} OR attributes LIKE {} OR attributes LIKE {}",
         literal(&format!("%{}%", steadfast_chain::sampling::VIP_TRACESTATE)),
         literal(&format!("%\"{}\":true%", c.vip_attribute)),
+        literal(&format!("%\"{}\":\"true\"%", c.vip_attribute)),
     );
     let snapshot = with_chain(&s, |c| c.snapshot()).await?;
     let rows = rows_of(

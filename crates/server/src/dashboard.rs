@@ -119,7 +119,10 @@ async fn security_headers(mut resp: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -246,7 +249,11 @@ fn to_signin(next: &str) -> Response {
 
 /// A page answer: the rendered page, with the flash cookie cleared once shown.
 fn html(jar: CookieJar, markup: maud::Markup) -> Response {
-    (jar.remove(Cookie::build(FLASH_COOKIE).path("/ui")), Html(markup.into_string())).into_response()
+    (
+        jar.remove(Cookie::build(FLASH_COOKIE).path("/ui")),
+        Html(markup.into_string()),
+    )
+        .into_response()
 }
 
 fn read_flash(jar: &CookieJar) -> Option<Flash> {
@@ -328,9 +335,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 fn cross_site() -> Response {
     (
         StatusCode::FORBIDDEN,
-        Html(
-            steadfast_web::pages::control::refused_cross_site().into_string(),
-        ),
+        Html(steadfast_web::pages::control::refused_cross_site().into_string()),
     )
         .into_response()
 }
@@ -396,7 +401,7 @@ struct SignIn {
 
 async fn signin(
     State(d): State<Dash>,
-    conn: Option<ConnectInfo<ConnInfo>>,
+    Conn(conn): Conn,
     headers: HeaderMap,
     jar: CookieJar,
     Form(f): Form<SignIn>,
@@ -464,7 +469,7 @@ async fn signin(
 
 async fn signout(
     State(d): State<Dash>,
-    conn: Option<ConnectInfo<ConnInfo>>,
+    Conn(conn): Conn,
     headers: HeaderMap,
     jar: CookieJar,
 ) -> Response {
@@ -484,18 +489,36 @@ async fn signout(
 
 // ---- pages ---------------------------------------------------------------------------
 
-type Conn = Option<ConnectInfo<ConnInfo>>;
 type Params = Query<HashMap<String, String>>;
 
-async fn overview(State(d): State<Dash>, conn: Conn, jar: CookieJar) -> Response {
+/// The request's peer, handed on to the API calls it makes (absent in tests that call
+/// the router without a listener).
+struct Conn(Option<ConnectInfo<ConnInfo>>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Conn {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Conn, Self::Rejection> {
+        Ok(Conn(
+            parts.extensions.get::<ConnectInfo<ConnInfo>>().cloned(),
+        ))
+    }
+}
+
+async fn overview(State(d): State<Dash>, Conn(conn): Conn, jar: CookieJar) -> Response {
     let (s, ctx) = signed_in!(d, jar, conn, "/ui/");
+    let open = format!("/api/v1/breaks?status=open&limit={BREAKS_PAGE_MAX}");
+    let map = format!("/api/v1/service-map?since_ms={}", ctx.now_ms - 15 * 60_000);
     let (status, rules, open, incidents, drills, map) = tokio::join!(
         d.get(&s, "/api/v1/status"),
         d.get(&s, "/api/v1/rules"),
-        d.get(&s, &format!("/api/v1/breaks?status=open&limit={BREAKS_PAGE_MAX}")),
+        d.get(&s, &open),
         d.get(&s, "/api/v1/incidents?limit=20"),
         d.get(&s, "/api/v1/drills"),
-        d.get(&s, &format!("/api/v1/service-map?since_ms={}", ctx.now_ms - 15 * 60_000)),
+        d.get(&s, &map),
     );
     let data = pages::overview::Data {
         status: status.value(),
@@ -508,7 +531,12 @@ async fn overview(State(d): State<Dash>, conn: Conn, jar: CookieJar) -> Response
     html(jar, pages::overview::render(&ctx, &data))
 }
 
-async fn breaks(State(d): State<Dash>, conn: Conn, jar: CookieJar, Query(q): Params) -> Response {
+async fn breaks(
+    State(d): State<Dash>,
+    Conn(conn): Conn,
+    jar: CookieJar,
+    Query(q): Params,
+) -> Response {
     let (s, ctx) = signed_in!(d, jar, conn, "/ui/breaks");
     let mut api = format!("/api/v1/breaks?limit={BREAKS_PAGE_MAX}");
     for key in ["rule", "kind", "status", "drill"] {
@@ -516,7 +544,9 @@ async fn breaks(State(d): State<Dash>, conn: Conn, jar: CookieJar, Query(q): Par
             api.push_str(&format!("&{key}={}", encode(v)));
         }
     }
-    let range = q.get("range").filter(|r| !r.is_empty() && r.as_str() != "all");
+    let range = q
+        .get("range")
+        .filter(|r| !r.is_empty() && r.as_str() != "all");
     if let Some(r) = range {
         let from = Range::parse(Some(r), ctx.now_ms).from_ms;
         let since = steadfast_model::format_millis(from);
@@ -532,7 +562,7 @@ async fn breaks(State(d): State<Dash>, conn: Conn, jar: CookieJar, Query(q): Par
 
 async fn break_detail(
     State(d): State<Dash>,
-    conn: Conn,
+    Conn(conn): Conn,
     jar: CookieJar,
     Path(id): Path<u64>,
 ) -> Response {
@@ -553,7 +583,7 @@ struct StatusForm {
 
 async fn break_status(
     State(d): State<Dash>,
-    conn: Conn,
+    Conn(conn): Conn,
     headers: HeaderMap,
     jar: CookieJar,
     Path(id): Path<u64>,
@@ -572,7 +602,12 @@ async fn break_status(
     after(jar, d.secure, &format!("/ui/breaks/{id}"), flash)
 }
 
-async fn drills(State(d): State<Dash>, conn: Conn, jar: CookieJar, Query(q): Params) -> Response {
+async fn drills(
+    State(d): State<Dash>,
+    Conn(conn): Conn,
+    jar: CookieJar,
+    Query(q): Params,
+) -> Response {
     let (s, ctx) = signed_in!(d, jar, conn, "/ui/drills");
     let (list, schedules) = tokio::join!(
         d.get(&s, "/api/v1/drills"),
@@ -602,7 +637,7 @@ struct NewDrillForm {
 
 async fn drill_create(
     State(d): State<Dash>,
-    conn: Conn,
+    Conn(conn): Conn,
     headers: HeaderMap,
     jar: CookieJar,
     Form(f): Form<NewDrillForm>,
@@ -634,7 +669,12 @@ async fn drill_create(
     match a.body["id"].as_str() {
         Some(id) if a.ok() => {
             let to = format!("/ui/drills/{}", encode(id));
-            after(jar, d.secure, &to, Flash::Ok(format!("Drill {id} created; start it when ready")))
+            after(
+                jar,
+                d.secure,
+                &to,
+                Flash::Ok(format!("Drill {id} created; start it when ready")),
+            )
         }
         _ => after(jar, d.secure, "/ui/drills", Flash::Error(a.refusal())),
     }
@@ -642,7 +682,7 @@ async fn drill_create(
 
 async fn drill_detail(
     State(d): State<Dash>,
-    conn: Conn,
+    Conn(conn): Conn,
     jar: CookieJar,
     Path(id): Path<String>,
 ) -> Response {
@@ -652,19 +692,25 @@ async fn drill_detail(
     if !drill.ok() {
         return html(jar, pages::control::not_found(&ctx, &drill.refusal()));
     }
-    let report = d
-        .get(&s, &format!("/api/v1/drills/{}/report?format=json", encode(&id)))
-        .await;
+    let report = format!("/api/v1/drills/{}/report?format=json", encode(&id));
+    let found = format!(
+        "/api/v1/breaks?drill={}&limit={BREAKS_PAGE_MAX}",
+        encode(&id)
+    );
+    let (report, found) = tokio::join!(d.get(&s, &report), d.get(&s, &found));
     if matches!(drill.body["state"].as_str(), Some("running" | "correcting")) {
         ctx.refresh_secs = Some(LIVE_REFRESH_SECS);
     }
     let report = report.ok().then_some(report.body);
-    html(jar, pages::drills::detail(&ctx, &drill.body, report.as_ref()))
+    html(
+        jar,
+        pages::drills::detail(&ctx, &drill.body, report.as_ref(), &found.value()),
+    )
 }
 
 async fn drill_action(
     State(d): State<Dash>,
-    conn: Conn,
+    Conn(conn): Conn,
     headers: HeaderMap,
     jar: CookieJar,
     Path((id, action)): Path<(String, String)>,
@@ -673,8 +719,19 @@ async fn drill_action(
     let to = format!("/ui/drills/{}", encode(&id));
     let (uri, done, body) = match action.as_str() {
         "start" => ("start", "Drill started", json!({})),
-        "stop" => ("stop", "Drill stopped", json!({"reason": "stopped from the dashboard"})),
-        _ => return after(jar, d.secure, &to, Flash::Error(format!("No such drill action {action:?}"))),
+        "stop" => (
+            "stop",
+            "Drill stopped",
+            json!({"reason": "stopped from the dashboard"}),
+        ),
+        _ => {
+            return after(
+                jar,
+                d.secure,
+                &to,
+                Flash::Error(format!("No such drill action {action:?}")),
+            )
+        }
     };
     let a = d
         .call(
@@ -687,7 +744,7 @@ async fn drill_action(
     after(jar, d.secure, &to, outcome(&a, done))
 }
 
-async fn killswitch_page(State(d): State<Dash>, conn: Conn, jar: CookieJar) -> Response {
+async fn killswitch_page(State(d): State<Dash>, Conn(conn): Conn, jar: CookieJar) -> Response {
     let (_s, ctx) = signed_in!(d, jar, conn, "/ui/killswitch");
     html(jar, pages::control::killswitch(&ctx))
 }
@@ -699,50 +756,74 @@ struct ReasonForm {
 
 async fn killswitch_pull(
     State(d): State<Dash>,
-    conn: Conn,
+    Conn(conn): Conn,
     headers: HeaderMap,
     jar: CookieJar,
     Form(f): Form<ReasonForm>,
 ) -> Response {
     let s = acting!(d, jar, conn, headers);
     let a = d
-        .call(&s, Method::POST, "/api/v1/killswitch", Some(json!({"reason": f.reason})))
+        .call(
+            &s,
+            Method::POST,
+            "/api/v1/killswitch",
+            Some(json!({"reason": f.reason})),
+        )
         .await;
     after(
         jar,
         d.secure,
         "/ui/killswitch",
-        outcome(&a, "Kill switch engaged: every drill is stopping and none may start"),
+        outcome(
+            &a,
+            "Kill switch engaged: every drill is stopping and none may start",
+        ),
     )
 }
 
 async fn killswitch_release(
     State(d): State<Dash>,
-    conn: Conn,
+    Conn(conn): Conn,
     headers: HeaderMap,
     jar: CookieJar,
     Form(f): Form<ReasonForm>,
 ) -> Response {
     let s = acting!(d, jar, conn, headers);
     let a = d
-        .call(&s, Method::DELETE, "/api/v1/killswitch", Some(json!({"reason": f.reason})))
+        .call(
+            &s,
+            Method::DELETE,
+            "/api/v1/killswitch",
+            Some(json!({"reason": f.reason})),
+        )
         .await;
-    after(jar, d.secure, "/ui/killswitch", outcome(&a, "Kill switch released: drills may start again"))
+    after(
+        jar,
+        d.secure,
+        "/ui/killswitch",
+        outcome(&a, "Kill switch released: drills may start again"),
+    )
 }
 
-async fn services(State(d): State<Dash>, conn: Conn, jar: CookieJar, Query(q): Params) -> Response {
+async fn services(
+    State(d): State<Dash>,
+    Conn(conn): Conn,
+    jar: CookieJar,
+    Query(q): Params,
+) -> Response {
     let (s, ctx) = signed_in!(d, jar, conn, "/ui/services");
     let range = Range::parse(q.get("range").map(String::as_str), ctx.now_ms);
-    let (map, alerts) = tokio::join!(
-        d.get(&s, &format!("/api/v1/service-map?since_ms={}", range.from_ms)),
-        d.get(&s, "/api/v1/alerts?limit=500"),
-    );
-    html(jar, pages::services::map(&ctx, &map.value(), &alerts.value(), &range))
+    let map = format!("/api/v1/service-map?since_ms={}", range.from_ms);
+    let (map, alerts) = tokio::join!(d.get(&s, &map), d.get(&s, "/api/v1/alerts?limit=500"),);
+    html(
+        jar,
+        pages::services::map(&ctx, &map.value(), &alerts.value(), &range),
+    )
 }
 
 async fn service(
     State(d): State<Dash>,
-    conn: Conn,
+    Conn(conn): Conn,
     jar: CookieJar,
     Path(name): Path<String>,
     Query(q): Params,
@@ -765,25 +846,47 @@ async fn service(
     let mut series = Vec::with_capacity(metrics.len());
     for m in metrics {
         let a = d
-            .get(&s, &format!("/api/v1/series?service={}&metric={}", encode(&name), encode(&m)))
+            .get(
+                &s,
+                &format!(
+                    "/api/v1/series?service={}&metric={}",
+                    encode(&name),
+                    encode(&m)
+                ),
+            )
             .await;
         series.push((m, a.value()));
     }
-    html(jar, pages::services::service(&ctx, &name, &series, &alerts.value(), &range))
+    html(
+        jar,
+        pages::services::service(&ctx, &name, &series, &alerts.value(), &range),
+    )
 }
 
-async fn journeys(State(d): State<Dash>, conn: Conn, jar: CookieJar, Query(q): Params) -> Response {
+async fn journeys(
+    State(d): State<Dash>,
+    Conn(conn): Conn,
+    jar: CookieJar,
+    Query(q): Params,
+) -> Response {
     let (s, ctx) = signed_in!(d, jar, conn, "/ui/journeys");
     let range = Range::parse(q.get("range").map(String::as_str), ctx.now_ms);
     let user = q.get("user").map(|u| u.trim()).filter(|u| !u.is_empty());
     let users = d
-        .get(&s, &format!("/api/v1/journeys/users?since_ms={}", range.from_ms))
+        .get(
+            &s,
+            &format!("/api/v1/journeys/users?since_ms={}", range.from_ms),
+        )
         .await;
     let journey = match user {
         Some(u) => Some(
             d.get(
                 &s,
-                &format!("/api/v1/journeys?user={}&since_ms={}", encode(u), range.from_ms),
+                &format!(
+                    "/api/v1/journeys?user={}&since_ms={}",
+                    encode(u),
+                    range.from_ms
+                ),
             )
             .await
             .value(),
@@ -796,7 +899,7 @@ async fn journeys(State(d): State<Dash>, conn: Conn, jar: CookieJar, Query(q): P
     )
 }
 
-async fn incidents(State(d): State<Dash>, conn: Conn, jar: CookieJar) -> Response {
+async fn incidents(State(d): State<Dash>, Conn(conn): Conn, jar: CookieJar) -> Response {
     let (s, ctx) = signed_in!(d, jar, conn, "/ui/incidents");
     let list = d.get(&s, "/api/v1/incidents?limit=200").await;
     html(jar, pages::incidents::list(&ctx, &list.value()))
@@ -804,25 +907,26 @@ async fn incidents(State(d): State<Dash>, conn: Conn, jar: CookieJar) -> Respons
 
 async fn incident(
     State(d): State<Dash>,
-    conn: Conn,
+    Conn(conn): Conn,
     jar: CookieJar,
     Path(id): Path<String>,
 ) -> Response {
     let here = format!("/ui/incidents/{}", encode(&id));
     let (s, ctx) = signed_in!(d, jar, conn, here);
-    let (inc, runbooks) = tokio::join!(
-        d.get(&s, &format!("/api/v1/incidents/{}", encode(&id))),
-        d.get(&s, "/api/v1/runbooks"),
-    );
+    let inc = format!("/api/v1/incidents/{}", encode(&id));
+    let (inc, runbooks) = tokio::join!(d.get(&s, &inc), d.get(&s, "/api/v1/runbooks"),);
     if !inc.ok() {
         return html(jar, pages::control::not_found(&ctx, &inc.refusal()));
     }
-    html(jar, pages::incidents::detail(&ctx, &inc.body, &runbooks.value()))
+    html(
+        jar,
+        pages::incidents::detail(&ctx, &inc.body, &runbooks.value()),
+    )
 }
 
 async fn runbook_execute(
     State(d): State<Dash>,
-    conn: Conn,
+    Conn(conn): Conn,
     headers: HeaderMap,
     jar: CookieJar,
     Path(name): Path<String>,
@@ -842,10 +946,15 @@ async fn runbook_execute(
             Some(json!({"reason": f.reason})),
         )
         .await;
-    after(jar, d.secure, &safe_next(Some(&back)), outcome(&a, &format!("Runbook {name} executed")))
+    after(
+        jar,
+        d.secure,
+        &safe_next(Some(&back)),
+        outcome(&a, &format!("Runbook {name} executed")),
+    )
 }
 
-async fn approvals(State(d): State<Dash>, conn: Conn, jar: CookieJar) -> Response {
+async fn approvals(State(d): State<Dash>, Conn(conn): Conn, jar: CookieJar) -> Response {
     let (s, ctx) = signed_in!(d, jar, conn, "/ui/approvals");
     let list = d.get(&s, "/api/v1/approvals").await;
     let mut rows = list.value();
@@ -866,7 +975,7 @@ struct DecisionForm {
 
 async fn approval_decide(
     State(d): State<Dash>,
-    conn: Conn,
+    Conn(conn): Conn,
     headers: HeaderMap,
     jar: CookieJar,
     Path((id, decision)): Path<(u64, String)>,
@@ -874,18 +983,38 @@ async fn approval_decide(
 ) -> Response {
     let s = acting!(d, jar, conn, headers);
     let (verb, done) = match decision.as_str() {
-        "approve" => ("approve", format!("Approval #{id} approved and carried out")),
+        "approve" => (
+            "approve",
+            format!("Approval #{id} approved and carried out"),
+        ),
         "reject" => ("reject", format!("Approval #{id} rejected")),
-        _ => return after(jar, d.secure, "/ui/approvals", Flash::Error(format!("No such decision {decision:?}"))),
+        _ => {
+            return after(
+                jar,
+                d.secure,
+                "/ui/approvals",
+                Flash::Error(format!("No such decision {decision:?}")),
+            )
+        }
     };
     let body = json!({"reason": f.reason.filter(|r| !r.trim().is_empty())});
     let a = d
-        .call(&s, Method::POST, &format!("/api/v1/approvals/{id}/{verb}"), Some(body))
+        .call(
+            &s,
+            Method::POST,
+            &format!("/api/v1/approvals/{id}/{verb}"),
+            Some(body),
+        )
         .await;
     after(jar, d.secure, "/ui/approvals", outcome(&a, &done))
 }
 
-async fn audit(State(d): State<Dash>, conn: Conn, jar: CookieJar, Query(q): Params) -> Response {
+async fn audit(
+    State(d): State<Dash>,
+    Conn(conn): Conn,
+    jar: CookieJar,
+    Query(q): Params,
+) -> Response {
     let (s, ctx) = signed_in!(d, jar, conn, "/ui/audit");
     let mut api = format!("/api/v1/audit?order=newest&limit={AUDIT_PAGE_MAX}");
     for key in ["actor", "action", "target"] {
@@ -895,7 +1024,10 @@ async fn audit(State(d): State<Dash>, conn: Conn, jar: CookieJar, Query(q): Para
     }
     let a = d.get(&s, &api).await;
     let error = (!a.ok()).then(|| a.refusal());
-    html(jar, pages::control::audit(&ctx, &a.value(), &q, error.as_deref()))
+    html(
+        jar,
+        pages::control::audit(&ctx, &a.value(), &q, error.as_deref()),
+    )
 }
 
 /// The dashboard's pages, for the benchmark and the browser test: path and what it shows.

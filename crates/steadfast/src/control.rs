@@ -400,7 +400,9 @@ pub async fn audit(cmd: AuditCmd) -> anyhow::Result<()> {
             loop {
                 let page = store.audit(&AuditFilter {
                     after_seq,
-                    target: None,                    newest_first: false,                    limit: steadfast_store::control::CONTROL_PAGE_MAX,
+                    target: None,
+                    newest_first: false,
+                    limit: steadfast_store::control::CONTROL_PAGE_MAX,
                     ..Default::default()
                 })?;
                 let Some(last) = page.last() else { break };

@@ -1133,7 +1133,9 @@ mod tests {
         let mut e = st
             .audit(&AuditFilter {
                 after_seq: 2,
-                target: None,                newest_first: false,                limit: 1,
+                target: None,
+                newest_first: false,
+                limit: 1,
                 ..Default::default()
             })
             .unwrap()

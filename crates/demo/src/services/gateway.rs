@@ -124,6 +124,9 @@ pub struct OrderRequest {
     /// Refund only: the order being refunded.
     #[serde(default)]
     pub refund_of: Option<String>,
+    /// The user is a VIP (the app knows its user's tier).
+    #[serde(default)]
+    pub vip: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -184,6 +187,10 @@ impl Gateway {
                 "order.id",
                 req.order_no.clone(),
             ));
+            // Steadfast's default VIP attribute: never sampled away, listed first.
+            if req.vip {
+                span.set_attribute(opentelemetry::KeyValue::new("user.vip", true));
+            }
         }
         let flags = self.flags.lock().expect("flags lock").clone();
         let (core_url, core_name) = self.core();

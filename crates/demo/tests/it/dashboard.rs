@@ -160,7 +160,52 @@ async fn the_dashboard_works_in_a_real_browser_against_the_demo() {
     .await;
     let (stop, rx) = tokio::sync::watch::channel(false);
     let check = async {
-        // The detectors learn the clean platform first (as in the insight tests).
+        let chromium = Browser::start().await;
+        let ui = Ui {
+            b: &chromium,
+            base: rig.base.clone(),
+            shots: shots_dir(),
+        };
+        ui.sign_in(&rig.token).await;
+        // A lossless drill from its template: create, start, watch, stop, report.
+        ui.goto(&format!(
+            "/ui/drills?template={}",
+            steadfast_web::fmt::enc("bills a cent high (lossless)")
+        ))
+        .await;
+        ui.shot("drills").await;
+        ui.click("#new-drill button[type=submit]").await;
+        let url = ui.b.client.current_url().await.unwrap();
+        let id = url
+            .path()
+            .strip_prefix("/ui/drills/")
+            .unwrap_or_else(|| panic!("created: on the drill's page, not {url}"))
+            .to_string();
+        ui.click("form[action$='/start'] button").await;
+        let d = rig.get(&format!("/api/v1/drills/{id}")).await;
+        assert_eq!(d["state"], "running", "{d:#}");
+        wait_for("forged faults found", 30, async || {
+            let found = rig.get(&format!("/api/v1/breaks?drill={id}")).await;
+            (found.as_array()?.len() >= 5).then_some(())
+        })
+        .await;
+        ui.goto(&format!("/ui/drills/{id}")).await;
+        ui.shot("drill-live").await;
+        ui.click("form[action$='/stop'] button").await;
+        let d = rig.get(&format!("/api/v1/drills/{id}")).await;
+        assert!(
+            matches!(d["state"].as_str(), Some("stopped" | "completed")),
+            "{}",
+            d["state"]
+        );
+        ui.goto(&format!("/ui/drills/{id}")).await;
+        assert!(
+            ui.has("figure.chart svg.chart-timeline").await,
+            "the drill timeline"
+        );
+        ui.shot("drill-report").await;
+
+        // Meanwhile the detectors learned the clean platform (as in the insight tests).
         wait_for("an accounting latency baseline", 120, async || {
             let v = rig
                 .get_opt("/api/v1/series?service=accounting&metric=latency_ms_p95")
@@ -203,24 +248,24 @@ async fn the_dashboard_works_in_a_real_browser_against_the_demo() {
         })
         .await;
 
-        let chromium = Browser::start().await;
-        let ui = Ui {
-            b: &chromium,
-            base: rig.base.clone(),
-            shots: shots_dir(),
-        };
-        ui.sign_in(&rig.token).await;
+        ui.goto("/ui/").await;
         ui.shot("overview").await;
         let text = ui.text().await;
         assert!(text.contains("Fund links"), "{text}");
-        assert!(ui.has("figure.chart svg").await, "the overview's chart");
+        assert!(
+            ui.has("figure.chart svg.chart-bars").await,
+            "the overview's chart"
+        );
 
         // Breaks: the list, the evidence side by side, acknowledge with a reason.
         ui.goto("/ui/breaks?kind=amount_mismatch").await;
         assert!(ui.has(&format!("a[href='/ui/breaks/{brk}']")).await);
         ui.shot("breaks").await;
         ui.goto(&format!("/ui/breaks/{brk}")).await;
-        assert!(ui.has("td.differs").await, "the differing amount is highlighted");
+        assert!(
+            ui.has("td.differs").await,
+            "the differing amount is highlighted"
+        );
         ui.shot("break-evidence").await;
         ui.fill("#ack input[name=reason]", "checking billing's writer")
             .await;
@@ -231,68 +276,28 @@ async fn the_dashboard_works_in_a_real_browser_against_the_demo() {
         assert_eq!(b["status"], "acknowledged");
         assert_eq!(b["status_reason"], "checking billing's writer");
 
-        // A lossless drill from its template: create, start, watch, stop, report.
-        ui.goto(&format!(
-            "/ui/drills?template={}",
-            steadfast_web::fmt::enc("bills a cent high (lossless)")
-        ))
-        .await;
-        ui.shot("drills").await;
-        ui.click("#new-drill button[type=submit]").await;
-        let url = ui.b.client.current_url().await.unwrap();
-        let id = url
-            .path()
-            .strip_prefix("/ui/drills/")
-            .unwrap_or_else(|| panic!("created: on the drill's page, not {url}"))
-            .to_string();
-        ui.click("form[action$='/start'] button").await;
-        let d = rig.get(&format!("/api/v1/drills/{id}")).await;
-        assert_eq!(d["state"], "running", "{d:#}");
-        wait_for("forged faults found", 30, async || {
-            let found = rig.get(&format!("/api/v1/breaks?drill={id}")).await;
-            (found.as_array()?.len() >= 5).then_some(())
-        })
-        .await;
-        ui.goto(&format!("/ui/drills/{id}")).await;
-        ui.shot("drill-live").await;
-        ui.click("form[action$='/stop'] button").await;
-        let d = rig.get(&format!("/api/v1/drills/{id}")).await;
-        assert!(
-            matches!(d["state"].as_str(), Some("stopped" | "completed")),
-            "{}",
-            d["state"]
-        );
-        ui.goto(&format!("/ui/drills/{id}")).await;
-        assert!(
-            ui.has("figure.chart svg[aria-label*='imeline']").await,
-            "the drill timeline"
-        );
-        ui.shot("drill-report").await;
-
         // The service map, and a service's baselines with the alerts drawn on them.
         ui.goto("/ui/services?range=15m").await;
         assert!(ui.has("a[href='/ui/services/accounting']").await);
+        assert!(
+            ui.has("figure.chart svg.chart-map").await,
+            "the service map"
+        );
         ui.shot("service-map").await;
-        ui.goto("/ui/services/accounting?range=15m").await;
-        let charts = ui
-            .b
-            .client
-            .find_all(Locator::Css("figure.chart svg"))
-            .await
-            .unwrap()
-            .len();
+        ui.goto("/ui/services/accounting?range=5m").await;
+        let charts =
+            ui.b.client
+                .find_all(Locator::Css("figure.chart svg.chart-time"))
+                .await
+                .unwrap()
+                .len();
         assert!(charts >= 2, "latency and request charts: {charts}");
         ui.shot("service-baselines").await;
 
         // Journeys: VIP users first; a user's waterfall.
         ui.goto("/ui/journeys").await;
         ui.shot("journeys").await;
-        let first = ui
-            .b
-            .client
-            .find(Locator::Css("a[href^='/ui/journeys?user=']"))
-            .await
-            .expect("users are listed");
+        // The demo's VIPs (5 % of users, marked by their app) lead the list.
         let users = rig
             .get(&format!(
                 "/api/v1/journeys/users?since_ms={}",
@@ -300,15 +305,29 @@ async fn the_dashboard_works_in_a_real_browser_against_the_demo() {
             ))
             .await;
         let list = users.as_array().unwrap();
-        if list.iter().any(|u| u["vip"] == true) {
-            assert_eq!(list[0]["vip"], true, "VIP users first");
-        }
-        let user = list[0]["user"].as_str().unwrap().to_string();
-        assert!(first.attr("href").await.unwrap().unwrap().contains(&steadfast_web::fmt::enc(&user)));
+        assert_eq!(list[0]["vip"], true, "VIP users first: {list:?}");
+        let first =
+            ui.b.client
+                .find(Locator::Css("td a[href^='/ui/journeys?user=']"))
+                .await
+                .unwrap();
+        let user = first.text().await.unwrap();
+        let row =
+            ui.b.client
+                .find(Locator::Css("tbody tr"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+        assert!(
+            row.contains("VIP"),
+            "the first user listed is marked VIP: {row}"
+        );
         ui.fill("input[name=user]", &user).await;
         ui.click("form[action='/ui/journeys'] button").await;
         assert!(
-            ui.has("figure.chart svg[aria-label*='aterfall']").await,
+            ui.has("figure.chart svg.chart-waterfall").await,
             "the journey waterfall"
         );
         ui.shot("journey").await;
@@ -330,8 +349,11 @@ async fn the_dashboard_works_in_a_real_browser_against_the_demo() {
         // Four-eyes: pulling the kill switch is immediate; releasing it waits for a
         // second person, and the page says who asked and who must approve.
         ui.goto("/ui/killswitch").await;
-        ui.fill("form[action='/ui/killswitch'] input[name=reason]", "test pull")
-            .await;
+        ui.fill(
+            "form[action='/ui/killswitch'] input[name=reason]",
+            "test pull",
+        )
+        .await;
         ui.click("form[action='/ui/killswitch'] button").await;
         assert!(ui.text().await.contains("KILL SWITCH ENGAGED"));
         assert_eq!(rig.get("/api/v1/killswitch").await["engaged"], true);
@@ -340,7 +362,8 @@ async fn the_dashboard_works_in_a_real_browser_against_the_demo() {
             "drills may resume",
         )
         .await;
-        ui.click("form[action='/ui/killswitch/release'] button").await;
+        ui.click("form[action='/ui/killswitch/release'] button")
+            .await;
         let flash = ui.flash().await;
         assert!(
             flash.contains("waiting for a second person") && flash.contains("drill-admin"),

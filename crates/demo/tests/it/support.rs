@@ -486,7 +486,10 @@ impl Browser {
     pub async fn console(&self) -> Vec<(String, String)> {
         let id = self.client.session_id().await.unwrap().unwrap();
         let r: Value = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{}/session/{id}/se/log", self.port))
+            .post(format!(
+                "http://127.0.0.1:{}/session/{id}/se/log",
+                self.port
+            ))
             .json(&serde_json::json!({"type": "browser"}))
             .send()
             .await

@@ -278,7 +278,9 @@ fn new_drill_form(
 // ---- one drill ------------------------------------------------------------------------
 
 /// `GET /ui/drills/{id}`: state, spec, live figures, report, timeline and verdict.
-pub fn detail(ctx: &Ctx, drill: &Value, report: Option<&Value>) -> Markup {
+/// `live_breaks`: the drill's breaks so far (`GET /api/v1/breaks?drill={id}`), what a
+/// running drill shows before its report exists.
+pub fn detail(ctx: &Ctx, drill: &Value, report: Option<&Value>, live_breaks: &Value) -> Markup {
     let id = drill["id"].as_str().unwrap_or("");
     let state = drill["state"].as_str().unwrap_or("—");
     let spec = &drill["spec"];
@@ -315,8 +317,8 @@ pub fn detail(ctx: &Ctx, drill: &Value, report: Option<&Value>) -> Markup {
             p.note { "Starting a lossy drill asks a second person to approve it; it starts once they do." }
         }
         (section("Lifecycle", lifecycle(ctx, drill)))
-        (section("Figures", figures(drill, report)))
-        (section("Timeline", timeline(ctx, drill, report)))
+        (section("Figures", figures(drill, report, live_breaks)))
+        (section("Timeline", timeline(ctx, drill, report, live_breaks)))
         @if has_report {
             (section("Verdict", verdict(drill, report)))
             (section("Faults", outcomes_table(report)))
@@ -381,7 +383,21 @@ fn lifecycle(ctx: &Ctx, d: &Value) -> Markup {
     }
 }
 
-fn figures(d: &Value, report: &Value) -> Markup {
+/// The drill's breaks so far as (key, first detection), earliest first.
+fn found_so_far(live_breaks: &Value) -> Vec<(String, i64)> {
+    let mut first: std::collections::BTreeMap<String, i64> = Default::default();
+    for b in items(live_breaks) {
+        if let (Some(k), Some(t)) = (b["key"].as_str(), int(&b["detected_at"])) {
+            let e = first.entry(k.to_string()).or_insert(t);
+            *e = (*e).min(t);
+        }
+    }
+    let mut v: Vec<(String, i64)> = first.into_iter().collect();
+    v.sort_by_key(|(_, t)| *t);
+    v
+}
+
+fn figures(d: &Value, report: &Value, live_breaks: &Value) -> Markup {
     let hits = items(&d["hits"]);
     let planted = items(&d["planted"]).len();
     html! {
@@ -405,7 +421,13 @@ fn figures(d: &Value, report: &Value) -> Markup {
                 }
             } @else {
                 (stat("faults planted", &planted.to_string(), Tone::Neutral))
-                (stat("injected", &items(&d["injections"]).len().to_string(), Tone::Neutral))
+                @let found = found_so_far(live_breaks);
+                @if hits.is_empty() {
+                    (stat("discovered so far", &found.len().to_string(), if found.is_empty() { Tone::Neutral } else { Tone::Good }))
+                    @if let (Some((_, t)), Some(start)) = (found.first(), int(&d["lease"]["started_at"])) {
+                        (stat("first found after start", &fmt::duration_ms(t - start), Tone::Neutral))
+                    }
+                }
                 @if !hits.is_empty() {
                     (stat("proxy hits", &hits.len().to_string(), Tone::Neutral))
                     @let found = hits.iter().filter(|h| !h["discovered_at_ms"].is_null()).count();
@@ -479,9 +501,22 @@ fn plausible(ms: i64) -> bool {
     (946_684_800_000..=7_258_118_400_000).contains(&ms)
 }
 
-fn timeline(ctx: &Ctx, d: &Value, report: &Value) -> Markup {
+fn timeline(ctx: &Ctx, d: &Value, report: &Value, live_breaks: &Value) -> Markup {
     let lease = &d["lease"];
-    let faults = faults_of(d, report);
+    let mut faults = faults_of(d, report);
+    // Before the report: what the drill's breaks show so far.
+    if faults.is_empty() {
+        faults = found_so_far(live_breaks)
+            .into_iter()
+            .map(|(key, t)| Fault {
+                key,
+                injected: None,
+                discovered: Some(t),
+                corrected: None,
+                on_time: true,
+            })
+            .collect();
+    }
     let shown = &faults[..faults.len().min(TIMELINE_FAULTS_MAX)];
     // (time, lane, label, tone)
     let mut evs: Vec<(i64, &str, String, Tone)> = Vec::new();
@@ -657,7 +692,11 @@ fn outcomes_table(report: &Value) -> Markup {
             o["on_time"].as_bool().unwrap_or(false),
         )
     });
+    // A passed drill's faults are all alike: folded, with what went wrong open.
+    let all_fine = rows.iter().all(|o| o["on_time"].as_bool() == Some(true));
     html! {
+        details open[!all_fine] {
+        summary { (rows.len()) " fault(s)" @if all_fine { ", every one found on time" } @else { ": missed and late ones first" } }
         table {
             thead { tr {
                 th { "Key" } th { "Injected" } th { "Discovered" } th.num { "Time to detect" } th { "Corrected" } th { "On time" }
@@ -681,6 +720,7 @@ fn outcomes_table(report: &Value) -> Markup {
         }
         @if rows.len() > ROWS_MAX {
             p.note { (rows.len() - ROWS_MAX) " more fault(s) not listed (missed and late ones are listed first)." }
+        }
         }
     }
 }
@@ -761,7 +801,7 @@ fn short(v: &Value) -> String {
 fn planted_table(d: &Value) -> Markup {
     let planted = items(&d["planted"]);
     html! {
-        details open[items(&d["injections"]).is_empty()] {
+        details {
             summary { (planted.len()) " fault(s) planted on forged pairs" }
             table {
                 thead { tr { th { "Rule" } th { "Key" } th.num { "Fault" } th { "Change" } } }
@@ -1017,7 +1057,8 @@ mod tests {
             html.contains(r#"href="/ui/drills?template=drill%20lossy%20bills""#),
             "{html}"
         );
-        assert!(html.contains(r#"<form class="stack" method="post" action="/ui/drills">"#));
+        assert!(html
+            .contains(r#"<form class="stack" id="new-drill" method="post" action="/ui/drills">"#));
         assert!(html.contains(r#"name="spec""#) && html.contains(r#"name="pairs""#));
         // The chosen template's text is in the textarea, escaped.
         assert!(html.contains("in &lt;flight&gt;"));
@@ -1052,7 +1093,7 @@ mod tests {
         let mut c = ctx();
         c.refresh_secs = Some(2);
         let d = drill("running", json!("running"), Value::Null);
-        let html = detail(&c, &d, None).into_string();
+        let html = detail(&c, &d, None, &Value::Null).into_string();
         assert!(
             html.contains(r#"action="/ui/drills/drill-AbC123/stop""#),
             "{html}"
@@ -1070,12 +1111,34 @@ mod tests {
     }
 
     #[test]
+    fn a_running_drill_shows_what_its_breaks_have_found_so_far() {
+        let mut d = drill("running", json!("running"), Value::Null);
+        d["lease"]["ended_at"] = Value::Null;
+        let started = d["lease"]["started_at"]
+            .as_i64()
+            .unwrap_or(1_764_770_000_000);
+        d["lease"]["started_at"] = json!(started);
+        let breaks = json!([
+            {"key": "k-1", "detected_at": started + 1_500},
+            {"key": "k-1", "detected_at": started + 1_700},
+            {"key": "k-2", "detected_at": started + 2_000}]);
+        let html = detail(&ctx(), &d, None, &breaks).into_string();
+        let found = html.find("discovered so far").expect("the live figure");
+        assert!(html[..found].rfind(">2<").is_some(), "two keys found");
+        assert!(html.contains("1.5 s"), "first found 1.5 s after the start");
+        assert!(
+            html.contains(r#"<details><summary>"#) || !html.contains("<details open"),
+            "planted faults folded"
+        );
+    }
+
+    #[test]
     fn a_pending_drill_has_start_only() {
         let mut d = drill("pending", json!("pending"), Value::Null);
         d["lease"]["started_at"] = Value::Null;
         d["lease"]["ended_at"] = Value::Null;
         d["injections"] = json!([]);
-        let html = detail(&ctx(), &d, None).into_string();
+        let html = detail(&ctx(), &d, None, &Value::Null).into_string();
         assert!(html.contains(r#"action="/ui/drills/drill-AbC123/start""#));
         assert!(!html.contains("/stop\""));
         assert!(!html.contains("refreshes itself"));
@@ -1085,7 +1148,7 @@ mod tests {
     fn an_ended_drill_shows_its_verdict_timeline_and_audit_link() {
         let d = drill("completed", json!({"ended": "completed"}), report());
         let r = report();
-        let html = detail(&ctx(), &d, Some(&r)).into_string();
+        let html = detail(&ctx(), &d, Some(&r), &Value::Null).into_string();
         assert!(!html.contains("/stop\"") && !html.contains("/start\""));
         assert!(html.contains(r#"<figure class="chart"#));
         assert!(html.contains("Drill timeline"));
@@ -1110,7 +1173,7 @@ mod tests {
         r["missed"] = json!(0);
         r["false_positives"] = json!([]);
         let d = drill("completed", json!({"ended": "completed"}), r.clone());
-        let html = detail(&ctx(), &d, Some(&r)).into_string();
+        let html = detail(&ctx(), &d, Some(&r), &Value::Null).into_string();
         assert!(
             html.contains("Every fault was discovered within 6.0 s"),
             "{html}"
@@ -1129,7 +1192,7 @@ mod tests {
                     "fault": 0, "key": "ORD-9", "record_id": "b-9", "field": "amount", "original": "10.00", "tampered": "10.01", "at_ms": NOW - 30_000},
             "discovered_at_ms": NOW - 27_000, "state": "pending", "booked_at_ms": null, "recovered_at_ms": null, "note": null
         }]);
-        let html = detail(&ctx(), &d, None).into_string();
+        let html = detail(&ctx(), &d, None, &Value::Null).into_string();
         assert!(html.contains("Proxy hits"));
         assert!(html.contains("10.00 → 10.01"), "{html}");
         assert!(html.contains("awaiting approval, approval #12"));
@@ -1149,7 +1212,7 @@ mod tests {
         for w in &weird {
             let html = list(&ctx(), w, w, &[], None).into_string();
             assert!(html.contains("New drill"));
-            let html = detail(&ctx(), w, Some(w)).into_string();
+            let html = detail(&ctx(), w, Some(w), &Value::Null).into_string();
             assert!(html.contains("Drill"), "{html}");
         }
         let html = list(
@@ -1168,7 +1231,7 @@ mod tests {
         let mut d = drill("killed", json!({"ended": "kill_switch"}), Value::Null);
         d["injections"] = json!([]);
         d["error"] = json!("the kill switch <was> pulled");
-        let html = detail(&ctx(), &d, None).into_string();
+        let html = detail(&ctx(), &d, None, &Value::Null).into_string();
         assert!(
             html.contains("No report: the drill ended (killed)"),
             "{html}"

@@ -27,7 +27,7 @@ const FLOWS_MAX: usize = 6;
 /// Log lines listed per trace.
 const LOGS_MAX: usize = 50;
 /// Users listed.
-const USERS_MAX: usize = 200;
+const USERS_MAX: usize = 25;
 
 /// Nanoseconds since the epoch of a time column: the chain's JSON writes timestamps as
 /// `2026-12-03T14:53:49.123456789` (UTC, no zone); a number is taken as nanoseconds.
@@ -551,7 +551,7 @@ fn trace_section(t: &Value) -> Markup {
                 @if !orders.is_empty() { " · orders " (orders.join(", ")) }
                 @if int(&t["errors"]).unwrap_or(0) > 0 { " " (pill(&format!("{} error(s)", int(&t["errors"]).unwrap_or(0)), Tone::Bad)) }
             }
-            (chart::waterfall(&format!("Trace {}", short_id(id)), &wf, "No span of this trace was stored (only its summary)."))
+            (chart::waterfall(&format!("Waterfall of trace {}", short_id(id)), &wf, "No span of this trace was stored (only its summary)."))
             (breakdown_table(b, total))
             @if !logs.is_empty() {
                 details {

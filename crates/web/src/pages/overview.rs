@@ -55,11 +55,12 @@ pub fn render(ctx: &Ctx, d: &Data) -> Markup {
             (links(d, &unresolved))
             (services(d))
         }
+        // Full width: a chart's text scales with its box.
+        (section("Unresolved breaks by rule", breaks_by_rule(d, &unresolved)))
         div.grid {
-            (section("Unresolved breaks by rule", breaks_by_rule(d, &unresolved)))
             (section("Firing incidents", incidents(ctx, &firing)))
+            (section("Drills", drill_table(ctx, &drills)))
         }
-        (section("Drills", drill_table(ctx, &drills)))
     };
     page(ctx, "Overview", Nav::Overview, body)
 }

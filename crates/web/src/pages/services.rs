@@ -319,7 +319,8 @@ pub fn map(ctx: &Ctx, edges: &Value, alerts: &Value, range: &Range) -> Markup {
             if let Some(p99) = n.p99_ns_max {
                 detail.push(format!("p99 {}", ns_text(p99)));
             }
-            if n.calls_in > 0.0 {
+            // No errors is the usual case; the box has room only for what stands out.
+            if n.calls_in > 0.0 && n.errors_in > 0.0 {
                 detail.push(format!("{:.1}% err", n.errors_in / n.calls_in * 100.0));
             }
             if detail.is_empty() {
@@ -544,7 +545,15 @@ fn metric_chart(
         .collect();
     let band: Vec<(i64, f64, f64)> = pts
         .iter()
-        .filter_map(|p| Some((int(&p["time_ms"])?, num(&p["lower"])?, num(&p["upper"])?)))
+        // Every watched metric is a latency, a count or a rate: never below zero, so a
+        // band reaching below it would only stretch the axis.
+        .filter_map(|p| {
+            Some((
+                int(&p["time_ms"])?,
+                num(&p["lower"])?.max(0.0),
+                num(&p["upper"])?,
+            ))
+        })
         .collect();
     let mark_labels: Vec<(i64, f64, String, Tone)> = pts
         .iter()
@@ -608,10 +617,14 @@ fn metric_chart(
         )
     };
     let learning = !all.is_empty() && all.len() < WARMUP_POINTS_DEFAULT;
+    // The detector keeps a bounded history: the axis starts where the points do when
+    // that is later than the range's start, rather than leaving most of it empty.
+    let first_point = observed.iter().map(|(t, _)| *t).min();
+    let from_ms = first_point.map_or(range.from_ms, |t| t.max(range.from_ms));
     let chart = TimeChart {
         title: &title,
         unit,
-        from_ms: range.from_ms,
+        from_ms,
         to_ms: range.to_ms,
         lines,
         band: (!band.is_empty()).then_some(Band {
