@@ -4,6 +4,7 @@
 mod access;
 mod api;
 mod chain;
+mod dashboard;
 mod drills;
 mod network;
 mod runbooks;
