@@ -1003,6 +1003,8 @@ pub struct BreakQuery {
     /// `exclude` (default), `include`, or a drill id.
     drill: Option<String>,
     after_id: Option<u64>,
+    /// `oldest` first (default, for paging with `after_id`) or `newest` first.
+    order: Option<String>,
     limit: Option<usize>,
     /// `json` (default) or `csv`.
     format: Option<String>,
@@ -1022,7 +1024,7 @@ fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> 
         .transpose()
 }
 
-/// Lists breaks, oldest first, with filters and cursor paging (`after_id`).
+/// Lists breaks, oldest first (or `order=newest`), with filters and cursor paging (`after_id`).
 #[utoipa::path(get, path = "/api/v1/breaks", params(BreakQuery),
     responses((status = 200, description = "breaks (JSON array, or CSV with format=csv)"), (status = 400, body = ErrorBody)),
     security(("token" = [])))]
@@ -1065,6 +1067,17 @@ async fn list_breaks(
             Some(d) => Some(Some(d.to_string())),
         },
         after_id: q.after_id,
+        newest_first: match q.order.as_deref() {
+            None | Some("oldest") => false,
+            Some("newest") => true,
+            Some(o) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    format!("unknown order {o:?} (oldest or newest)"),
+                ))
+            }
+        },
         limit: q.limit.unwrap_or(100),
     };
     let rows = with_store(&s, move |st| st.list(&filter)).await?;

@@ -34,10 +34,14 @@ use crate::tls::ConnInfo;
 const SESSION_COOKIE: &str = "steadfast_session";
 /// The outcome of the last action, shown once by the next page.
 const FLASH_COOKIE: &str = "steadfast_flash";
+/// The flash cookie's value at most, encoded (browsers keep cookies up to 4 KiB).
+const FLASH_BYTES_MAX: usize = 3_500;
 /// The largest API answer a page reads (journeys and long break lists are the big ones).
 const API_ANSWER_BYTES_MAX: usize = 32 << 20;
 /// Breaks listed on one page.
 const BREAKS_PAGE_MAX: usize = 200;
+/// A drill's breaks read for its live figures (the API's page bound).
+const DRILL_BREAKS_MAX: usize = 1000;
 /// Audit entries listed on one page.
 const AUDIT_PAGE_MAX: usize = 200;
 /// How often a running drill's page reloads itself.
@@ -79,8 +83,8 @@ pub(crate) fn router(api: Router, secure: bool) -> Router {
         .route("/ui/drills", get(drills).post(drill_create))
         .route("/ui/drills/{id}", get(drill_detail))
         .route("/ui/drills/{id}/{action}", post(drill_action))
-        .route("/ui/killswitch", get(killswitch_page).post(killswitch_pull))
-        .route("/ui/killswitch/release", post(killswitch_release))
+        .route("/ui/killswitch", get(killswitch_page))
+        .route("/ui/killswitch/{action}", post(killswitch_change))
         .route("/ui/services", get(services))
         .route("/ui/services/{name}", get(service))
         .route("/ui/journeys", get(journeys))
@@ -90,6 +94,7 @@ pub(crate) fn router(api: Router, secure: bool) -> Router {
         .route("/ui/approvals", get(approvals))
         .route("/ui/approvals/{id}/{decision}", post(approval_decide))
         .route("/ui/audit", get(audit))
+        .layer(axum::middleware::from_fn(same_origin_posts))
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::middleware::from_fn(server_timing))
         .with_state(d)
@@ -183,19 +188,31 @@ struct Session {
 
 impl Dash {
     async fn call(&self, s: &Session, method: Method, uri: &str, body: Option<Value>) -> Answer {
+        // A token from a form may hold anything: one that is not header text is refused
+        // here, as the API would refuse it.
+        let Ok(bearer) = HeaderValue::from_str(&format!("Bearer {}", s.token)) else {
+            return Answer {
+                status: StatusCode::UNAUTHORIZED,
+                body: json!({"message": "that is not a token (tokens are letters, digits and underscores)"}),
+            };
+        };
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {}", s.token));
+            .header(header::AUTHORIZATION, bearer);
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
-        let mut req = req
-            .body(match &body {
-                Some(b) => Body::from(b.to_string()),
-                None => Body::empty(),
-            })
-            .expect("a request built from a checked URI");
+        let built = req.body(match &body {
+            Some(b) => Body::from(b.to_string()),
+            None => Body::empty(),
+        });
+        let Ok(mut req) = built else {
+            return Answer {
+                status: StatusCode::BAD_REQUEST,
+                body: json!({"message": "the dashboard built a request it could not send"}),
+            };
+        };
         if let Some(c) = &s.conn {
             req.extensions_mut().insert(c.clone());
         }
@@ -274,10 +291,10 @@ fn after(jar: CookieJar, secure: bool, to: &str, flash: Flash) -> Response {
         Flash::Pending(m) => ("pending", m),
         Flash::Error(m) => ("error", m),
     };
-    // Cookies hold a limited size: a very long message is cut.
+    // A browser drops a cookie over 4 KiB: a long message is cut until it fits encoded.
     let mut text = format!("{kind}:{msg}");
-    if text.len() > 1500 {
-        let mut cut = 1500;
+    while encode(&text).len() > FLASH_BYTES_MAX {
+        let mut cut = text.len() * 9 / 10;
         while !text.is_char_boundary(cut) {
             cut -= 1;
         }
@@ -312,15 +329,23 @@ fn outcome(a: &Answer, done: &str) -> Flash {
     }
 }
 
-/// POSTs must come from this server's own pages.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+/// POSTs must come from this server's own pages: the `Origin` (or, failing that, the
+/// `Referer`) names the host the request was sent to. That host is `Host`, or under
+/// HTTP/2 the request's `:authority`, which browsers send instead.
+fn same_origin(req: &Request) -> bool {
+    let headers = req.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let Some(host) = host else {
         return false;
     };
     let names_host = |url: &str| {
         url.strip_prefix("http://")
             .or_else(|| url.strip_prefix("https://"))
-            .map(|rest| rest.split('/').next() == Some(host))
+            .map(|rest| rest.split('/').next() == Some(host.as_str()))
             .unwrap_or(false)
     };
     match headers.get(header::ORIGIN).and_then(|h| h.to_str().ok()) {
@@ -330,6 +355,15 @@ fn same_origin(headers: &HeaderMap) -> bool {
             .and_then(|h| h.to_str().ok())
             .is_some_and(names_host),
     }
+}
+
+/// Refuses every POST that does not come from one of this server's pages, before any
+/// handler (sign-in included) runs.
+async fn same_origin_posts(req: Request, next: axum::middleware::Next) -> Response {
+    if req.method() == Method::POST && !same_origin(&req) {
+        return cross_site();
+    }
+    next.run(req).await
 }
 
 fn cross_site() -> Response {
@@ -355,12 +389,10 @@ macro_rules! signed_in {
     }};
 }
 
-/// The common start of an action handler: same origin and a session.
+/// The common start of an action handler (the origin was checked by
+/// `same_origin_posts`): a session.
 macro_rules! acting {
-    ($d:expr, $jar:expr, $conn:expr, $headers:expr) => {{
-        if !same_origin(&$headers) {
-            return cross_site();
-        }
+    ($d:expr, $jar:expr, $conn:expr) => {{
         let Some(s) = session(&$jar, $conn) else {
             return to_signin("/ui/");
         };
@@ -402,13 +434,9 @@ struct SignIn {
 async fn signin(
     State(d): State<Dash>,
     Conn(conn): Conn,
-    headers: HeaderMap,
     jar: CookieJar,
     Form(f): Form<SignIn>,
 ) -> Response {
-    if !same_origin(&headers) {
-        return cross_site();
-    }
     let next = safe_next(f.next.as_deref());
     let back = format!("/ui/signin?next={}", encode(&next));
     let token = match (f.token.as_deref().map(str::trim), f.user.as_deref()) {
@@ -467,15 +495,7 @@ async fn signin(
     )
 }
 
-async fn signout(
-    State(d): State<Dash>,
-    Conn(conn): Conn,
-    headers: HeaderMap,
-    jar: CookieJar,
-) -> Response {
-    if !same_origin(&headers) {
-        return cross_site();
-    }
+async fn signout(State(d): State<Dash>, Conn(conn): Conn, jar: CookieJar) -> Response {
     if let Some(s) = session(&jar, conn) {
         // A session token (from a user's sign-in) ends with it; an API token stays valid
         // and is only forgotten by this browser.
@@ -510,20 +530,17 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Conn {
 
 async fn overview(State(d): State<Dash>, Conn(conn): Conn, jar: CookieJar) -> Response {
     let (s, ctx) = signed_in!(d, jar, conn, "/ui/");
-    let open = format!("/api/v1/breaks?status=open&limit={BREAKS_PAGE_MAX}");
     let map = format!("/api/v1/service-map?since_ms={}", ctx.now_ms - 15 * 60_000);
-    let (status, rules, open, incidents, drills, map) = tokio::join!(
+    let (status, rules, incidents, drills, map) = tokio::join!(
         d.get(&s, "/api/v1/status"),
         d.get(&s, "/api/v1/rules"),
-        d.get(&s, &open),
-        d.get(&s, "/api/v1/incidents?limit=20"),
+        d.get(&s, "/api/v1/incidents?state=firing&limit=100"),
         d.get(&s, "/api/v1/drills"),
         d.get(&s, &map),
     );
     let data = pages::overview::Data {
         status: status.value(),
         rules: rules.value(),
-        open_breaks: open.value(),
         incidents: incidents.value(),
         drills: drills.value(),
         service_map: map.value(),
@@ -538,8 +555,8 @@ async fn breaks(
     Query(q): Params,
 ) -> Response {
     let (s, ctx) = signed_in!(d, jar, conn, "/ui/breaks");
-    let mut api = format!("/api/v1/breaks?limit={BREAKS_PAGE_MAX}");
-    for key in ["rule", "kind", "status", "drill"] {
+    let mut api = format!("/api/v1/breaks?order=newest&limit={BREAKS_PAGE_MAX}");
+    for key in ["rule", "link", "kind", "status", "drill"] {
         if let Some(v) = q.get(key).filter(|v| !v.is_empty()) {
             api.push_str(&format!("&{key}={}", encode(v)));
         }
@@ -584,12 +601,11 @@ struct StatusForm {
 async fn break_status(
     State(d): State<Dash>,
     Conn(conn): Conn,
-    headers: HeaderMap,
     jar: CookieJar,
     Path(id): Path<u64>,
     Form(f): Form<StatusForm>,
 ) -> Response {
-    let s = acting!(d, jar, conn, headers);
+    let s = acting!(d, jar, conn);
     let a = d
         .call(
             &s,
@@ -638,11 +654,10 @@ struct NewDrillForm {
 async fn drill_create(
     State(d): State<Dash>,
     Conn(conn): Conn,
-    headers: HeaderMap,
     jar: CookieJar,
     Form(f): Form<NewDrillForm>,
 ) -> Response {
-    let s = acting!(d, jar, conn, headers);
+    let s = acting!(d, jar, conn);
     let pairs = match f.pairs.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
         None => Value::Null,
         Some(p) => match p.parse::<u64>() {
@@ -711,11 +726,10 @@ async fn drill_detail(
 async fn drill_action(
     State(d): State<Dash>,
     Conn(conn): Conn,
-    headers: HeaderMap,
     jar: CookieJar,
     Path((id, action)): Path<(String, String)>,
 ) -> Response {
-    let s = acting!(d, jar, conn, headers);
+    let s = acting!(d, jar, conn);
     let to = format!("/ui/drills/{}", encode(&id));
     let (uri, done, body) = match action.as_str() {
         "start" => ("start", "Drill started", json!({})),
@@ -754,55 +768,48 @@ struct ReasonForm {
     reason: String,
 }
 
-async fn killswitch_pull(
+/// Pulls (`POST /ui/killswitch/pull`) or releases (`.../release`) the kill switch.
+async fn killswitch_change(
     State(d): State<Dash>,
     Conn(conn): Conn,
-    headers: HeaderMap,
     jar: CookieJar,
+    Path(action): Path<String>,
     Form(f): Form<ReasonForm>,
 ) -> Response {
-    let s = acting!(d, jar, conn, headers);
-    let a = d
-        .call(
-            &s,
+    let s = acting!(d, jar, conn);
+    let (method, done) = match action.as_str() {
+        "pull" => (
             Method::POST,
-            "/api/v1/killswitch",
-            Some(json!({"reason": f.reason})),
-        )
-        .await;
-    after(
-        jar,
-        d.secure,
-        "/ui/killswitch",
-        outcome(
-            &a,
             "Kill switch engaged: every drill is stopping and none may start",
         ),
-    )
-}
-
-async fn killswitch_release(
-    State(d): State<Dash>,
-    Conn(conn): Conn,
-    headers: HeaderMap,
-    jar: CookieJar,
-    Form(f): Form<ReasonForm>,
-) -> Response {
-    let s = acting!(d, jar, conn, headers);
-    let a = d
-        .call(
-            &s,
+        "release" => (
             Method::DELETE,
-            "/api/v1/killswitch",
-            Some(json!({"reason": f.reason})),
-        )
-        .await;
-    after(
-        jar,
-        d.secure,
-        "/ui/killswitch",
-        outcome(&a, "Kill switch released: drills may start again"),
-    )
+            "Kill switch released: drills may start again",
+        ),
+        _ => {
+            let msg = format!("No such kill switch action {action:?}");
+            return after(jar, d.secure, "/ui/killswitch", Flash::Error(msg));
+        }
+    };
+    let body = Some(json!({"reason": f.reason}));
+    let a = d.call(&s, method, "/api/v1/killswitch", body).await;
+    // Engaged, but a proxy that did not confirm may still be tampering: say which.
+    let unconfirmed: Vec<String> = a.body["proxies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["stopped"] == false)
+        .map(|p| p["proxy"].as_str().unwrap_or("?").to_string())
+        .collect();
+    let flash = if a.ok() && !unconfirmed.is_empty() {
+        Flash::Error(format!(
+            "Kill switch engaged, but these proxies have not confirmed they stopped: {}. Check them now.",
+            unconfirmed.join(", ")
+        ))
+    } else {
+        outcome(&a, done)
+    };
+    after(jar, d.secure, "/ui/killswitch", flash)
 }
 
 async fn services(
@@ -932,7 +939,7 @@ async fn runbook_execute(
     Path(name): Path<String>,
     Form(f): Form<ReasonForm>,
 ) -> Response {
-    let s = acting!(d, jar, conn, headers);
+    let s = acting!(d, jar, conn);
     let back = headers
         .get(header::REFERER)
         .and_then(|r| r.to_str().ok())
@@ -976,12 +983,11 @@ struct DecisionForm {
 async fn approval_decide(
     State(d): State<Dash>,
     Conn(conn): Conn,
-    headers: HeaderMap,
     jar: CookieJar,
     Path((id, decision)): Path<(u64, String)>,
     Form(f): Form<DecisionForm>,
 ) -> Response {
-    let s = acting!(d, jar, conn, headers);
+    let s = acting!(d, jar, conn);
     let (verb, done) = match decision.as_str() {
         "approve" => (
             "approve",

@@ -217,6 +217,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         a.users,
         a.seed
     );
+    eprintln!("  dashboard:  {base}/ui/  (sign in with the admin token below)");
     eprintln!("  API:        {base}/api/v1  (OpenAPI: {base}/api/v1/openapi.json)");
     eprintln!("  metrics:    {base}/metrics");
     eprintln!("  admin token for this session (shown once): {token}");

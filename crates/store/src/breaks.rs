@@ -94,6 +94,8 @@ pub struct BreakFilter {
     pub drill: Option<Option<String>>,
     /// Breaks with ids above this (cursor paging).
     pub after_id: Option<u64>,
+    /// The newest `limit` first instead of the oldest (a screen of the latest breaks).
+    pub newest_first: bool,
     pub limit: usize,
 }
 
@@ -279,7 +281,8 @@ impl BreakStore {
             Some(Some(d)) => add("drill =", d.clone().into()),
         }
         let limit = f.limit.clamp(1, PAGE_MAX);
-        sql.push_str(&format!(" ORDER BY id LIMIT {limit}"));
+        let order = if f.newest_first { "DESC" } else { "ASC" };
+        sql.push_str(&format!(" ORDER BY id {order} LIMIT {limit}"));
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_break)?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -130,6 +130,14 @@ pub fn bare_page(title: &str, body: Markup) -> Markup {
 /// it (a confirmation page, never one click).
 fn killswitch_badge(ctx: &Ctx) -> Markup {
     let engaged = ctx.killswitch["engaged"].as_bool().unwrap_or(false);
+    // A failed read is not a released switch: say so rather than look safe.
+    if ctx.killswitch["engaged"].is_null() {
+        return html! {
+            a.killswitch.engaged href="/ui/killswitch" title="The kill switch could not be read with this sign-in." {
+                "Kill switch: state unknown"
+            }
+        };
+    }
     html! {
         a.killswitch.engaged[engaged] href="/ui/killswitch"
             title=(if engaged { "Drills are stopped and none may start. Click to review or release." } else { "Stops every drill at once. Click to confirm." }) {
@@ -265,6 +273,17 @@ pub fn text(v: &Value) -> String {
 /// Inline SVG or other markup already escaped by its producer.
 pub fn raw(s: String) -> Markup {
     PreEscaped(s)
+}
+
+/// What page tests render with: an operator at `now_ms`.
+#[cfg(test)]
+pub(crate) fn test_ctx(now_ms: i64) -> Ctx {
+    Ctx {
+        subject: "ops".into(),
+        role: "operator".into(),
+        now_ms,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

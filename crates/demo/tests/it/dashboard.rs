@@ -350,11 +350,11 @@ async fn the_dashboard_works_in_a_real_browser_against_the_demo() {
         // second person, and the page says who asked and who must approve.
         ui.goto("/ui/killswitch").await;
         ui.fill(
-            "form[action='/ui/killswitch'] input[name=reason]",
+            "form[action='/ui/killswitch/pull'] input[name=reason]",
             "test pull",
         )
         .await;
-        ui.click("form[action='/ui/killswitch'] button").await;
+        ui.click("form[action='/ui/killswitch/pull'] button").await;
         assert!(ui.text().await.contains("KILL SWITCH ENGAGED"));
         assert_eq!(rig.get("/api/v1/killswitch").await["engaged"], true);
         ui.fill(

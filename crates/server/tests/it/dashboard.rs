@@ -251,6 +251,34 @@ async fn an_action_from_another_site_is_refused_and_one_from_the_dashboard_is_au
 }
 
 #[tokio::test]
+async fn the_breaks_page_lists_the_newest_first() {
+    let s = TestServer::start().await;
+    let first = a_break(&s).await;
+    let (status, _) = s
+        .post(
+            "/api/v1/records",
+            body(&[payment("p2", "o2", "20.00"), bill("b2", "o2", "20.02")]),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let both = s.wait_breaks("status=open", |b| b.len() == 2).await;
+    let second = both[1]["id"].as_u64().unwrap();
+    assert!(second > first);
+    let (_, newest) = s.get("/api/v1/breaks?order=newest&limit=1").await;
+    assert_eq!(newest[0]["id"].as_u64(), Some(second));
+    let (status, e) = s.get("/api/v1/breaks?order=sideways").await;
+    assert_eq!(status, 400, "{e}");
+    let mut b = Browser::new(&s);
+    b.sign_in(&s.token).await;
+    let page = b.get("/ui/breaks").await.text().await.unwrap();
+    let (at_second, at_first) = (
+        page.find(&format!("/ui/breaks/{second}\"")).unwrap(),
+        page.find(&format!("/ui/breaks/{first}\"")).unwrap(),
+    );
+    assert!(at_second < at_first, "newest first");
+}
+
+#[tokio::test]
 async fn a_viewer_sees_the_refusal_and_nothing_changes() {
     let s = TestServer::start().await;
     let id = a_break(&s).await;
@@ -296,7 +324,7 @@ async fn a_four_eyes_release_says_who_asked_and_who_must_approve() {
     b.sign_in(&s.token).await;
     let origin = s.base.clone();
     let r = b
-        .post("/ui/killswitch", &[("reason", "test")], Some(&origin))
+        .post("/ui/killswitch/pull", &[("reason", "test")], Some(&origin))
         .await;
     let page = b.follow(r).await;
     assert!(page.contains("KILL SWITCH ENGAGED"), "{page}");

@@ -39,9 +39,19 @@ pub fn list(
         .as_array()
         .map(|a| a.iter().filter_map(|r| r["name"].as_str()).collect())
         .unwrap_or_default();
+    let link_names: Vec<&str> = rules["links"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l["name"].as_str()).collect())
+        .unwrap_or_default();
     let rows = breaks.as_array().cloned().unwrap_or_default();
     let body = html! {
         form.filters method="get" action="/ui/breaks" {
+            label { "Fund link"
+                select name="link" {
+                    option value="" { "any" }
+                    @for l in &link_names { option value=(l) selected[chosen("link") == *l] { (l) } }
+                }
+            }
             label { "Rule"
                 select name="rule" {
                     option value="" { "any" }

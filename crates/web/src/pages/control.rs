@@ -60,7 +60,7 @@ pub fn killswitch(ctx: &Ctx) -> Markup {
                 p { (pill("released", Tone::Good))
                     @if ks["since"].is_number() { " since " (fmt::time(ks["since"].as_i64().unwrap_or(0))) " UTC, by " (text(&ks["by"])) } }
                 p { strong { "Pulling it stops every running drill at once" } " (lossy drills stop tampering with traffic at every proxy) and refuses new ones until it is released." }
-                form.stack method="post" action="/ui/killswitch" {
+                form.stack method="post" action="/ui/killswitch/pull" {
                     label { "Reason (required)"
                         input type="text" name="reason" required maxlength="500" placeholder="e.g. customer impact suspected"; }
                     div { button.danger type="submit" { "Pull the kill switch now" } }
@@ -239,7 +239,7 @@ mod tests {
             ..Ctx::default()
         };
         let html = killswitch(&ctx).into_string();
-        assert!(html.contains(r#"action="/ui/killswitch""#));
+        assert!(html.contains(r#"action="/ui/killswitch/pull""#));
         assert!(html.contains("stops every running drill"));
         assert!(html.contains(r#"name="reason" required"#));
         let ctx = Ctx {

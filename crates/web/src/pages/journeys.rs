@@ -584,12 +584,7 @@ mod tests {
     const T0: i64 = (NOW - 600_000) * 1_000_000;
 
     fn ctx() -> Ctx {
-        Ctx {
-            subject: "ops".into(),
-            role: "operator".into(),
-            now_ms: NOW,
-            ..Default::default()
-        }
+        crate::layout::test_ctx(NOW)
     }
 
     fn range() -> Range {

@@ -17,9 +17,7 @@ pub struct Data {
     pub status: Value,
     /// `GET /api/v1/rules`
     pub rules: Value,
-    /// `GET /api/v1/breaks?status=open`
-    pub open_breaks: Value,
-    /// `GET /api/v1/incidents`
+    /// `GET /api/v1/incidents?state=firing`
     pub incidents: Value,
     /// `GET /api/v1/drills`
     pub drills: Value,
@@ -202,10 +200,10 @@ fn breaks_by_rule(d: &Data, unresolved: &BTreeMap<String, u64>) -> Markup {
         .map(|(r, n)| (r.clone(), *n as f64, Tone::Bad))
         .collect();
     items.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    let shown = d.open_breaks.as_array().map_or(0, |a| a.len());
+    let open = d.status["breaks"]["open"].as_u64().unwrap_or(0);
     html! {
         (chart::bars("Unresolved breaks by rule", "breaks", &items, "No unresolved break: every rule agrees."))
-        @if shown > 0 {
+        @if open > 0 {
             p.note { a href="/ui/breaks?status=open" { "Open breaks →" } }
         }
     }
@@ -303,7 +301,6 @@ mod tests {
             rules: json!({"links": [{"name": "pay-to-bill", "chain": ["payment-core", "billing"]},
                                     {"name": "wallet", "chain": ["wallet", "ledger"]}],
                           "rules": [{"name": "payment-bill", "link": "pay-to-bill"}, {"name": "wallet-ledger", "link": "wallet"}]}),
-            open_breaks: json!([{"id": 1}]),
             incidents: json!([{"id": 7, "state": "firing", "severity": "critical", "services": ["accounting"], "opened_ms": 0},
                               {"id": 6, "state": "resolved", "severity": "warning", "services": ["billing"], "opened_ms": 0}]),
             drills: json!([{"id": "d-1", "state": "running", "name": "cent high", "mode": "lossless", "created_at": 0}]),
@@ -334,7 +331,6 @@ mod tests {
         let d = Data {
             status: Value::Null,
             rules: Value::Null,
-            open_breaks: Value::Null,
             incidents: json!([]),
             drills: json!([]),
             service_map: json!({"edges": []}),

@@ -682,12 +682,7 @@ mod tests {
     const NOW: i64 = 1_764_770_000_000;
 
     fn ctx() -> Ctx {
-        Ctx {
-            subject: "ops".into(),
-            role: "operator".into(),
-            now_ms: NOW,
-            ..Default::default()
-        }
+        crate::layout::test_ctx(NOW)
     }
 
     fn range() -> Range {
