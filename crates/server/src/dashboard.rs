@@ -709,7 +709,7 @@ async fn drill_detail(
     }
     let report = format!("/api/v1/drills/{}/report?format=json", encode(&id));
     let found = format!(
-        "/api/v1/breaks?drill={}&limit={BREAKS_PAGE_MAX}",
+        "/api/v1/breaks?drill={}&limit={DRILL_BREAKS_MAX}",
         encode(&id)
     );
     let (report, found) = tokio::join!(d.get(&s, &report), d.get(&s, &found));
