@@ -1010,6 +1010,20 @@ pub struct BreakQuery {
     format: Option<String>,
 }
 
+/// A list's `order` parameter: `oldest` first (the default, for cursor paging) or
+/// `newest` first.
+pub(crate) fn newest_first(order: Option<&str>) -> Result<bool, ApiError> {
+    match order {
+        None | Some("oldest") => Ok(false),
+        Some("newest") => Ok(true),
+        Some(o) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("unknown order {o:?} (oldest or newest)"),
+        )),
+    }
+}
+
 fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
     v.as_ref()
         .map(|t| {
@@ -1067,17 +1081,7 @@ async fn list_breaks(
             Some(d) => Some(Some(d.to_string())),
         },
         after_id: q.after_id,
-        newest_first: match q.order.as_deref() {
-            None | Some("oldest") => false,
-            Some("newest") => true,
-            Some(o) => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_query",
-                    format!("unknown order {o:?} (oldest or newest)"),
-                ))
-            }
-        },
+        newest_first: newest_first(q.order.as_deref())?,
         limit: q.limit.unwrap_or(100),
     };
     let rows = with_store(&s, move |st| st.list(&filter)).await?;

@@ -803,17 +803,7 @@ pub async fn list_audit(
 ) -> Result<Response, ApiError> {
     let Query(q) =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
-    let newest_first = match q.order.as_deref() {
-        None | Some("oldest") => false,
-        Some("newest") => true,
-        Some(o) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_query",
-                format!("unknown order {o:?} (oldest or newest)"),
-            ))
-        }
-    };
+    let newest_first = crate::api::newest_first(q.order.as_deref())?;
     let filter = AuditFilter {
         after_seq: q.after_seq.unwrap_or(0),
         actor: q.actor,

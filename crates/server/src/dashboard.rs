@@ -392,7 +392,7 @@ macro_rules! signed_in {
 /// The common start of an action handler (the origin was checked by
 /// `same_origin_posts`): a session.
 macro_rules! acting {
-    ($d:expr, $jar:expr, $conn:expr) => {{
+    ($jar:expr, $conn:expr) => {{
         let Some(s) = session(&$jar, $conn) else {
             return to_signin("/ui/");
         };
@@ -605,7 +605,7 @@ async fn break_status(
     Path(id): Path<u64>,
     Form(f): Form<StatusForm>,
 ) -> Response {
-    let s = acting!(d, jar, conn);
+    let s = acting!(jar, conn);
     let a = d
         .call(
             &s,
@@ -657,7 +657,7 @@ async fn drill_create(
     jar: CookieJar,
     Form(f): Form<NewDrillForm>,
 ) -> Response {
-    let s = acting!(d, jar, conn);
+    let s = acting!(jar, conn);
     let pairs = match f.pairs.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
         None => Value::Null,
         Some(p) => match p.parse::<u64>() {
@@ -729,7 +729,7 @@ async fn drill_action(
     jar: CookieJar,
     Path((id, action)): Path<(String, String)>,
 ) -> Response {
-    let s = acting!(d, jar, conn);
+    let s = acting!(jar, conn);
     let to = format!("/ui/drills/{}", encode(&id));
     let (uri, done, body) = match action.as_str() {
         "start" => ("start", "Drill started", json!({})),
@@ -776,7 +776,7 @@ async fn killswitch_change(
     Path(action): Path<String>,
     Form(f): Form<ReasonForm>,
 ) -> Response {
-    let s = acting!(d, jar, conn);
+    let s = acting!(jar, conn);
     let (method, done) = match action.as_str() {
         "pull" => (
             Method::POST,
@@ -939,7 +939,7 @@ async fn runbook_execute(
     Path(name): Path<String>,
     Form(f): Form<ReasonForm>,
 ) -> Response {
-    let s = acting!(d, jar, conn);
+    let s = acting!(jar, conn);
     let back = headers
         .get(header::REFERER)
         .and_then(|r| r.to_str().ok())
@@ -987,7 +987,7 @@ async fn approval_decide(
     Path((id, decision)): Path<(u64, String)>,
     Form(f): Form<DecisionForm>,
 ) -> Response {
-    let s = acting!(d, jar, conn);
+    let s = acting!(jar, conn);
     let (verb, done) = match decision.as_str() {
         "approve" => (
             "approve",

@@ -2,7 +2,7 @@
 //! the kill switch (always visible, on every page), a flash message, and the helpers
 //! pages use for tables, forms and empty states.
 
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use maud::{html, Markup, DOCTYPE};
 use serde_json::Value;
 
 /// What every page knows besides its own data.
@@ -200,8 +200,8 @@ pub fn pill(text: &str, tone: Tone) -> Markup {
     html! { span class=(format!("pill {}", tone.class())) { (text) } }
 }
 
-/// A POST form with one button and an optional reason field; `confirm` adds a required
-/// checkbox the user must tick first (for the actions that matter).
+/// A POST form with one button and, when `reason` gives its placeholder, a required
+/// reason field.
 pub fn action_form(action: &str, label: &str, reason: Option<&str>) -> Markup {
     html! {
         form.action method="post" action=(action) {
@@ -268,11 +268,6 @@ pub fn text(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
-}
-
-/// Inline SVG or other markup already escaped by its producer.
-pub fn raw(s: String) -> Markup {
-    PreEscaped(s)
 }
 
 /// What page tests render with: an operator at `now_ms`.
