@@ -38,6 +38,10 @@ pub struct Args {
     users: u32,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Keep the server up this many seconds after timing, to look at the pages (its
+    /// address and token are printed).
+    #[arg(long, default_value_t = 0)]
+    hold_secs: u64,
 }
 
 /// The target for every page.
@@ -177,7 +181,10 @@ async fn run_async(a: &Args) -> Result<Report> {
     let rules =
         Arc::new(steadfast_verify::parse_rules(DEMO_RULES).map_err(|e| anyhow::anyhow!("{e}"))?);
     let server = Server::start_on(cfg, rules, false, Some(bound)).await?;
-    let http = reqwest::Client::new();
+    // A hung server must end the benchmark with an error, not keep it waiting.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
 
     let ops = (a.demo_rate * a.sim_secs as f64) as u64;
     let stats = Arc::new(DriverStats::default());
@@ -389,6 +396,15 @@ async fn run_async(a: &Args) -> Result<Report> {
     }
     let records = status["records_seen"].as_u64().unwrap_or(0);
     let rows = server_rows(&http, &base).await.unwrap_or(0);
+    if a.hold_secs > 0 {
+        eprintln!(
+            "holding for {} s: {base}/ui/ (token in {})",
+            a.hold_secs,
+            dir.path().join("token").display()
+        );
+        std::fs::write(dir.path().join("token"), &token)?;
+        tokio::time::sleep(Duration::from_secs(a.hold_secs)).await;
+    }
     platform.shutdown().await;
     server.shutdown().await;
     Ok(Report {

@@ -528,9 +528,19 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Conn {
     }
 }
 
-async fn overview(State(d): State<Dash>, Conn(conn): Conn, jar: CookieJar) -> Response {
+async fn overview(
+    State(d): State<Dash>,
+    Conn(conn): Conn,
+    jar: CookieJar,
+    Query(q): Params,
+) -> Response {
     let (s, ctx) = signed_in!(d, jar, conn, "/ui/");
-    let map = format!("/api/v1/service-map?since_ms={}", ctx.now_ms - 15 * 60_000);
+    // The services' health over the last 15 minutes unless another range is chosen.
+    let range = Range::parse(
+        Some(q.get("range").map_or("15m", String::as_str)),
+        ctx.now_ms,
+    );
+    let map = format!("/api/v1/service-map?since_ms={}", range.from_ms);
     let (status, rules, incidents, drills, map) = tokio::join!(
         d.get(&s, "/api/v1/status"),
         d.get(&s, "/api/v1/rules"),
@@ -544,6 +554,7 @@ async fn overview(State(d): State<Dash>, Conn(conn): Conn, jar: CookieJar) -> Re
         incidents: incidents.value(),
         drills: drills.value(),
         service_map: map.value(),
+        range,
     };
     html(jar, pages::overview::render(&ctx, &data))
 }
@@ -700,9 +711,11 @@ async fn drill_detail(
     Conn(conn): Conn,
     jar: CookieJar,
     Path(id): Path<String>,
+    Query(q): Params,
 ) -> Response {
     let here = format!("/ui/drills/{}", encode(&id));
     let (s, mut ctx) = signed_in!(d, jar, conn, here);
+    let window = q.get("window").map(String::as_str);
     let drill = d.get(&s, &format!("/api/v1/drills/{}", encode(&id))).await;
     if !drill.ok() {
         return html(jar, pages::control::not_found(&ctx, &drill.refusal()));
@@ -719,7 +732,7 @@ async fn drill_detail(
     let report = report.ok().then_some(report.body);
     html(
         jar,
-        pages::drills::detail(&ctx, &drill.body, report.as_ref(), &found.value()),
+        pages::drills::detail(&ctx, &drill.body, report.as_ref(), &found.value(), window),
     )
 }
 

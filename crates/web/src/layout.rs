@@ -245,6 +245,14 @@ impl Range {
             to_ms: now_ms,
         }
     }
+
+    /// Its name for people: "15 min".
+    pub fn label(&self) -> &'static str {
+        RANGES
+            .iter()
+            .find(|(k, _, _)| *k == self.key)
+            .map_or(self.key, |r| r.1)
+    }
 }
 
 /// Links to the same page over each range; `base` is the page's path with any other

@@ -280,7 +280,15 @@ fn new_drill_form(
 /// `GET /ui/drills/{id}`: state, spec, live figures, report, timeline and verdict.
 /// `live_breaks`: the drill's breaks so far (`GET /api/v1/breaks?drill={id}`), what a
 /// running drill shows before its report exists.
-pub fn detail(ctx: &Ctx, drill: &Value, report: Option<&Value>, live_breaks: &Value) -> Markup {
+/// `window`: the timeline's `?window=` (its first 10 s, 1 min, … from the start), the
+/// whole drill when absent or unknown.
+pub fn detail(
+    ctx: &Ctx,
+    drill: &Value,
+    report: Option<&Value>,
+    live_breaks: &Value,
+    window: Option<&str>,
+) -> Markup {
     let id = drill["id"].as_str().unwrap_or("");
     let state = drill["state"].as_str().unwrap_or("—");
     let spec = &drill["spec"];
@@ -318,7 +326,7 @@ pub fn detail(ctx: &Ctx, drill: &Value, report: Option<&Value>, live_breaks: &Va
         }
         (section("Lifecycle", lifecycle(ctx, drill)))
         (section("Figures", figures(drill, report, live_breaks)))
-        (section("Timeline", timeline(ctx, drill, report, live_breaks)))
+        (section("Timeline", timeline(ctx, drill, report, live_breaks, window)))
         @if has_report {
             (section("Verdict", verdict(drill, report)))
             (section("Faults", outcomes_table(report)))
@@ -501,7 +509,36 @@ fn plausible(ms: i64) -> bool {
     (946_684_800_000..=7_258_118_400_000).contains(&ms)
 }
 
-fn timeline(ctx: &Ctx, d: &Value, report: &Value, live_breaks: &Value) -> Markup {
+/// The timeline's time ranges: its first part from the drill's first event.
+pub const WINDOWS: [(&str, &str, i64); 5] = [
+    ("10s", "first 10 s", 10_000),
+    ("1m", "first 1 min", 60_000),
+    ("5m", "first 5 min", 5 * 60_000),
+    ("15m", "first 15 min", 15 * 60_000),
+    ("1h", "first hour", 3_600_000),
+];
+
+/// Links to the drill's page over each window shorter than the drill, and the whole.
+fn window_selector(id: &str, current: Option<&str>, span_ms: i64) -> Markup {
+    let base = format!("/ui/drills/{}", url_encode(id));
+    html! {
+        nav.ranges aria-label="time range" {
+            "Time range: "
+            a href=(base) class=@if current.is_none() { "active" } { "whole drill (" (fmt::duration_ms(span_ms)) ")" }
+            @for (key, label, ms) in WINDOWS.iter().filter(|w| w.2 < span_ms) {
+                a href=(format!("{base}?window={key}")) class=@if current == Some(*key) { "active" } { (label) }
+            }
+        }
+    }
+}
+
+fn timeline(
+    ctx: &Ctx,
+    d: &Value,
+    report: &Value,
+    live_breaks: &Value,
+    window: Option<&str>,
+) -> Markup {
     let lease = &d["lease"];
     let mut faults = faults_of(d, report);
     // Before the report: what the drill's breaks show so far.
@@ -590,8 +627,20 @@ fn timeline(ctx: &Ctx, d: &Value, report: &Value, live_breaks: &Value) -> Markup
     links.retain(|l| plausible(l.0) && plausible(l.1));
     let first = evs.iter().map(|e| e.0).min();
     let last = evs.iter().map(|e| e.0).max();
+    let span_ms = match (first, last) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => 0,
+    };
+    // A window the drill outlasts; any other (or none) shows the whole drill.
+    let window = WINDOWS
+        .iter()
+        .find(|w| Some(w.0) == window && w.2 < span_ms);
     let (from, to) = match (first, last) {
         (Some(a), Some(b)) => {
+            let b = match window {
+                Some(w) => a.saturating_add(w.2),
+                None => b,
+            };
             let pad = (b.saturating_sub(a) / 20).max(500);
             (a.saturating_sub(pad), b.saturating_add(pad))
         }
@@ -620,7 +669,11 @@ fn timeline(ctx: &Ctx, d: &Value, report: &Value, live_breaks: &Value) -> Markup
         Some("pending") => "Nothing yet: the drill has not started.",
         _ => "No fault was injected, so there is nothing to place on the timeline.",
     };
+    let id = d["id"].as_str().unwrap_or("");
     html! {
+        @if first.is_some() {
+            (window_selector(id, window.map(|w| w.0), span_ms))
+        }
         (chart::timeline("Drill timeline", from, to, &lanes, &events, &tl_links, why))
         @if faults.len() > shown.len() {
             p.note { "The first " (shown.len()) " of " (faults.len()) " faults are drawn." }
@@ -1093,7 +1146,7 @@ mod tests {
         let mut c = ctx();
         c.refresh_secs = Some(2);
         let d = drill("running", json!("running"), Value::Null);
-        let html = detail(&c, &d, None, &Value::Null).into_string();
+        let html = detail(&c, &d, None, &Value::Null, None).into_string();
         assert!(
             html.contains(r#"action="/ui/drills/drill-AbC123/stop""#),
             "{html}"
@@ -1122,7 +1175,7 @@ mod tests {
             {"key": "k-1", "detected_at": started + 1_500},
             {"key": "k-1", "detected_at": started + 1_700},
             {"key": "k-2", "detected_at": started + 2_000}]);
-        let html = detail(&ctx(), &d, None, &breaks).into_string();
+        let html = detail(&ctx(), &d, None, &breaks, None).into_string();
         let found = html.find("discovered so far").expect("the live figure");
         assert!(html[..found].rfind(">2<").is_some(), "two keys found");
         assert!(html.contains("1.5 s"), "first found 1.5 s after the start");
@@ -1138,17 +1191,46 @@ mod tests {
         d["lease"]["started_at"] = Value::Null;
         d["lease"]["ended_at"] = Value::Null;
         d["injections"] = json!([]);
-        let html = detail(&ctx(), &d, None, &Value::Null).into_string();
+        let html = detail(&ctx(), &d, None, &Value::Null, None).into_string();
         assert!(html.contains(r#"action="/ui/drills/drill-AbC123/start""#));
         assert!(!html.contains("/stop\""));
         assert!(!html.contains("refreshes itself"));
+    }
+
+    /// The timeline's figure in a drill page.
+    fn timeline_figure(html: &str) -> &str {
+        let at = html.find(r#"<figure class="chart"#).expect("a chart");
+        let end = at + html[at..].find("</figure>").expect("its end");
+        &html[at..end]
+    }
+
+    #[test]
+    fn the_timeline_can_show_the_first_part_of_a_long_drill() {
+        // 21 s from the start to the end; a false positive 11 s in.
+        let d = drill("completed", json!({"ended": "completed"}), report());
+        let r = report();
+        let whole = detail(&ctx(), &d, Some(&r), &Value::Null, None).into_string();
+        assert!(whole.contains(r#"href="/ui/drills/drill-AbC123?window=10s""#), "{whole}");
+        assert!(!whole.contains("window=1m"), "a window the drill does not outlast is not offered");
+        assert!(whole.contains(r#"class="active">whole drill (21.0 s)"#), "{whole}");
+        assert!(timeline_figure(&whole).contains("DRILL-ctl-1"));
+
+        let first = detail(&ctx(), &d, Some(&r), &Value::Null, Some("10s")).into_string();
+        assert!(first.contains(r#"class="active">first 10 s"#), "{first}");
+        let fig = timeline_figure(&first);
+        assert!(fig.contains("DRILL-b"), "inside the first 10 s");
+        assert!(!fig.contains("DRILL-ctl-1"), "the false positive came later");
+
+        // An unknown window is the whole drill.
+        let odd = detail(&ctx(), &d, Some(&r), &Value::Null, Some("<x>")).into_string();
+        assert_eq!(timeline_figure(&odd), timeline_figure(&whole));
     }
 
     #[test]
     fn an_ended_drill_shows_its_verdict_timeline_and_audit_link() {
         let d = drill("completed", json!({"ended": "completed"}), report());
         let r = report();
-        let html = detail(&ctx(), &d, Some(&r), &Value::Null).into_string();
+        let html = detail(&ctx(), &d, Some(&r), &Value::Null, None).into_string();
         assert!(!html.contains("/stop\"") && !html.contains("/start\""));
         assert!(html.contains(r#"<figure class="chart"#));
         assert!(html.contains("Drill timeline"));
@@ -1173,7 +1255,7 @@ mod tests {
         r["missed"] = json!(0);
         r["false_positives"] = json!([]);
         let d = drill("completed", json!({"ended": "completed"}), r.clone());
-        let html = detail(&ctx(), &d, Some(&r), &Value::Null).into_string();
+        let html = detail(&ctx(), &d, Some(&r), &Value::Null, None).into_string();
         assert!(
             html.contains("Every fault was discovered within 6.0 s"),
             "{html}"
@@ -1192,7 +1274,7 @@ mod tests {
                     "fault": 0, "key": "ORD-9", "record_id": "b-9", "field": "amount", "original": "10.00", "tampered": "10.01", "at_ms": NOW - 30_000},
             "discovered_at_ms": NOW - 27_000, "state": "pending", "booked_at_ms": null, "recovered_at_ms": null, "note": null
         }]);
-        let html = detail(&ctx(), &d, None, &Value::Null).into_string();
+        let html = detail(&ctx(), &d, None, &Value::Null, None).into_string();
         assert!(html.contains("Proxy hits"));
         assert!(html.contains("10.00 → 10.01"), "{html}");
         assert!(html.contains("awaiting approval, approval #12"));
@@ -1212,7 +1294,7 @@ mod tests {
         for w in &weird {
             let html = list(&ctx(), w, w, &[], None).into_string();
             assert!(html.contains("New drill"));
-            let html = detail(&ctx(), w, Some(w), &Value::Null).into_string();
+            let html = detail(&ctx(), w, Some(w), &Value::Null, None).into_string();
             assert!(html.contains("Drill"), "{html}");
         }
         let html = list(
@@ -1231,7 +1313,7 @@ mod tests {
         let mut d = drill("killed", json!({"ended": "kill_switch"}), Value::Null);
         d["injections"] = json!([]);
         d["error"] = json!("the kill switch <was> pulled");
-        let html = detail(&ctx(), &d, None, &Value::Null).into_string();
+        let html = detail(&ctx(), &d, None, &Value::Null, None).into_string();
         assert!(
             html.contains("No report: the drill ended (killed)"),
             "{html}"

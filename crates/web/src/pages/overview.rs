@@ -8,7 +8,9 @@ use serde_json::Value;
 
 use crate::chart;
 use crate::fmt::{self, enc};
-use crate::layout::{empty, page, pill, section, stat, text, Ctx, Nav, Tone};
+use crate::layout::{
+    empty, page, pill, range_selector, section, stat, text, Ctx, Nav, Range, Tone,
+};
 
 /// The API answers the overview is made of (each `null` when the caller may not read it
 /// or the call failed; the page then says so).
@@ -21,8 +23,10 @@ pub struct Data {
     pub incidents: Value,
     /// `GET /api/v1/drills`
     pub drills: Value,
-    /// `GET /api/v1/service-map` over the last minutes
+    /// `GET /api/v1/service-map` over `range`
     pub service_map: Value,
+    /// The services' time range (`?range=`, 15 minutes unless chosen).
+    pub range: Range,
 }
 
 /// Drills listed as recent.
@@ -156,9 +160,10 @@ fn services(d: &Data) -> Markup {
     }
     html! {
         section {
-            h2 { "Services (last 15 min)" }
+            h2 { "Services (last " (d.range.label()) ")" }
+            (range_selector(&d.range, "/ui/"))
             @if by.is_empty() {
-                (empty("No traces in the last 15 minutes: the data chain has seen no calls between services yet."))
+                (empty(&format!("No traces in the last {}: the data chain has seen no calls between services in that time.", d.range.label())))
             } @else {
                 table {
                     thead { tr { th { "Service" } th.num { "Calls in" } th.num { "Errors" } th { "Health" } } }
@@ -305,6 +310,7 @@ mod tests {
                               {"id": 6, "state": "resolved", "severity": "warning", "services": ["billing"], "opened_ms": 0}]),
             drills: json!([{"id": "d-1", "state": "running", "name": "cent high", "mode": "lossless", "created_at": 0}]),
             service_map: json!({"edges": [{"caller": "gateway", "callee": "payment-core", "calls": 1000, "errors": 80}]}),
+            range: Range::parse(Some("15m"), 0),
         }
     }
 
@@ -324,6 +330,8 @@ mod tests {
         assert!(html.contains(">failing<"));
         assert!(html.contains(r#"aria-label="Unresolved breaks by rule""#));
         assert!(html.contains("/ui/drills/d-1"));
+        assert!(html.contains("Services (last 15 min)"));
+        assert!(html.contains(r#"href="/ui/?range=1h""#), "a range selector");
     }
 
     #[test]
@@ -334,6 +342,7 @@ mod tests {
             incidents: json!([]),
             drills: json!([]),
             service_map: json!({"edges": []}),
+            range: Range::parse(Some("1h"), 0),
         };
         let html = render(&Ctx::default(), &d).into_string();
         assert!(html.contains("could not be read"));
