@@ -8,6 +8,7 @@
 //! - [`rows`]: the row types and attribute normalisation (old and new OpenTelemetry
 //!   semantic conventions; `enduser.id` → `user.id`).
 //! - [`arrow_rows`]: rows as Arrow batches with typed columns for the hot keys.
+//! - [`graph`]: the service map, kept per minute as spans arrive.
 //! - [`journey`]: a user's traces summarised, with where their time went.
 //! - [`rum`]: browser and app events (page views, fetches, resources, errors, vitals).
 //! - [`sampling`]: per-trace sampling at ingest that never drops a VIP's trace.
@@ -16,6 +17,7 @@
 
 pub mod arrow_rows;
 pub mod flow;
+pub mod graph;
 pub mod journey;
 pub mod netflow;
 pub mod nginx;

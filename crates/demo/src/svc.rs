@@ -231,7 +231,10 @@ impl Svc {
                 return Err(AppError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "database_busy",
-                    format!("{} queries are already waiting for the database", DB_QUEUE_MAX),
+                    format!(
+                        "{} queries are already waiting for the database",
+                        DB_QUEUE_MAX
+                    ),
                 ))
             }
             Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {

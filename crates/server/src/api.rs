@@ -42,6 +42,8 @@ pub struct AppState {
     pub chain: crate::chain_api::Chain,
     /// Baselines, alerts and incidents.
     pub insight: crate::insight::Insight,
+    /// The service map, kept as spans are stored.
+    pub graph: std::sync::Mutex<steadfast_chain::graph::ServiceGraph>,
     /// Runbook verification slots and the runbooks being executed.
     pub runbooks: crate::runbooks::Runbooks,
 }

@@ -892,27 +892,21 @@ async fn journeys(
     let (s, ctx) = signed_in!(d, jar, conn, "/ui/journeys");
     let range = Range::parse(q.get("range").map(String::as_str), ctx.now_ms);
     let user = q.get("user").map(|u| u.trim()).filter(|u| !u.is_empty());
-    let users = d
-        .get(
-            &s,
-            &format!("/api/v1/journeys/users?since_ms={}", range.from_ms),
+    // The user list and the journey at once: neither waits for the other.
+    let users = format!("/api/v1/journeys/users?since_ms={}", range.from_ms);
+    let journey = user.map(|u| {
+        format!(
+            "/api/v1/journeys?user={}&since_ms={}",
+            encode(u),
+            range.from_ms
         )
-        .await;
-    let journey = match user {
-        Some(u) => Some(
-            d.get(
-                &s,
-                &format!(
-                    "/api/v1/journeys?user={}&since_ms={}",
-                    encode(u),
-                    range.from_ms
-                ),
-            )
-            .await
-            .value(),
-        ),
-        None => None,
-    };
+    });
+    let (users, journey) = tokio::join!(d.get(&s, &users), async {
+        match &journey {
+            Some(path) => Some(d.get(&s, path).await.value()),
+            None => None,
+        }
+    });
     html(
         jar,
         pages::journeys::search(&ctx, &users.value(), user, journey.as_ref(), &range),

@@ -158,6 +158,9 @@ impl Server {
             chain: std::sync::Arc::new(chain),
             runbooks: runbooks::Runbooks::default(),
             insight: insight::Insight::open(cfg.insight.clone(), &cfg.data_dir)?,
+            graph: std::sync::Mutex::new(steadfast_chain::graph::ServiceGraph::new(
+                pipeline::wall_ms(),
+            )),
         });
         let router = api::router(state.clone());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);

@@ -606,6 +606,127 @@ async fn a_users_journey_links_page_backend_database_and_fund_records() {
     s.stop().await;
 }
 
+/// `req` with every span `by_ms` later.
+fn later(mut req: ExportTraceServiceRequest, by_ms: u64) -> ExportTraceServiceRequest {
+    for rs in &mut req.resource_spans {
+        for ss in &mut rs.scope_spans {
+            for sp in &mut ss.spans {
+                sp.start_time_unix_nano += by_ms * 1_000_000;
+                sp.end_time_unix_nano += by_ms * 1_000_000;
+            }
+        }
+    }
+    req
+}
+
+#[tokio::test]
+async fn the_service_map_of_a_recent_range_agrees_with_the_join_over_stored_spans() {
+    let mut s = TestServer::start().await;
+    let pb = "application/x-protobuf";
+    // Clicks after the server started (so its live map saw their minutes whole): one in
+    // two minutes, two in five; each service reports on its own, callees first, as
+    // exporters do.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let base_ms = 1_700_000_000_000u64;
+    for (trace, in_ms) in [(0x41u8, 120_000u64), (0x42, 300_000), (0x43, 300_000)] {
+        let mut req = later(click(trace, "u-1", "sess-1"), now_ms + in_ms - base_ms);
+        req.resource_spans.reverse();
+        for rs in req.resource_spans {
+            let one = ExportTraceServiceRequest {
+                resource_spans: vec![rs],
+            };
+            let (code, _, _) = send(&s, "/v1/traces", pb, false, one.encode_to_vec()).await;
+            assert_eq!(code, 200);
+        }
+    }
+    let edges = |m: &Value| -> Vec<(String, String, u64, u64)> {
+        m["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["caller"].as_str().unwrap().to_string(),
+                    e["callee"].as_str().unwrap().to_string(),
+                    e["calls"].as_u64().unwrap(),
+                    e["errors"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let map = |since: u64| {
+        let s = &s;
+        async move {
+            let (code, m) = s
+                .get(&format!("/api/v1/service-map?since_ms={since}"))
+                .await;
+            assert_eq!(code, 200, "{m}");
+            m
+        }
+    };
+    // The last clicks' minute (from the live map), then all of it (the stored spans).
+    let since = now_ms + 290_000;
+    let recent = map(since).await;
+    let all = map(0).await;
+    assert_eq!(recent["source"], "live", "{recent}");
+    assert_eq!(all["source"], "stored", "{all}");
+    let join = |since: u64| {
+        format!(
+            "SELECT p.service AS caller, c.service AS callee, count(*) AS calls FROM spans c \
+             JOIN spans p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id \
+             WHERE p.service <> c.service AND c.start_time >= to_timestamp_millis({since}) \
+             GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+    };
+    let joined = |rows: Value| -> Vec<(String, String, u64)> {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["caller"].as_str().unwrap().to_string(),
+                    r["callee"].as_str().unwrap().to_string(),
+                    r["calls"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let between = |m: &Value| -> Vec<(String, String, u64)> {
+        edges(m)
+            .into_iter()
+            .filter(|e| e.1 != "postgresql")
+            .map(|e| (e.0, e.1, e.2))
+            .collect()
+    };
+    // The live map's range rounds down to its minute, which holds the last two clicks.
+    let minute_ms = since / 60_000 * 60_000;
+    assert_eq!(between(&recent), joined(sql(&s, &join(minute_ms)).await));
+    assert_eq!(between(&all), joined(sql(&s, &join(0)).await));
+    let calls = |m: &Value, callee: &str| {
+        edges(m)
+            .into_iter()
+            .find(|e| e.1 == callee)
+            .map_or(0, |e| e.2)
+    };
+    assert_eq!(calls(&recent, "payments"), 2, "{recent}");
+    assert_eq!(calls(&recent, "postgresql"), 2, "{recent}");
+    assert_eq!(calls(&all, "payments"), 3, "{all}");
+    // The live map's latency is the callee's, within its histogram's 12.5 %.
+    let p50 = recent["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["callee"] == "payments")
+        .unwrap()["p50_ns"]
+        .as_i64()
+        .unwrap();
+    assert!((p50 - 40_000_000).abs() <= 5_000_000, "{p50}");
+    s.stop().await;
+}
+
 /// Python with the OpenTelemetry SDK and both OTLP exporters (`.ci/run` installs them).
 fn python_with_otel() -> Option<std::path::PathBuf> {
     let python = std::env::var_os("PYTHON").map_or("python3".into(), std::path::PathBuf::from);

@@ -525,7 +525,7 @@ fn window_selector(id: &str, current: Option<&str>, span_ms: i64) -> Markup {
         nav.ranges aria-label="time range" {
             "Time range: "
             a href=(base) class=@if current.is_none() { "active" } { "whole drill (" (fmt::duration_ms(span_ms)) ")" }
-            @for (key, label, ms) in WINDOWS.iter().filter(|w| w.2 < span_ms) {
+            @for (key, label, _) in WINDOWS.iter().filter(|w| w.2 < span_ms) {
                 a href=(format!("{base}?window={key}")) class=@if current == Some(*key) { "active" } { (label) }
             }
         }
@@ -1210,16 +1210,28 @@ mod tests {
         let d = drill("completed", json!({"ended": "completed"}), report());
         let r = report();
         let whole = detail(&ctx(), &d, Some(&r), &Value::Null, None).into_string();
-        assert!(whole.contains(r#"href="/ui/drills/drill-AbC123?window=10s""#), "{whole}");
-        assert!(!whole.contains("window=1m"), "a window the drill does not outlast is not offered");
-        assert!(whole.contains(r#"class="active">whole drill (21.0 s)"#), "{whole}");
+        assert!(
+            whole.contains(r#"href="/ui/drills/drill-AbC123?window=10s""#),
+            "{whole}"
+        );
+        assert!(
+            !whole.contains("window=1m"),
+            "a window the drill does not outlast is not offered"
+        );
+        assert!(
+            whole.contains(r#"class="active">whole drill (21.0 s)"#),
+            "{whole}"
+        );
         assert!(timeline_figure(&whole).contains("DRILL-ctl-1"));
 
         let first = detail(&ctx(), &d, Some(&r), &Value::Null, Some("10s")).into_string();
         assert!(first.contains(r#"class="active">first 10 s"#), "{first}");
         let fig = timeline_figure(&first);
         assert!(fig.contains("DRILL-b"), "inside the first 10 s");
-        assert!(!fig.contains("DRILL-ctl-1"), "the false positive came later");
+        assert!(
+            !fig.contains("DRILL-ctl-1"),
+            "the false positive came later"
+        );
 
         // An unknown window is the whole drill.
         let odd = detail(&ctx(), &d, Some(&r), &Value::Null, Some("<x>")).into_string();
