@@ -30,6 +30,11 @@ pub const EDGES_PER_MINUTE_MAX: usize = 1_024;
 
 const MINUTE_NS: i64 = 60_000_000_000;
 
+/// The start of the minute after the one `ns` falls in.
+fn next_minute(ns: i64) -> i64 {
+    ns.div_euclid(MINUTE_NS) * MINUTE_NS + MINUTE_NS
+}
+
 /// What the map needs of a span: parsed once, before the rows are stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GraphSpan {
@@ -166,11 +171,9 @@ pub struct ServiceGraph {
     /// Minute start (ns) → (caller, callee) → calls.
     minutes: BTreeMap<i64, HashMap<(Arc<str>, Arc<str>), Stat>>,
     names: HashSet<Arc<str>>,
-    /// The first minute it saw: minutes from the next one on are whole.
-    first_minute: Option<i64>,
-    /// The first minute that started after the graph did: spans stored before it (by a
-    /// server that ran before) were never seen.
-    started_ns: i64,
+    /// Minutes from this one on are whole: the first after the newest span stored
+    /// before the graph started (which it never saw), or after the newest it let go.
+    whole_ns: i64,
     /// Children whose parent never arrived within the wait.
     pub unpaired: u64,
     /// Calls left out by [`EDGES_PER_MINUTE_MAX`] or because their minute was too old.
@@ -178,11 +181,11 @@ pub struct ServiceGraph {
 }
 
 impl ServiceGraph {
-    /// A graph that starts at `now_ms`, knowing nothing of what was stored before.
-    pub fn new(now_ms: i64) -> ServiceGraph {
-        let now_ns = now_ms.saturating_mul(1_000_000);
+    /// A graph that has seen nothing of the spans already stored, the newest of which
+    /// started at `stored_until_ns` (`None`: nothing is stored).
+    pub fn new(stored_until_ns: Option<i64>) -> ServiceGraph {
         ServiceGraph {
-            started_ns: now_ns.div_euclid(MINUTE_NS) * MINUTE_NS + MINUTE_NS,
+            whole_ns: stored_until_ns.map_or(i64::MIN, next_minute),
             ..ServiceGraph::default()
         }
     }
@@ -216,15 +219,15 @@ impl ServiceGraph {
             edges.entry(key).or_default().add(d, err);
         }
         while self.minutes.len() > MINUTES_MAX {
-            self.minutes.pop_first();
+            if let Some((m, _)) = self.minutes.pop_first() {
+                self.whole_ns = self.whole_ns.max(next_minute(m));
+            }
         }
     }
 
     /// Takes in spans that arrived (were stored) at `now_ms`.
     pub fn observe(&mut self, spans: &[GraphSpan], now_ms: i64) {
         for s in spans {
-            let minute = s.start_ns.div_euclid(MINUTE_NS) * MINUTE_NS;
-            self.first_minute = Some(self.first_minute.map_or(minute, |m| m.min(minute)));
             let service = self.name(&s.service);
             if let Some(db) = &s.database {
                 let db = self.name(db);
@@ -280,12 +283,10 @@ impl ServiceGraph {
         }
     }
 
-    /// From this time on (ns) every minute it holds is whole: it started before the
-    /// minute did, saw spans from before it, and has not let it go. `None` before any span.
-    pub fn whole_from_ns(&self) -> Option<i64> {
-        let oldest_kept = self.minutes.first_key_value().map_or(i64::MIN, |(m, _)| *m);
-        let first = self.first_minute? + MINUTE_NS;
-        Some(first.max(self.started_ns).max(oldest_kept))
+    /// From this time on (ns) every minute it holds is whole: it saw every span stored
+    /// since, and has let none of those minutes go.
+    pub fn whole_from_ns(&self) -> i64 {
+        self.whole_ns
     }
 
     /// The map over the minutes that start in `[from_ns, to_ns)`, and the one `from_ns`
@@ -391,7 +392,7 @@ mod tests {
 
     #[test]
     fn a_child_before_its_parent_is_paired_when_the_parent_comes() {
-        let mut g = ServiceGraph::new(0);
+        let mut g = ServiceGraph::new(None);
         g.observe(&[span(1, 2, Some(1), "billing", 0)], 0);
         assert!(g.edges(T0, T0 + MINUTE_NS).is_empty());
         g.observe(&[span(1, 1, None, "gateway", 0)], 1_000);
@@ -406,7 +407,7 @@ mod tests {
 
     #[test]
     fn a_parent_that_never_comes_leaves_its_child_unpaired_and_is_forgotten() {
-        let mut g = ServiceGraph::new(0);
+        let mut g = ServiceGraph::new(None);
         g.observe(&[span(1, 2, Some(1), "billing", 0)], 0);
         g.observe(&[span(9, 9, None, "gateway", 0)], PAIR_WAIT_MS + 1);
         assert_eq!(g.unpaired, 1);
@@ -418,7 +419,7 @@ mod tests {
 
     #[test]
     fn database_calls_errors_and_latency_are_counted() {
-        let mut g = ServiceGraph::new(0);
+        let mut g = ServiceGraph::new(None);
         let mut spans = Vec::new();
         for i in 0..100u64 {
             let mut s = span(i as u128, 1, None, "ledger", 0);
@@ -444,9 +445,9 @@ mod tests {
     }
 
     #[test]
-    fn ranges_are_whole_minutes_and_the_first_minute_is_not_whole() {
-        let mut g = ServiceGraph::new(0);
-        assert_eq!(g.whole_from_ns(), None);
+    fn ranges_are_whole_minutes_and_start_after_what_was_stored_before() {
+        let mut g = ServiceGraph::new(None);
+        assert_eq!(g.whole_from_ns(), i64::MIN, "nothing was stored before it");
         g.observe(
             &[span(1, 1, None, "a", 30), span(1, 2, Some(1), "b", 30)],
             0,
@@ -455,21 +456,21 @@ mod tests {
             &[span(2, 1, None, "a", 90), span(2, 2, Some(1), "b", 90)],
             0,
         );
-        assert_eq!(g.whole_from_ns(), Some(T0 + MINUTE_NS));
+        // A range starts at its whole minute.
         assert_eq!(g.edges(T0 + 61_000_000_000, T0 + 3 * MINUTE_NS)[0].calls, 1);
         assert_eq!(g.edges(T0, T0 + 3 * MINUTE_NS)[0].calls, 2);
         assert!(g.edges(T0 + 2 * MINUTE_NS, T0 + 3 * MINUTE_NS).is_empty());
 
-        // Started later (a restart), it vouches only for minutes after its start, even
-        // when older spans reach it.
-        let mut g = ServiceGraph::new(T0 / 1_000_000 + 90_000);
+        // Started over spans stored before (a restart), it vouches only for the minutes
+        // after the newest of them, even when older spans reach it.
+        let mut g = ServiceGraph::new(Some(T0 + 90_000_000_000));
         g.observe(&[span(1, 1, None, "a", 30)], 0);
-        assert_eq!(g.whole_from_ns(), Some(T0 + 2 * MINUTE_NS));
+        assert_eq!(g.whole_from_ns(), T0 + 2 * MINUTE_NS);
     }
 
     #[test]
     fn pairing_memory_is_bounded() {
-        let mut g = ServiceGraph::new(0);
+        let mut g = ServiceGraph::new(None);
         let spans: Vec<GraphSpan> = (0..(PAIRING_SPANS_MAX as u64 + 10))
             .map(|i| span(i as u128, 1, None, "a", 0))
             .collect();
@@ -504,7 +505,7 @@ mod tests {
                 order.swap(i, (x % (i as u64 + 1)) as usize);
             }
             let shuffled: Vec<GraphSpan> = order.iter().map(|&i| spans[i].clone()).collect();
-            let mut g = ServiceGraph::new(0);
+            let mut g = ServiceGraph::new(None);
             for (n, chunk) in shuffled.chunks(3).enumerate() {
                 g.observe(chunk, n as i64 * 10);
             }

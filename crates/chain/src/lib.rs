@@ -11,6 +11,7 @@
 //! - [`graph`]: the service map, kept per minute as spans arrive.
 //! - [`journey`]: a user's traces summarised, with where their time went.
 //! - [`rum`]: browser and app events (page views, fetches, resources, errors, vitals).
+//! - [`users`]: the users seen, VIP first, kept as spans arrive.
 //! - [`sampling`]: per-trace sampling at ingest that never drops a VIP's trace.
 //! - [`nginx`]: Nginx JSON access logs (the documented `log_format`).
 //! - [`flow`]: flow rows and their Community ID; [`netflow`]: NetFlow v9 / IPFIX decoding.
@@ -25,6 +26,7 @@ pub mod otlp;
 pub mod rows;
 pub mod rum;
 pub mod sampling;
+pub mod users;
 
 pub use otlp::{decode, Decoded, Encoding, OtlpError, Signal};
 pub use rows::{FundRow, LogRow, MetricRow, Rows, SpanRow};

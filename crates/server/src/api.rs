@@ -44,6 +44,8 @@ pub struct AppState {
     pub insight: crate::insight::Insight,
     /// The service map, kept as spans are stored.
     pub graph: std::sync::Mutex<steadfast_chain::graph::ServiceGraph>,
+    /// The users seen in spans, kept as spans are stored.
+    pub users: std::sync::Mutex<steadfast_chain::users::UserBook>,
     /// Runbook verification slots and the runbooks being executed.
     pub runbooks: crate::runbooks::Runbooks,
 }

@@ -125,11 +125,20 @@ pub(crate) async fn store_sampled(
 pub(crate) async fn store_rows(s: &Shared, rows: steadfast_chain::Rows) -> Result<(), ApiError> {
     let n = rows.len() as u64;
     let spans = steadfast_chain::graph::tap(&rows.spans);
+    // Marked by attribute or tracestate; listed VIPs are applied when the list is read.
+    let marks = steadfast_chain::sampling::Sampling {
+        vip_attribute: s.cfg.chain.vip_attribute.clone(),
+        ..Default::default()
+    };
+    let users = steadfast_chain::users::tap(&rows.spans, |sp| marks.is_vip(sp));
     with_chain(s, move |c| c.append(rows)).await?;
-    // Only what is durable reaches the service map.
+    // Only what is durable reaches the service map and the user list.
     if !spans.is_empty() {
         let mut g = s.graph.lock().expect("graph lock");
         g.observe(&spans, crate::pipeline::wall_ms());
+    }
+    if !users.is_empty() {
+        s.users.lock().expect("users lock").observe(&users);
     }
     s.metrics.chain_rows.inc_by(n);
     s.metrics
@@ -533,7 +542,9 @@ pub async fn journey(
 pub const JOURNEY_USERS_MAX: usize = 200;
 
 /// The users seen in spans from `since_ms` on (default the last hour): VIP users first,
-/// then the most recently seen, at most [`JOURNEY_USERS_MAX`].
+/// then the most recently seen, at most [`JOURNEY_USERS_MAX`]. A range that started
+/// after this server did is read from the list it keeps as spans arrive; an older one
+/// from the stored spans.
 #[utoipa::path(get, path = "/api/v1/journeys/users", params(("since_ms" = Option<i64>, Query)),
     responses((status = 200, description = "users, VIP first"), (status = 400, body = crate::api::ErrorBody)), security(("token" = [])))]
 pub async fn journey_users(
@@ -544,6 +555,26 @@ pub async fn journey_users(
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
     let since = q.since_ms.unwrap_or(crate::pipeline::wall_ms() - 3_600_000);
     let c = &s.cfg.chain;
+    // From the book kept as spans arrive, when it has seen the whole range.
+    let since_ns = since.saturating_mul(1_000_000);
+    {
+        let book = s.users.lock().expect("users lock");
+        if book.whole_from_ns() <= since_ns {
+            let rows: Vec<serde_json::Value> = book
+                .list(
+                    since_ns,
+                    |u| c.vip_users.iter().any(|v| v == u),
+                    JOURNEY_USERS_MAX,
+                )
+                .into_iter()
+                .map(|u| {
+                    json!({"user": u.user, "last_seen_ms": u.last_seen_ns / 1_000_000,
+                        "traces": u.traces, "vip": u.vip})
+                })
+                .collect();
+            return Ok(Json(json!(rows)).into_response());
+        }
+    }
     let listed = if c.vip_users.is_empty() {
         "FALSE".to_string()
     } else {
@@ -619,7 +650,7 @@ async fn edge_rows(
     let since_ns = since.saturating_mul(1_000_000);
     {
         let g = s.graph.lock().expect("graph lock");
-        if g.whole_from_ns().is_some_and(|w| w <= since_ns) {
+        if g.whole_from_ns() <= since_ns {
             let edges = g
                 .edges(since_ns, i64::MAX)
                 .into_iter()

@@ -133,6 +133,8 @@ impl Server {
         .await
         .context("the data chain recovery task failed")?
         .context("failed to open the data chain store")?;
+        // The live service map and user list vouch only for what comes after this.
+        let stored_until = chain.newest_span_ns();
         let listener = match bound {
             Some(l) => {
                 l.set_nonblocking(true)?;
@@ -158,9 +160,8 @@ impl Server {
             chain: std::sync::Arc::new(chain),
             runbooks: runbooks::Runbooks::default(),
             insight: insight::Insight::open(cfg.insight.clone(), &cfg.data_dir)?,
-            graph: std::sync::Mutex::new(steadfast_chain::graph::ServiceGraph::new(
-                pipeline::wall_ms(),
-            )),
+            graph: std::sync::Mutex::new(steadfast_chain::graph::ServiceGraph::new(stored_until)),
+            users: std::sync::Mutex::new(steadfast_chain::users::UserBook::new(stored_until)),
         });
         let router = api::router(state.clone());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);

@@ -662,6 +662,30 @@ impl ChainStore {
         self.state.lock().expect("chain state lock")
     }
 
+    /// The latest start of any span stored (in files or not yet flushed), nanoseconds;
+    /// `None` when no span is stored.
+    pub fn newest_span_ns(&self) -> Option<i64> {
+        let st = self.state();
+        let in_files = st
+            .files
+            .iter()
+            .filter(|f| f.table == "spans")
+            .map(|f| f.max_time);
+        let unflushed = st
+            .flushing
+            .iter()
+            .flat_map(|f| f.tables.get("spans").into_iter().flatten())
+            .chain(st.pending.tables.get("spans").into_iter().flatten())
+            .filter_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<TimestampNanosecondArray>()
+                    .and_then(|t| t.iter().flatten().max())
+            })
+            .collect::<Vec<i64>>();
+        in_files.chain(unflushed).max()
+    }
+
     /// A table's files, oldest entries first.
     pub fn files_of(&self, table: &'static str) -> Result<Vec<DataFile>, ChainError> {
         Ok(self

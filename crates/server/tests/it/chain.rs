@@ -619,103 +619,123 @@ fn later(mut req: ExportTraceServiceRequest, by_ms: u64) -> ExportTraceServiceRe
     req
 }
 
+/// Sends a click at `at_ms`, each service's spans in a request of its own, callees first,
+/// as exporters do.
+async fn click_at(s: &TestServer, trace: u8, user: &str, at_ms: u64) {
+    let mut req = later(click(trace, user, "sess-1"), at_ms - 1_700_000_000_000);
+    req.resource_spans.reverse();
+    for rs in req.resource_spans {
+        let one = ExportTraceServiceRequest {
+            resource_spans: vec![rs],
+        };
+        let (code, _, _) = send(
+            s,
+            "/v1/traces",
+            "application/x-protobuf",
+            false,
+            one.encode_to_vec(),
+        )
+        .await;
+        assert_eq!(code, 200);
+    }
+}
+
+/// `GET /api/v1/service-map?since_ms=`: its source and (caller, callee, calls, errors).
+async fn service_map(s: &TestServer, since: u64) -> (String, Vec<(String, String, u64, u64)>) {
+    let (code, m) = s
+        .get(&format!("/api/v1/service-map?since_ms={since}"))
+        .await;
+    assert_eq!(code, 200, "{m}");
+    let edges = m["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["caller"].as_str().unwrap().to_string(),
+                e["callee"].as_str().unwrap().to_string(),
+                e["calls"].as_u64().unwrap(),
+                e["errors"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    (m["source"].as_str().unwrap_or("").to_string(), edges)
+}
+
+/// The calls between services since `since` (ms), joined over the stored spans.
+async fn joined(s: &TestServer, since: u64) -> Vec<(String, String, u64, u64)> {
+    let rows = sql(
+        s,
+        &format!(
+            "SELECT p.service AS caller, c.service AS callee, count(*) AS calls, \
+             sum(CASE WHEN c.status = 'error' THEN 1 ELSE 0 END) AS errors FROM spans c \
+             JOIN spans p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id \
+             WHERE p.service <> c.service AND c.start_time >= to_timestamp_millis({since}) \
+             GROUP BY 1, 2 ORDER BY 1, 2"
+        ),
+    )
+    .await;
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["caller"].as_str().unwrap().to_string(),
+                r["callee"].as_str().unwrap().to_string(),
+                r["calls"].as_u64().unwrap(),
+                r["errors"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `GET /api/v1/journeys/users?since_ms=`.
+async fn users(s: &TestServer, since: u64) -> Value {
+    let (code, u) = s
+        .get(&format!("/api/v1/journeys/users?since_ms={since}"))
+        .await;
+    assert_eq!(code, 200, "{u}");
+    u
+}
+
+fn between(edges: Vec<(String, String, u64, u64)>) -> Vec<(String, String, u64, u64)> {
+    edges.into_iter().filter(|e| e.1 != "postgresql").collect()
+}
+
 #[tokio::test]
-async fn the_service_map_of_a_recent_range_agrees_with_the_join_over_stored_spans() {
-    let mut s = TestServer::start().await;
-    let pb = "application/x-protobuf";
-    // Clicks after the server started (so its live map saw their minutes whole): one in
-    // two minutes, two in five; each service reports on its own, callees first, as
-    // exporters do.
+async fn the_service_map_and_users_agree_with_the_stored_spans_live_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let mut s = TestServer::start_with(cfg.clone()).await;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let base_ms = 1_700_000_000_000u64;
-    for (trace, in_ms) in [(0x41u8, 120_000u64), (0x42, 300_000), (0x43, 300_000)] {
-        let mut req = later(click(trace, "u-1", "sess-1"), now_ms + in_ms - base_ms);
-        req.resource_spans.reverse();
-        for rs in req.resource_spans {
-            let one = ExportTraceServiceRequest {
-                resource_spans: vec![rs],
-            };
-            let (code, _, _) = send(&s, "/v1/traces", pb, false, one.encode_to_vec()).await;
-            assert_eq!(code, 200);
-        }
-    }
-    let edges = |m: &Value| -> Vec<(String, String, u64, u64)> {
-        m["edges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["caller"].as_str().unwrap().to_string(),
-                    e["callee"].as_str().unwrap().to_string(),
-                    e["calls"].as_u64().unwrap(),
-                    e["errors"].as_u64().unwrap(),
-                )
-            })
-            .collect()
-    };
-    let map = |since: u64| {
-        let s = &s;
-        async move {
-            let (code, m) = s
-                .get(&format!("/api/v1/service-map?since_ms={since}"))
-                .await;
-            assert_eq!(code, 200, "{m}");
-            m
-        }
-    };
-    // The last clicks' minute (from the live map), then all of it (the stored spans).
+    // One click in two minutes, two in five.
+    click_at(&s, 0x41, "u-1", now_ms + 120_000).await;
+    click_at(&s, 0x42, "u-1", now_ms + 300_000).await;
+    click_at(&s, 0x43, "u-1", now_ms + 300_000).await;
+    // Nothing was stored before this server started: every range is its live map's.
+    // A range starts at its whole minute, which holds the last two clicks.
     let since = now_ms + 290_000;
-    let recent = map(since).await;
-    let all = map(0).await;
-    assert_eq!(recent["source"], "live", "{recent}");
-    assert_eq!(all["source"], "stored", "{all}");
-    let join = |since: u64| {
-        format!(
-            "SELECT p.service AS caller, c.service AS callee, count(*) AS calls FROM spans c \
-             JOIN spans p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id \
-             WHERE p.service <> c.service AND c.start_time >= to_timestamp_millis({since}) \
-             GROUP BY 1, 2 ORDER BY 1, 2"
-        )
+    let minute = since / 60_000 * 60_000;
+    let (source, recent) = service_map(&s, since).await;
+    assert_eq!(source, "live");
+    assert_eq!(between(recent.clone()), joined(&s, minute).await);
+    let (source, all) = service_map(&s, 0).await;
+    assert_eq!(source, "live");
+    assert_eq!(between(all.clone()), joined(&s, 0).await);
+    let calls = |edges: &[(String, String, u64, u64)], callee: &str| {
+        edges.iter().find(|e| e.1 == callee).map_or(0, |e| e.2)
     };
-    let joined = |rows: Value| -> Vec<(String, String, u64)> {
-        rows.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["caller"].as_str().unwrap().to_string(),
-                    r["callee"].as_str().unwrap().to_string(),
-                    r["calls"].as_u64().unwrap(),
-                )
-            })
-            .collect()
-    };
-    let between = |m: &Value| -> Vec<(String, String, u64)> {
-        edges(m)
-            .into_iter()
-            .filter(|e| e.1 != "postgresql")
-            .map(|e| (e.0, e.1, e.2))
-            .collect()
-    };
-    // The live map's range rounds down to its minute, which holds the last two clicks.
-    let minute_ms = since / 60_000 * 60_000;
-    assert_eq!(between(&recent), joined(sql(&s, &join(minute_ms)).await));
-    assert_eq!(between(&all), joined(sql(&s, &join(0)).await));
-    let calls = |m: &Value, callee: &str| {
-        edges(m)
-            .into_iter()
-            .find(|e| e.1 == callee)
-            .map_or(0, |e| e.2)
-    };
-    assert_eq!(calls(&recent, "payments"), 2, "{recent}");
-    assert_eq!(calls(&recent, "postgresql"), 2, "{recent}");
-    assert_eq!(calls(&all, "payments"), 3, "{all}");
+    assert_eq!(calls(&recent, "payments"), 2, "{recent:?}");
+    assert_eq!(calls(&recent, "postgresql"), 2, "{recent:?}");
+    assert_eq!(calls(&all, "payments"), 3, "{all:?}");
     // The live map's latency is the callee's, within its histogram's 12.5 %.
-    let p50 = recent["edges"]
+    let (_, m) = s
+        .get(&format!("/api/v1/service-map?since_ms={since}"))
+        .await;
+    let p50 = m["edges"]
         .as_array()
         .unwrap()
         .iter()
@@ -724,6 +744,29 @@ async fn the_service_map_of_a_recent_range_agrees_with_the_join_over_stored_span
         .as_i64()
         .unwrap();
     assert!((p50 - 40_000_000).abs() <= 5_000_000, "{p50}");
+    let (live_recent, live_all) = (users(&s, since).await, users(&s, 0).await);
+    assert_eq!(live_recent[0]["user"], "u-1", "{live_recent}");
+    assert_eq!(live_recent[0]["traces"], 2, "{live_recent}");
+    assert_eq!(live_all[0]["traces"], 3, "{live_all}");
+    assert_eq!(live_recent[0]["vip"], false);
+    s.stop().await;
+
+    // After a restart, the ranges it did not see are read from the stored spans, with
+    // the same answers.
+    let mut s = TestServer::start_with(cfg).await;
+    let (source, stored) = service_map(&s, since).await;
+    assert_eq!(source, "stored");
+    assert_eq!(between(stored.clone()), between(recent.clone()));
+    assert_eq!(calls(&stored, "postgresql"), 2);
+    let (stored_recent, stored_all) = (users(&s, since).await, users(&s, 0).await);
+    assert_eq!(stored_recent, live_recent);
+    assert_eq!(stored_all, live_all);
+    // A range after what was stored is the new live map's.
+    click_at(&s, 0x44, "u-1", now_ms + 600_000).await;
+    let (source, later_map) = service_map(&s, now_ms + 590_000).await;
+    assert_eq!(source, "live");
+    assert_eq!(calls(&later_map, "payments"), 1);
+    assert_eq!(users(&s, now_ms + 590_000).await[0]["traces"], 1);
     s.stop().await;
 }
 
