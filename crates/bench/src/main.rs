@@ -15,6 +15,7 @@
 //! cargo run --release -p steadfast-bench -- nab ../shared/data/nab [--results DIR]
 //! cargo run --release -p steadfast-bench -- petshop ../shared/data/petshop [--split test]
 //! cargo run --release -p steadfast-bench -- insight-speed [--points 10000000] [--series 1000]
+//! cargo run --release -p steadfast-bench -- dashboard [--rate 800] [--reps 20] [--hold-secs 0]
 //! ```
 //!
 //! - `engine`: throughput of the verification engine on a 1:1 match rule with a fixed
@@ -34,6 +35,8 @@
 //! - `nab`, `petshop`, `insight-speed`: the detector on NAB (fixed threshold, best
 //!   threshold, ablation, published detectors), root-cause ranking on PetShop, and the
 //!   speed of both (see `insight.rs`).
+//! - `dashboard`: every dashboard page's server-side time with the demo's data after an
+//!   hour of its traffic (see `dashboard.rs`).
 //! - `restart`: time from SIGKILL of a loaded server (run as a child process) to its
 //!   replacement answering `/healthz`.
 

@@ -249,7 +249,7 @@ pub async fn trace(State(s): State<Shared>, Path(id): Path<String>) -> Result<Re
         .await?
         .narrow(|i| i.has_trace(wanted));
     let (batches, _) = snapshot
-        .query(&format!(
+        .lookup(&format!(
             "SELECT * FROM spans WHERE trace_id = '{id}' ORDER BY start_time"
         ))
         .await?;
@@ -328,6 +328,15 @@ async fn rows_of(
     sql: &str,
 ) -> Result<Vec<serde_json::Value>, ApiError> {
     let (b, _) = snapshot.query(sql).await?;
+    Ok(batches_to_json(&b)?.as_array().cloned().unwrap_or_default())
+}
+
+/// [`rows_of`] for a lookup that keeps few rows ([`steadfast_store::chain::Snapshot::lookup`]).
+async fn lookup_rows(
+    snapshot: &steadfast_store::chain::Snapshot,
+    sql: &str,
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    let (b, _) = snapshot.lookup(sql).await?;
     Ok(batches_to_json(&b)?.as_array().cloned().unwrap_or_default())
 }
 
@@ -412,11 +421,28 @@ pub async fn journey(
         .map(|t| literal(t))
         .collect::<Vec<_>>()
         .join(",");
-    let (batches, spans_cut) = theirs
-        .query(&format!(
-            "SELECT * FROM spans WHERE trace_id IN ({list}) ORDER BY start_time LIMIT {JOURNEY_SPANS_MAX}"
-        ))
-        .await?;
+    // The spans, the logs and the proxy's access-log lines of these traces at once; the
+    // fund records and the flows then follow from what they name.
+    let spans_sql = format!(
+        "SELECT * FROM spans WHERE trace_id IN ({list}) ORDER BY start_time LIMIT {JOURNEY_SPANS_MAX}"
+    );
+    let logs_sql = format!(
+        "SELECT time, service, severity_text, body, trace_id, span_id FROM logs \
+         WHERE trace_id IN ({list}) ORDER BY time LIMIT 1000"
+    );
+    // The edge: the proxy's access-log lines of these traces, and the network flows
+    // that carried those connections (by Community ID).
+    let edge_sql = format!(
+        "SELECT time, host, method, uri, status, request_time_ns, upstream_response_ns, \
+         remote_addr, remote_port, server_addr, server_port, community_id, trace_id \
+         FROM access_logs WHERE trace_id IN ({list}) ORDER BY time LIMIT 1000"
+    );
+    let (found_spans, logs, edge) = tokio::join!(
+        theirs.lookup(&spans_sql),
+        lookup_rows(&theirs, &logs_sql),
+        lookup_rows(&theirs, &edge_sql)
+    );
+    let ((batches, spans_cut), logs, edge) = (found_spans?, logs?, edge?);
     let spans = steadfast_chain::arrow_rows::spans_from_batches(&batches)
         .map_err(|e| ApiError::internal("spans could not be read back", e))?;
     let summaries = steadfast_chain::journey::summarise(&spans);
@@ -429,51 +455,29 @@ pub async fn journey(
     } else {
         format!(" OR order_id IN ({})", orders.join(","))
     };
-    let funds = rows_of(
-        &theirs,
-        &format!(
-            "SELECT time, source, kind, record_id, order_id, trace_id, amount_minor, currency, scale, status \
-             FROM fund_records WHERE trace_id IN ({list}){order_clause} ORDER BY time LIMIT 1000"
-        ),
-    )
-    .await?;
-    let logs = rows_of(
-        &theirs,
-        &format!(
-            "SELECT time, service, severity_text, body, trace_id, span_id FROM logs \
-             WHERE trace_id IN ({list}) ORDER BY time LIMIT 1000"
-        ),
-    )
-    .await?;
-    // The edge: the proxy's access-log lines of these traces, and the network flows
-    // that carried those connections (by Community ID).
-    let edge = rows_of(
-        &theirs,
-        &format!(
-            "SELECT time, host, method, uri, status, request_time_ns, upstream_response_ns, \
-             remote_addr, remote_port, server_addr, server_port, community_id, trace_id \
-             FROM access_logs WHERE trace_id IN ({list}) ORDER BY time LIMIT 1000"
-        ),
-    )
-    .await?;
+    let funds_sql = format!(
+        "SELECT time, source, kind, record_id, order_id, trace_id, amount_minor, currency, scale, status \
+         FROM fund_records WHERE trace_id IN ({list}){order_clause} ORDER BY time LIMIT 1000"
+    );
     let communities: std::collections::BTreeSet<String> = edge
         .iter()
         .filter_map(|r| r["community_id"].as_str().map(literal))
         .collect();
-    let flows = if communities.is_empty() {
-        Vec::new()
-    } else {
-        rows_of(
-            &theirs,
-            &format!(
-                "SELECT start_time, end_time, exporter, version, src_addr, src_port, dst_addr, \
-                 dst_port, protocol, bytes, packets, community_id FROM flows \
-                 WHERE community_id IN ({}) ORDER BY start_time LIMIT 1000",
-                communities.into_iter().collect::<Vec<_>>().join(",")
-            ),
+    let flows_sql = (!communities.is_empty()).then(|| {
+        format!(
+            "SELECT start_time, end_time, exporter, version, src_addr, src_port, dst_addr, \
+             dst_port, protocol, bytes, packets, community_id FROM flows \
+             WHERE community_id IN ({}) ORDER BY start_time LIMIT 1000",
+            communities.into_iter().collect::<Vec<_>>().join(",")
         )
-        .await?
-    };
+    });
+    let (funds, flows) = tokio::join!(lookup_rows(&theirs, &funds_sql), async {
+        match &flows_sql {
+            Some(sql) => lookup_rows(&theirs, sql).await,
+            None => Ok(Vec::new()),
+        }
+    });
+    let (funds, flows) = (funds?, flows?);
     let mut total = steadfast_chain::journey::Breakdown::default();
     let mut sessions: std::collections::BTreeMap<String, (i64, i64, usize)> = Default::default();
     let mut out_traces = Vec::new();

@@ -894,9 +894,10 @@ async fn journeys(
     let user = q.get("user").map(|u| u.trim()).filter(|u| !u.is_empty());
     // The user list and the journey at once: neither waits for the other.
     let users = format!("/api/v1/journeys/users?since_ms={}", range.from_ms);
+    let traces = pages::journeys::traces_choice(q.get("traces").map(String::as_str));
     let journey = user.map(|u| {
         format!(
-            "/api/v1/journeys?user={}&since_ms={}",
+            "/api/v1/journeys?user={}&since_ms={}&limit={traces}",
             encode(u),
             range.from_ms
         )
@@ -909,7 +910,7 @@ async fn journeys(
     });
     html(
         jar,
-        pages::journeys::search(&ctx, &users.value(), user, journey.as_ref(), &range),
+        pages::journeys::search(&ctx, &users.value(), user, journey.as_ref(), &range, traces),
     )
 }
 

@@ -1016,6 +1016,17 @@ impl Snapshot {
     /// Runs SQL over `spans`, `logs` and `metrics`; at most `QUERY_ROWS_MAX` rows come
     /// back (`truncated` says when there were more).
     pub async fn query(&self, sql: &str) -> Result<(Vec<RecordBatch>, bool), ChainError> {
+        self.run(sql, false).await
+    }
+
+    /// [`Snapshot::query`] for a lookup whose filter keeps few rows (a trace, a user's
+    /// traces): the filter is evaluated inside the Parquet reader, so the other columns
+    /// are decoded only for the rows it keeps, not for whole row groups.
+    pub async fn lookup(&self, sql: &str) -> Result<(Vec<RecordBatch>, bool), ChainError> {
+        self.run(sql, true).await
+    }
+
+    async fn run(&self, sql: &str, pushdown: bool) -> Result<(Vec<RecordBatch>, bool), ChainError> {
         use datafusion::datasource::file_format::parquet::ParquetFormat;
         use datafusion::datasource::listing::{
             ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -1023,7 +1034,13 @@ impl Snapshot {
         use datafusion::datasource::MemTable;
         use datafusion::prelude::SessionContext;
         let q = |e: datafusion::error::DataFusionError| ChainError::Query(e.to_string());
-        let ctx = SessionContext::new();
+        let mut config = datafusion::prelude::SessionConfig::new();
+        if pushdown {
+            let parquet = &mut config.options_mut().execution.parquet;
+            parquet.pushdown_filters = true;
+            parquet.reorder_filters = true;
+        }
+        let ctx = SessionContext::new_with_config(config);
         for (t, (files, recent)) in &self.tables {
             let schema = schema_of(t);
             let mem = MemTable::try_new(schema.clone(), vec![recent.clone()]).map_err(q)?;

@@ -68,16 +68,32 @@ fn amount(minor: i64, scale: i64) -> String {
     format!("{sign}{int_part}.{frac}")
 }
 
-/// `GET /ui/journeys`: the user search, the user list, and the chosen user's journey.
+/// How many of a user's newest traces a journey page may ask for (`?traces=`); the
+/// first is the default.
+pub const TRACE_CHOICES: [usize; 3] = [20, 50, 200];
+
+/// The `?traces=` of a journey page: one of [`TRACE_CHOICES`], else the default.
+pub fn traces_choice(v: Option<&str>) -> usize {
+    v.and_then(|v| v.parse().ok())
+        .filter(|n| TRACE_CHOICES.contains(n))
+        .unwrap_or(TRACE_CHOICES[0])
+}
+
+/// `GET /ui/journeys`: the user search, the user list, and the chosen user's journey
+/// (its newest `traces`, as asked of the API).
 pub fn search(
     ctx: &Ctx,
     users: &Value,
     user: Option<&str>,
     journey: Option<&Value>,
     range: &Range,
+    traces: usize,
 ) -> Markup {
     let user = user.filter(|u| !u.is_empty());
     let base = match user {
+        Some(u) if traces != TRACE_CHOICES[0] => {
+            format!("/ui/journeys?user={}&traces={traces}", url_encode(u))
+        }
         Some(u) => format!("/ui/journeys?user={}", url_encode(u)),
         None => "/ui/journeys".to_string(),
     };
@@ -92,7 +108,7 @@ pub fn search(
         }
         (range_selector(range, &base))
         @if let Some(u) = user {
-            (journey_of(u, journey, range))
+            (journey_of(u, journey, range, traces))
         }
         (section("Users", users_table(users, user, range, ctx.now_ms)))
     };
@@ -141,7 +157,7 @@ fn users_table(users: &Value, chosen: Option<&str>, range: &Range, now_ms: i64) 
     }
 }
 
-fn journey_of(user: &str, journey: Option<&Value>, range: &Range) -> Markup {
+fn journey_of(user: &str, journey: Option<&Value>, range: &Range, asked: usize) -> Markup {
     let no_journey = format!(
         "No journey of {user} between {} and {}: no span carrying this user id is stored in this range. Pick a longer range, or check the id.",
         fmt::time(range.from_ms),
@@ -179,8 +195,15 @@ fn journey_of(user: &str, journey: Option<&Value>, range: &Range) -> Markup {
             (stat("traces with errors", &traces.iter().filter(|t| int(&t["errors"]).unwrap_or(0) > 0).count().to_string(), if errors > 0 { Tone::Bad } else { Tone::Good }))
             (stat("fund records written", &funds.to_string(), Tone::Neutral))
         }
-        @if j["truncated"].as_bool() == Some(true) {
-            p.note { "Only the newest traces are included (the journey API's limit); pick a shorter range to see older ones in detail." }
+        nav.ranges aria-label="traces" {
+            "Newest traces: "
+            @for n in TRACE_CHOICES {
+                a href=(format!("/ui/journeys?user={}&range={}&traces={n}", url_encode(user), range.key))
+                    class=@if n == asked { "active" } { (n) }
+            }
+        }
+        @if j["truncated"].as_bool() == Some(true) || traces.len() >= asked {
+            p.note { "Only the newest " (asked) " traces are included; ask for more above, or pick a shorter range to see older ones." }
         }
         (section("Where the time went", breakdown_figure(&j["breakdown"])))
         (section("Sessions", sessions_table(&j["sessions"])))
@@ -646,7 +669,7 @@ mod tests {
 
     #[test]
     fn vip_users_come_first_with_a_badge_and_encoded_links() {
-        let html = search(&ctx(), &users(), None, None, &range()).into_string();
+        let html = search(&ctx(), &users(), None, None, &range(), 20).into_string();
         let vip = html.find("vip 7&amp;8").unwrap();
         let recent = html.find(">u-17<").unwrap();
         let old = html.find("u-&lt;old&gt;").unwrap();
@@ -663,7 +686,7 @@ mod tests {
     #[test]
     fn a_journey_draws_waterfalls_with_every_layer() {
         let j = journey(2);
-        let html = search(&ctx(), &users(), Some("vip-7"), Some(&j), &range()).into_string();
+        let html = search(&ctx(), &users(), Some("vip-7"), Some(&j), &range(), 20).into_string();
         assert_eq!(
             html.matches(r#"<figure class="chart"#).count(),
             3,
@@ -717,7 +740,7 @@ mod tests {
     #[test]
     fn many_traces_draw_ten_waterfalls_and_list_the_rest() {
         let j = journey(14);
-        let html = search(&ctx(), &users(), Some("vip-7"), Some(&j), &range()).into_string();
+        let html = search(&ctx(), &users(), Some("vip-7"), Some(&j), &range(), 20).into_string();
         // 10 waterfalls and the breakdown bars.
         assert_eq!(html.matches(r#"<figure class="chart"#).count(), 11);
         assert!(
@@ -728,18 +751,43 @@ mod tests {
 
     #[test]
     fn no_journey_in_range_says_so() {
-        let html = search(&ctx(), &users(), Some("nobody <x>"), None, &range()).into_string();
+        let html = search(&ctx(), &users(), Some("nobody <x>"), None, &range(), 20).into_string();
         assert!(
             html.contains("No journey of nobody &lt;x&gt; between"),
             "{html}"
         );
         let mut old = journey(1);
         old["traces"][0]["start_ns"] = json!((NOW - 86_400_000) * 1_000_000);
-        let html = search(&ctx(), &users(), Some("vip-7"), Some(&old), &range()).into_string();
+        let html = search(&ctx(), &users(), Some("vip-7"), Some(&old), &range(), 20).into_string();
         assert!(html.contains("No journey of vip-7"));
         assert!(html.contains("their last trace is from"));
-        let none = search(&ctx(), &json!([]), None, None, &range()).into_string();
+        let none = search(&ctx(), &json!([]), None, None, &range(), 20).into_string();
         assert!(none.contains("No user seen yet"));
+    }
+
+    #[test]
+    fn a_journey_offers_more_traces_and_says_when_it_shows_only_the_newest() {
+        assert_eq!(traces_choice(None), 20);
+        assert_eq!(traces_choice(Some("50")), 50);
+        assert_eq!(traces_choice(Some("51")), 20, "only the offered counts");
+        assert_eq!(traces_choice(Some("x")), 20);
+        let j = journey(3);
+        let n = 3;
+        let html = search(&ctx(), &users(), Some("vip-7"), Some(&j), &range(), n).into_string();
+        assert!(
+            html.contains(&format!("Only the newest {n} traces are included")),
+            "{html}"
+        );
+        let html = search(&ctx(), &users(), Some("vip-7"), Some(&j), &range(), 200).into_string();
+        assert!(
+            !html.contains("Only the newest"),
+            "fewer than asked: all of them"
+        );
+        assert!(
+            html.contains(r#"href="/ui/journeys?user=vip-7&amp;range=1h&amp;traces=50""#),
+            "{html}"
+        );
+        assert!(html.contains(r#"class="active">200<"#), "{html}");
     }
 
     #[test]
@@ -753,7 +801,7 @@ mod tests {
                                           "edge": [{"time": i64::MAX, "request_time_ns": i64::MAX}], "fund_records": [{"time": "x"}], "flows": [{"start_time": i64::MIN}]}]}),
         ];
         for w in &weird {
-            let html = search(&ctx(), w, Some("u"), Some(w), &range()).into_string();
+            let html = search(&ctx(), w, Some("u"), Some(w), &range(), 20).into_string();
             assert!(html.contains("Journey"), "{html}");
         }
         let html = search(
@@ -762,6 +810,7 @@ mod tests {
             None,
             None,
             &range(),
+            20,
         )
         .into_string();
         assert!(html.contains("Users"));

@@ -74,11 +74,20 @@ pub(crate) fn percent(part: f64, whole: f64) -> String {
 }
 
 /// Pretty JSON in a collapsed `<details>`, for the curious.
+/// The largest API answer shown raw in a page: a bigger one would make the page slow to
+/// render and to load for a view few open.
+pub(crate) const RAW_JSON_BYTES_MAX: usize = 64 * 1024;
+
 pub(crate) fn raw_json(what: &str, v: &Value) -> Markup {
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
     html! {
-        details.raw {
-            summary { "raw " (what) }
-            pre { (serde_json::to_string_pretty(v).unwrap_or_default()) }
+        @if text.len() > RAW_JSON_BYTES_MAX {
+            p.note { "The raw " (what) " (" (text.len() / 1024) " KiB) is too large to show here; the API answers it whole." }
+        } @else {
+            details.raw {
+                summary { "raw " (what) }
+                pre { (text) }
+            }
         }
     }
 }
@@ -706,6 +715,16 @@ mod tests {
             {"id": 6, "rule": "errors", "service": "fx <rates>", "metric": "errors", "severity": "critical", "state": "resolved",
              "started_ms": NOW - 1_200_000, "resolved_ms": NOW - 900_000, "value": 9.0, "expected": 0.0, "score": 0.8, "score_max": 0.8, "incident": 2}
         ])
+    }
+
+    #[test]
+    fn raw_json_is_shown_only_when_small() {
+        let small = raw_json("journey", &json!({"a": 1})).into_string();
+        assert!(small.contains("<details class=\"raw\">"), "{small}");
+        let big = json!({"a": "x".repeat(RAW_JSON_BYTES_MAX)});
+        let html = raw_json("journey", &big).into_string();
+        assert!(!html.contains("<details"), "{html}");
+        assert!(html.contains("is too large to show here"), "{html}");
     }
 
     #[test]
