@@ -159,6 +159,9 @@ struct Child {
 
 type Key = (u128, u64);
 
+/// One minute's calls: (caller, callee) → calls.
+type Minute = HashMap<(Arc<str>, Arc<str>), Stat>;
+
 #[derive(Debug, Default)]
 pub struct ServiceGraph {
     /// Spans that arrived in the last [`PAIR_WAIT_MS`], by trace and span id.
@@ -169,7 +172,7 @@ pub struct ServiceGraph {
     /// Arrival order of `seen` (false) and `waiting` (true) entries, for expiry.
     order: VecDeque<(i64, Key, bool)>,
     /// Minute start (ns) → (caller, callee) → calls.
-    minutes: BTreeMap<i64, HashMap<(Arc<str>, Arc<str>), Stat>>,
+    minutes: BTreeMap<i64, Minute>,
     names: HashSet<Arc<str>>,
     /// Minutes from this one on are whole: the first after the newest span stored
     /// before the graph started (which it never saw), or after the newest it let go.
