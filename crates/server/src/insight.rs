@@ -113,6 +113,13 @@ fn default_rules() -> Vec<AlertRule> {
             ..rule("throughput_drop", METRIC_REQUESTS, Severity::Warning, 0.0)
         },
         rule("breaks", METRIC_BREAKS, Severity::Critical, 0.0),
+        // Pages that load slower than they did: the same shape as service latency.
+        AlertRule {
+            above: Some(1.0),
+            above_ratio: Some(1.25),
+            for_points: 3,
+            ..rule("web_vitals", METRIC_LCP, Severity::Warning, 5.0)
+        },
     ]
 }
 
@@ -121,11 +128,14 @@ pub const METRIC_DB: &str = "db_ms_p95";
 pub const METRIC_ERRORS: &str = "errors";
 pub const METRIC_REQUESTS: &str = "requests";
 pub const METRIC_BREAKS: &str = "breaks";
+/// Largest Contentful Paint of a browser site's page loads (`rum:<site>`), the 75th
+/// percentile as web vitals are judged.
+pub const METRIC_LCP: &str = "lcp_ms_p75";
 
 /// How a metric's noise is modelled and which way is bad.
 fn metric_shape(metric: &str) -> (SeriesKind, Direction) {
     match metric {
-        METRIC_LATENCY | METRIC_DB => (SeriesKind::Gauge, Direction::Up),
+        METRIC_LATENCY | METRIC_DB | METRIC_LCP => (SeriesKind::Gauge, Direction::Up),
         METRIC_ERRORS | METRIC_BREAKS => (SeriesKind::Count, Direction::Up),
         METRIC_REQUESTS => (SeriesKind::Count, Direction::Down),
         _ => (SeriesKind::Gauge, Direction::Both),
@@ -176,6 +186,8 @@ pub(crate) struct Bucket {
     errors: u64,
     durations: Reservoir,
     db: Reservoir,
+    /// Page loads' Largest Contentful Paint (ms).
+    lcp: Reservoir,
 }
 
 /// A bounded uniform sample of durations (ms).
@@ -207,13 +219,31 @@ impl Reservoir {
     }
 
     fn p95(&mut self) -> Option<f64> {
+        self.quantile(0.95)
+    }
+
+    /// The nearest-rank `q` quantile of the sample.
+    fn quantile(&mut self, q: f64) -> Option<f64> {
         if self.values.is_empty() {
             return None;
         }
         self.values.sort_unstable_by(f64::total_cmp);
-        let at = ((self.values.len() as f64) * 0.95).ceil() as usize;
+        let at = ((self.values.len() as f64) * q).ceil() as usize;
         Some(self.values[at.clamp(1, self.values.len()) - 1])
     }
+}
+
+/// The Largest Contentful Paint a browser's page-load span carries (`web_vitals.lcp_ms`,
+/// set by the browser agent), when it is a sane number of milliseconds.
+fn lcp_ms(span: &SpanRow) -> Option<f64> {
+    const KEY: &str = "web_vitals.lcp_ms";
+    if !span.attributes.contains(KEY) {
+        return None;
+    }
+    let attrs: serde_json::Value = serde_json::from_str(&span.attributes).ok()?;
+    attrs[KEY]
+        .as_f64()
+        .filter(|v| v.is_finite() && (0.0..=600_000.0).contains(v))
 }
 
 /// What one stored batch of spans adds, computed before the spans move on.
@@ -246,6 +276,9 @@ impl SpanTap {
                 bucket.durations.push(ms);
             } else if span.db_system.is_some() || span.db_statement.is_some() {
                 bucket.db.push(ms);
+            }
+            if let Some(lcp) = lcp_ms(span) {
+                bucket.lcp.push(lcp);
             }
         }
         SpanTap(buckets)
@@ -383,6 +416,7 @@ impl Insight {
             open.errors += b.errors;
             open.durations.merge(b.durations);
             open.db.merge(b.db);
+            open.lcp.merge(b.lcp);
         }
     }
 
@@ -474,6 +508,11 @@ impl Insight {
             }
             if let Some(p95) = b.db.p95() {
                 points.push((service.clone(), METRIC_DB, p95, traffic));
+            }
+            // Its traffic guard counts page loads, not requests.
+            let loads = b.lcp.seen as f64;
+            if let Some(p75) = b.lcp.quantile(0.75) {
+                points.push((service.clone(), METRIC_LCP, p75, loads));
             }
         }
         let rules: Vec<String> = self
@@ -1048,6 +1087,43 @@ mod tests {
         insight.close(t0 + 2_500);
         assert_eq!(last(&insight, "a", METRIC_REQUESTS), Some(0.0));
         assert_eq!(insight.series("a", METRIC_REQUESTS).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn page_loads_give_their_sites_a_web_vital_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = InsightConfig {
+            interval_ms: 1_000,
+            lateness_ms: 500,
+            ..InsightConfig::default()
+        };
+        let insight = Insight::open(cfg, dir.path()).unwrap();
+        let t0 = 1_000_000;
+        // Four page loads of the shop (LCP 100..400 ms), a nonsense value, and a backend
+        // span without any.
+        let mut spans: Vec<SpanRow> = (1..=4)
+            .map(|i| SpanRow {
+                attributes: format!(r#"{{"web_vitals.lcp_ms":{}.0}}"#, i * 100),
+                ..span("rum:shop", t0 + 100 * i, 5, false)
+            })
+            .collect();
+        spans.push(SpanRow {
+            attributes: r#"{"web_vitals.lcp_ms":-3}"#.into(),
+            ..span("rum:shop", t0 + 600, 5, false)
+        });
+        spans.push(span("gateway", t0 + 700, 5, false));
+        insight.close(t0);
+        insight.absorb(SpanTap::of(&spans, 1_000), t0 + 900);
+        insight.close(t0 + 1_500);
+        assert_eq!(
+            last(&insight, "rum:shop", METRIC_LCP),
+            Some(300.0),
+            "the p75"
+        );
+        assert_eq!(last(&insight, "gateway", METRIC_LCP), None);
+        let (kind, direction) = metric_shape(METRIC_LCP);
+        assert_eq!((kind, direction), (SeriesKind::Gauge, Direction::Up));
+        assert!(default_rules().iter().any(|r| r.metric == METRIC_LCP));
     }
 
     #[test]
