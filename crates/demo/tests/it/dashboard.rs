@@ -182,8 +182,13 @@ async fn the_dashboard_works_in_a_real_browser_against_the_demo() {
             .unwrap_or_else(|| panic!("created: on the drill's page, not {url}"))
             .to_string();
         ui.click("form[action$='/start'] button").await;
-        let d = rig.get(&format!("/api/v1/drills/{id}")).await;
-        assert_eq!(d["state"], "running", "{d:#}");
+        // The start is answered by a redirect to the drill's page; under load the
+        // browser may still be on its way there.
+        wait_for("the drill running", 20, async || {
+            let d = rig.get(&format!("/api/v1/drills/{id}")).await;
+            (d["state"] == "running").then_some(())
+        })
+        .await;
         wait_for("forged faults found", 30, async || {
             let found = rig.get(&format!("/api/v1/breaks?drill={id}")).await;
             (found.as_array()?.len() >= 5).then_some(())

@@ -408,10 +408,18 @@ pub fn browser_present() -> bool {
     present
 }
 
+/// A child started as the leader of its own process group; dropping it kills the whole
+/// group, so the browsers chromedriver started go with it even when a test panics.
 struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: kill(2) on the group this child leads; no memory is touched.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -434,12 +442,15 @@ impl Browser {
             .unwrap()
             .port();
         let driver = KillOnDrop(
-            std::process::Command::new(CHROMEDRIVER)
-                .arg(format!("--port={port}"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
+            std::os::unix::process::CommandExt::process_group(
+                &mut std::process::Command::new(CHROMEDRIVER),
+                0,
+            )
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
         );
         let profile = tempfile::tempdir().unwrap();
         let mut caps = serde_json::Map::new();
