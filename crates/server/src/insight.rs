@@ -1045,6 +1045,16 @@ mod tests {
         }
     }
 
+    /// Detectors over 1 s intervals, each scored 500 ms after it ends.
+    fn one_second_intervals(dir: &std::path::Path) -> Insight {
+        let cfg = InsightConfig {
+            interval_ms: 1_000,
+            lateness_ms: 500,
+            ..InsightConfig::default()
+        };
+        Insight::open(cfg, dir).unwrap()
+    }
+
     fn last(insight: &Insight, service: &str, metric: &str) -> Option<f64> {
         insight.series(service, metric)?.last().map(|p| p.value)
     }
@@ -1052,12 +1062,7 @@ mod tests {
     #[test]
     fn an_interval_is_scored_after_its_lateness_and_later_spans_are_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = InsightConfig {
-            interval_ms: 1_000,
-            lateness_ms: 500,
-            ..InsightConfig::default()
-        };
-        let insight = Insight::open(cfg, dir.path()).unwrap();
+        let insight = one_second_intervals(dir.path());
         let t0 = 1_000_000;
         let spans = [span("a", t0 + 100, 5, false), span("a", t0 + 900, 7, true)];
         insight.absorb(SpanTap::of(&spans, 1_000), t0 + 950);
@@ -1092,12 +1097,7 @@ mod tests {
     #[test]
     fn page_loads_give_their_sites_a_web_vital_series() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = InsightConfig {
-            interval_ms: 1_000,
-            lateness_ms: 500,
-            ..InsightConfig::default()
-        };
-        let insight = Insight::open(cfg, dir.path()).unwrap();
+        let insight = one_second_intervals(dir.path());
         let t0 = 1_000_000;
         // Four page loads of the shop (LCP 100..400 ms), a nonsense value, and a backend
         // span without any.
