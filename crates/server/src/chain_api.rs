@@ -328,7 +328,7 @@ async fn rows_of(
     sql: &str,
 ) -> Result<Vec<serde_json::Value>, ApiError> {
     let (b, _) = snapshot.query(sql).await?;
-    Ok(batches_to_json(&b)?.as_array().cloned().unwrap_or_default())
+    Ok(into_rows(batches_to_json(&b)?))
 }
 
 /// [`rows_of`] for a lookup that keeps few rows ([`steadfast_store::chain::Snapshot::lookup`]).
@@ -337,7 +337,15 @@ async fn lookup_rows(
     sql: &str,
 ) -> Result<Vec<serde_json::Value>, ApiError> {
     let (b, _) = snapshot.lookup(sql).await?;
-    Ok(batches_to_json(&b)?.as_array().cloned().unwrap_or_default())
+    Ok(into_rows(batches_to_json(&b)?))
+}
+
+/// The rows of a JSON array (none when it is something else).
+fn into_rows(v: serde_json::Value) -> Vec<serde_json::Value> {
+    match v {
+        serde_json::Value::Array(rows) => rows,
+        _ => Vec::new(),
+    }
 }
 
 /// A user's journey: their sessions, the traces they caused (front end to database)
