@@ -103,15 +103,6 @@ pub const DB_QUEUE_MAX: usize = 1024;
 /// A query waiting for the service's database thread.
 type DbJob = Box<dyn FnOnce() + Send>;
 
-/// One query counted in [`Svc`]'s waiting queries until it is dropped.
-struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// What a service is built from, besides its name and database.
 pub struct SvcParts {
     pub telemetry: Arc<Telemetry>,
@@ -130,9 +121,6 @@ pub struct Svc {
     /// The service's own database thread: a slow database keeps only it busy, never the
     /// runtime's blocking pool, which Steadfast shares when the demo runs in one process.
     db_queue: std::sync::mpsc::SyncSender<DbJob>,
-    /// Queries queued and not yet done: while any wait, a new query queues behind them
-    /// rather than overtaking them on an idle moment of the connection.
-    db_waiting: Arc<std::sync::atomic::AtomicUsize>,
     pub reporter: Reporter,
     pub client: reqwest::Client,
     admin_token: String,
@@ -178,7 +166,6 @@ impl Svc {
             faults,
             conn: Arc::new(Mutex::new(conn)),
             db_queue,
-            db_waiting: Arc::default(),
             reporter,
             client,
             admin_token,
@@ -200,8 +187,7 @@ impl Svc {
         statement: &'static str,
         f: impl FnOnce(&mut Connection) -> Result<T, AppError> + Send + 'static,
     ) -> Result<T, AppError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self.faults.slow_db_ms() == 0 && self.db_waiting.load(SeqCst) == 0 {
+        if self.faults.slow_db_ms() == 0 {
             // The common case: a query of some microseconds on an idle connection runs
             // right here. A thread hand-off would cost more than the query.
             if let Ok(mut conn) = self.conn.try_lock() {
@@ -214,11 +200,7 @@ impl Svc {
         let faults = self.faults.clone();
         let cx = cx.0.clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
-        // Counted in now, and out however the job ends: run, skipped, or never queued.
-        self.db_waiting.fetch_add(1, SeqCst);
-        let waiting = Waiting(self.db_waiting.clone());
         let job: DbJob = Box::new(move || {
-            let _waiting = waiting;
             // Whoever asked has gone (its caller timed out): the query is not run.
             if reply.is_closed() {
                 return;
