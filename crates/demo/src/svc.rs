@@ -95,14 +95,6 @@ impl std::fmt::Display for CallError {
 /// Prepared statements kept per service connection (more than any service uses).
 pub const STATEMENTS_CACHED_MAX: usize = 64;
 
-/// Queries a service's database queues at most. Beyond it a query is refused with 503
-/// `database_busy`, as an exhausted connection pool refuses, rather than waiting without
-/// bound.
-pub const DB_QUEUE_MAX: usize = 1024;
-
-/// A query waiting for the service's database thread.
-type DbJob = Box<dyn FnOnce() + Send>;
-
 /// What a service is built from, besides its name and database.
 pub struct SvcParts {
     pub telemetry: Arc<Telemetry>,
@@ -118,9 +110,6 @@ pub struct Svc {
     pub telemetry: Arc<Telemetry>,
     pub faults: Arc<Faults>,
     conn: Arc<Mutex<Connection>>,
-    /// The service's own database thread: a slow database keeps only it busy, never the
-    /// runtime's blocking pool, which Steadfast shares when the demo runs in one process.
-    db_queue: std::sync::mpsc::SyncSender<DbJob>,
     pub reporter: Reporter,
     pub client: reqwest::Client,
     admin_token: String,
@@ -155,17 +144,11 @@ impl Svc {
         // Every statement a service runs stays prepared: parsing SQL per call costs more
         // than running it.
         conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED_MAX);
-        let (db_queue, jobs) = std::sync::mpsc::sync_channel::<DbJob>(DB_QUEUE_MAX);
-        // It ends when the service is dropped and the queue with it.
-        std::thread::Builder::new()
-            .name(format!("{name}-db"))
-            .spawn(move || jobs.into_iter().for_each(|job| job()))?;
         Ok(Svc {
             name,
             telemetry,
             faults,
             conn: Arc::new(Mutex::new(conn)),
-            db_queue,
             reporter,
             client,
             admin_token,
@@ -177,40 +160,31 @@ impl Svc {
         self.conn.clone()
     }
 
-    /// Runs `f` on the service's database, as one span named `statement`: right here when
-    /// the connection is idle, else on the service's database thread (at most
-    /// [`DB_QUEUE_MAX`] queued). The slow-database failure mode adds its work inside the
-    /// same call.
+    /// Runs `f` on the service's database on a blocking thread, as one span named
+    /// `statement`. The slow-database failure mode adds its work inside the same call.
     pub async fn db<T: Send + 'static>(
         &self,
         cx: &Cx,
         statement: &'static str,
         f: impl FnOnce(&mut Connection) -> Result<T, AppError> + Send + 'static,
     ) -> Result<T, AppError> {
-        if self.faults.slow_db_ms() == 0 {
+        let slow = self.faults.slow_db_iterations();
+        let slow_ms = self.faults.slow_db_ms();
+        if slow == 0 {
             // The common case: a query of some microseconds on an idle connection runs
             // right here. A thread hand-off would cost more than the query.
             if let Ok(mut conn) = self.conn.try_lock() {
                 return self.telemetry.db_span(&cx.0, statement, || f(&mut conn));
             }
         }
-        // A busy connection or a slow database: queue for the database thread.
+        // A busy connection or a slow database: wait on a blocking thread, never on the
+        // async workers (they also serve Steadfast when the demo runs in one process).
         let conn = self.conn.clone();
         let telemetry = self.telemetry.clone();
-        let faults = self.faults.clone();
         let cx = cx.0.clone();
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job: DbJob = Box::new(move || {
-            // Whoever asked has gone (its caller timed out): the query is not run.
-            if reply.is_closed() {
-                return;
-            }
-            let out = telemetry.db_span(&cx, statement, || {
+        tokio::task::spawn_blocking(move || {
+            telemetry.db_span(&cx, statement, || {
                 let mut conn = conn.lock().expect("database lock");
-                // The database's speed when the query runs, not when it was queued: once
-                // the slow mode is switched off, the queue drains at full speed.
-                let slow = faults.slow_db_iterations();
-                let slow_ms = faults.slow_db_ms();
                 if slow > 0 {
                     let started = std::time::Instant::now();
                     burn(&conn, slow)?;
@@ -222,31 +196,10 @@ impl Svc {
                     }
                 }
                 f(&mut conn)
-            });
-            let _ = reply.send(out);
-        });
-        match self.db_queue.try_send(job) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(_)) => {
-                return Err(AppError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "database_busy",
-                    format!(
-                        "{} queries are already waiting for the database",
-                        DB_QUEUE_MAX
-                    ),
-                ))
-            }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                return Err(AppError::internal(
-                    "database task failed",
-                    "the database thread has stopped",
-                ))
-            }
-        }
-        answer
-            .await
-            .map_err(|e| AppError::internal("database task failed", e))?
+            })
+        })
+        .await
+        .map_err(|e| AppError::internal("database task failed", e))?
     }
 
     /// POSTs `body` as JSON to another service, as a client span under `cx`, with the

@@ -358,27 +358,11 @@ async fn failure_modes_switch_at_run_time() {
         "{:?}",
         t0.elapsed()
     );
-    // Queries queued behind the slow database run at full speed once it is switched
-    // off: sixteen would take at least 4.8 s at 300 ms each.
-    let queued: Vec<_> = (10..26)
-        .map(|n| tokio::spawn(post(format!("{}/v1/topup", e.gateway), pay(n, "wallet"))))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(400)).await;
     rig.admin(
         &format!("{}/admin/faults", e.wallet),
         json!({"slow_db_ms": 0}),
     )
     .await;
-    let t0 = Instant::now();
-    for q in queued {
-        let (_, a) = q.await.unwrap();
-        assert_eq!(a["status"], "SUCCESS", "{a}");
-    }
-    assert!(
-        t0.elapsed() < Duration::from_secs(3),
-        "the queue took {:?} to drain",
-        t0.elapsed()
-    );
 
     // A stuck service holds requests until released.
     rig.admin(
