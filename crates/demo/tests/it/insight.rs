@@ -187,11 +187,11 @@ async fn a_slow_database_raises_one_incident_whose_top_cause_is_its_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_simulated_days_of_seasonal_traffic_raise_no_alert() {
-    // 12 wall seconds a simulated day, one point per series every 125 ms: 96 points a
-    // day, so the detectors see the daily season after two days of history.
+    // 12 wall seconds a simulated day, one point per series every 250 ms: 48 points a
+    // day (half an hour each), and some fifteen requests behind each point's p95.
     let day_secs = 12;
     let rig = Rig::start_alone(9, 1_000, true, |c| {
-        c.insight.interval_ms = 125;
+        c.insight.interval_ms = 250;
         c.insight.lateness_ms = 1_500;
         c.insight.map_refresh_secs = 5;
     })
@@ -209,10 +209,40 @@ async fn ten_simulated_days_of_seasonal_traffic_raise_no_alert() {
         .find(|s| s["service"] == "gateway" && s["metric"] == "requests")
         .expect("the gateway's request series");
     eprintln!(
-        "10 simulated days: {} series; the gateway's requests have period {} points (96 is a day)",
+        "10 simulated days: {} series; the gateway's requests have period {} points (48 is a day)",
         list.len(),
         gateway["period_points"]
     );
+    // How close each latency series came to the latency rule (above 1 ms and 1.25 times
+    // its baseline for 3 points in a row): the margin a clean run leaves.
+    for s in list.iter().filter(|s| s["metric"] == "latency_ms_p95") {
+        let service = s["service"].as_str().unwrap();
+        let v = rig
+            .get(&format!(
+                "/api/v1/series?service={service}&metric=latency_ms_p95"
+            ))
+            .await;
+        let (mut run, mut longest, mut worst) = (0, 0, 0.0f64);
+        for p in v["points"].as_array().into_iter().flatten() {
+            let (value, expected) = (
+                p["value"].as_f64().unwrap(),
+                p["expected"].as_f64().unwrap(),
+            );
+            let ratio = if expected > 0.0 {
+                value / expected
+            } else {
+                0.0
+            };
+            worst = worst.max(ratio);
+            run = if value > 1.0 && ratio >= 1.25 {
+                run + 1
+            } else {
+                0
+            };
+            longest = longest.max(run);
+        }
+        eprintln!("{service}: latency at most {worst:.2} times its baseline, above 1.25 times for {longest} points in a row at most");
+    }
     let alerts = rig.get("/api/v1/alerts").await;
     assert_eq!(
         alerts.as_array().unwrap().len(),
