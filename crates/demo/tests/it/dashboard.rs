@@ -101,16 +101,40 @@ impl Ui<'_> {
         e.send_keys(text).await.unwrap();
     }
 
-    /// Clicks and waits for the page the click leads to.
+    /// Clicks and waits for the page the click leads to (every click here submits a
+    /// form): the page it leaves is marked first, so its heading is not taken for the
+    /// next page's.
     async fn click(&self, css: &str) {
-        self.b
-            .client
-            .find(Locator::Css(css))
+        let c = &self.b.client;
+        c.execute("document.documentElement.dataset.left = 'no'", vec![])
+            .await
+            .unwrap();
+        c.find(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("no {css}: {e}"))
             .click()
             .await
             .unwrap();
+        let t = Instant::now();
+        loop {
+            let arrived = c
+                .execute(
+                    "return document.readyState === 'complete' \
+                     && document.documentElement.dataset.left === undefined",
+                    vec![],
+                )
+                .await
+                .ok()
+                .and_then(|v| v.as_bool());
+            if arrived == Some(true) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{css}: the click led to no new page"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.loaded(css).await;
     }
 
