@@ -202,9 +202,7 @@ impl Svc {
         statement: &'static str,
         f: impl FnOnce(&mut Connection) -> Result<T, AppError> + Send + 'static,
     ) -> Result<T, AppError> {
-        let slow = self.faults.slow_db_iterations();
-        let slow_ms = self.faults.slow_db_ms();
-        if slow == 0 {
+        if self.faults.slow_db_iterations() == 0 {
             // The common case: a query of some microseconds on an idle connection runs
             // right here. A thread hand-off would cost more than the query.
             if let Ok(mut conn) = self.conn.try_lock() {
@@ -215,10 +213,15 @@ impl Svc {
         // async workers (they also serve Steadfast when the demo runs in one process).
         let conn = self.conn.clone();
         let telemetry = self.telemetry.clone();
+        let faults = self.faults.clone();
         let cx = cx.0.clone();
         tokio::task::spawn_blocking(move || {
             telemetry.db_span(&cx, statement, || {
                 let mut conn = conn.lock().expect("database lock");
+                // The mode as it is now, with the connection in hand: a query queued while
+                // the database was slow runs at normal speed once the mode is cleared.
+                let slow = faults.slow_db_iterations();
+                let slow_ms = faults.slow_db_ms();
                 if slow > 0 {
                     let started = std::time::Instant::now();
                     burn(&conn, slow)?;
