@@ -139,6 +139,10 @@ pub struct Svc {
     pub telemetry: Arc<Telemetry>,
     pub faults: Arc<Faults>,
     conn: Arc<Mutex<Connection>>,
+    /// The connection's turn: one query at a time holds it, the others wait for it
+    /// asynchronously (their number is bounded by the calls in flight, which the
+    /// callers' timeouts and the traffic driver bound).
+    turn: Arc<tokio::sync::Semaphore>,
     pub reporter: Reporter,
     pub client: reqwest::Client,
     admin_token: String,
@@ -183,6 +187,7 @@ impl Svc {
             telemetry,
             faults,
             conn,
+            turn: Arc::new(tokio::sync::Semaphore::new(1)),
             reporter,
             client,
             admin_token,
@@ -205,17 +210,30 @@ impl Svc {
         if self.faults.slow_db_iterations() == 0 {
             // The common case: a query of some microseconds on an idle connection runs
             // right here. A thread hand-off would cost more than the query.
-            if let Ok(mut conn) = self.conn.try_lock() {
-                return self.telemetry.db_span(&cx.0, statement, || f(&mut conn));
+            if let Ok(_turn) = self.turn.try_acquire() {
+                if let Ok(mut conn) = self.conn.try_lock() {
+                    return self.telemetry.db_span(&cx.0, statement, || f(&mut conn));
+                }
             }
         }
-        // A busy connection or a slow database: wait on a blocking thread, never on the
-        // async workers (they also serve Steadfast when the demo runs in one process).
+        // A busy connection or a slow database: wait for the connection's turn here,
+        // asynchronously and in arrival order, then run on a blocking thread, never on
+        // the async workers (they also serve Steadfast when the demo runs in one
+        // process). Waiting on the blocking pool instead let a slow database fill it
+        // with threads parked on the connection, and the server's own file and database
+        // work queued behind them.
+        let turn = self
+            .turn
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| AppError::internal("database turn", e))?;
         let conn = self.conn.clone();
         let telemetry = self.telemetry.clone();
         let faults = self.faults.clone();
         let cx = cx.0.clone();
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             telemetry.db_span(&cx, statement, || {
                 let mut conn = conn.lock().expect("database lock");
                 // The mode as it is now, with the connection in hand: a query queued while

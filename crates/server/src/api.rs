@@ -1121,7 +1121,7 @@ fn parse_status(text: &str, code: &str) -> Result<Status, ApiError> {
 
 /// A stored break as every output shows it: masked as configured, with age and SLA.
 /// Whether the caller's role is configured to see account-like values in full.
-fn sees_unmasked(s: &AppState, caller: &Caller) -> bool {
+pub(crate) fn sees_unmasked(s: &AppState, caller: &Caller) -> bool {
     s.cfg
         .masking
         .unmasked_roles

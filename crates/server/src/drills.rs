@@ -185,6 +185,41 @@ impl Drill {
         v["state"] = self.state().into();
         v
     }
+
+    /// The drill as `caller` may see it: account-like values masked as in breaks
+    /// (`[masking]`), unless the caller's role is configured to see them in full.
+    pub(crate) fn shown_to(mut self, s: &Shared, caller: &Caller) -> Drill {
+        let m = &s.cfg.masking;
+        if !m.enabled || crate::api::sees_unmasked(s, caller) {
+            return self;
+        }
+        let rules = &s.pipeline.rules;
+        let mut names: Vec<&str> = self.spec.rules.iter().map(String::as_str).collect();
+        names.extend(self.spec.expect.rules.iter().map(String::as_str));
+        if let Some(link) = &self.spec.link {
+            names.extend(
+                rules
+                    .rules
+                    .iter()
+                    .filter(|r| r.link.as_deref() == Some(link.as_str()))
+                    .map(|r| r.name.as_str()),
+            );
+        }
+        let names: Vec<String> = names.into_iter().map(str::to_string).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        crate::view::mask_drill(
+            crate::view::DrillParts {
+                planted: &mut self.planted,
+                injections: &mut self.injections,
+                hits: self.hits.iter_mut().map(|h| &mut h.hit.hit).collect(),
+                report: self.report.as_mut(),
+            },
+            &m.fields,
+            rules,
+            &names,
+        );
+        self
+    }
 }
 
 pub(crate) async fn save(s: &Shared, d: &Drill) -> Result<(), ApiError> {
@@ -267,7 +302,7 @@ pub async fn create(
         detail: json!({ "name": d.spec.name, "mode": d.spec.mode, "pairs": pairs, "dry_run": d.spec.dry_run }),
         approver: None,
     }
-    .attach((StatusCode::CREATED, Json(d.view())).into_response()))
+    .attach((StatusCode::CREATED, Json(d.shown_to(&s, &caller).view())).into_response()))
 }
 
 /// Lossy drills tamper with real traffic: they need the drill-admin's permission, not
@@ -353,8 +388,12 @@ pub async fn list(State(s): State<Shared>) -> Result<Json<Vec<Value>>, ApiError>
 /// One drill: spec, lease, planted faults, report.
 #[utoipa::path(get, path = "/api/v1/drills/{id}", params(("id" = String, Path)),
     responses((status = 200, description = "the drill"), (status = 404, body = ErrorBody)), security(("token" = [])))]
-pub async fn get(State(s): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(load(&s, &id).await?.view()))
+pub async fn get(
+    State(s): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(load(&s, &id).await?.shown_to(&s, &caller).view()))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -369,12 +408,13 @@ pub struct ReportQuery {
     responses((status = 200, description = "the report"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("token" = [])))]
 pub async fn report(
     State(s): State<Shared>,
+    caller: Caller,
     Path(id): Path<String>,
     q: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
-    let d = load(&s, &id).await?;
+    let d = load(&s, &id).await?.shown_to(&s, &caller);
     let r = d.report.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
@@ -431,10 +471,11 @@ pub async fn start(
         target: Some(format!("drill {id}")),
         ..Default::default()
     }
-    .attach((StatusCode::ACCEPTED, Json(d.view())).into_response()))
+    .attach((StatusCode::ACCEPTED, Json(d.shown_to(&s, &caller).view())).into_response()))
 }
 
-/// Starts a lossy drill a second person approved.
+/// Starts a lossy drill a second person approved. A lossy drill has no hits yet when it
+/// starts, so its answer carries no value to mask.
 pub(crate) async fn start_approved(s: &Shared, id: &str, by: &str) -> Result<Value, ApiError> {
     Ok(start_drill(s, id, by).await?.view())
 }
@@ -472,7 +513,11 @@ async fn start_drill(s: &Shared, id: &str, by: &str) -> Result<Drill, ApiError> 
 /// Stops a drill; stopping an ended drill changes nothing.
 #[utoipa::path(post, path = "/api/v1/drills/{id}/stop", params(("id" = String, Path)),
     responses((status = 200, description = "stopped (or already ended)"), (status = 404, body = ErrorBody)), security(("token" = [])))]
-pub async fn stop(State(s): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn stop(
+    State(s): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let mut d = load(&s, &id).await?;
     s.drills.stop(&id);
     if d.lease.state == LeaseState::Pending {
@@ -484,7 +529,7 @@ pub async fn stop(State(s): State<Shared>, Path(id): Path<String>) -> Result<Res
         target: Some(format!("drill {id}")),
         ..Default::default()
     }
-    .attach(Json(d.view()).into_response()))
+    .attach(Json(d.shown_to(&s, &caller).view()).into_response()))
 }
 
 // ---- the lossless runner -------------------------------------------------------------

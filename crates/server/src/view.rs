@@ -1,6 +1,8 @@
 //! How breaks are shown: masked, with age and SLA state, as JSON or CSV.
 
 use serde::Serialize;
+use steadfast_drill::tamper::Hit;
+use steadfast_drill::{Injection, Planted, Report};
 use steadfast_model::{mask_account, Millis};
 use steadfast_store::BreakRow;
 use steadfast_verify::rules::RuleSet;
@@ -30,9 +32,99 @@ impl BreakView {
     }
 }
 
+/// Whether a field name (or a `/`-joined key of names) includes a masked field.
+fn is_masked(fields: &[String], name: &str) -> bool {
+    name.split('/').any(|part| fields.iter().any(|f| f == part))
+}
+
+/// Whether the rule's keys are made of masked fields (so its keys are account-like).
+fn keyed_by_masked(fields: &[String], rules: &RuleSet, rule: &str) -> bool {
+    rules
+        .rules
+        .iter()
+        .find(|r| r.name == rule)
+        .is_some_and(|r| {
+            r.sides()
+                .iter()
+                .any(|s| s.key.iter().any(|k| is_masked(fields, k)))
+        })
+}
+
+/// A JSON value of a masked field, masked: the text of a number or string, so the
+/// masked form is the same whatever type the record carried.
+fn mask_value(v: &serde_json::Value) -> serde_json::Value {
+    let text = match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => return serde_json::Value::Null,
+        other => other.to_string(),
+    };
+    serde_json::Value::String(mask_account(&text))
+}
+
+/// Masks a tampering's values when it changed a masked field (a path such as
+/// `attributes.payer_account` is judged by its last name).
+pub fn mask_hit(hit: &mut Hit, fields: &[String]) {
+    let leaf = |f: &str| f.rsplit('.').next().unwrap_or(f).to_string();
+    if hit.field.as_deref().is_some_and(|f| is_masked(fields, &leaf(f))) {
+        hit.original = hit.original.as_ref().map(mask_value);
+        hit.tampered = hit.tampered.as_ref().map(mask_value);
+    }
+}
+
+/// The parts of a drill that may carry account-like values, masked as breaks are: the
+/// values of tampered masked fields, and keys of rules keyed by masked fields wherever
+/// they appear (planted faults, injections, outcomes, false positives). A lossy hit names
+/// no rule, so its key is masked when any of the drill's rules (`drill_rules`) is keyed
+/// by a masked field.
+pub struct DrillParts<'a> {
+    pub planted: &'a mut [Planted],
+    pub injections: &'a mut [Injection],
+    pub hits: Vec<&'a mut Hit>,
+    pub report: Option<&'a mut Report>,
+}
+
+pub fn mask_drill(parts: DrillParts<'_>, fields: &[String], rules: &RuleSet, drill_rules: &[&str]) {
+    let any_keyed = drill_rules
+        .iter()
+        .any(|r| keyed_by_masked(fields, rules, r));
+    let mut keys = std::collections::HashSet::new();
+    for p in parts.planted.iter_mut() {
+        mask_hit(&mut p.hit, fields);
+        if keyed_by_masked(fields, rules, &p.rule) {
+            keys.insert(p.key.clone());
+            p.key = mask_account(&p.key);
+            p.hit.key = p.key.clone();
+        }
+    }
+    for h in parts.hits {
+        mask_hit(h, fields);
+        if any_keyed {
+            keys.insert(h.key.clone());
+            h.key = mask_account(&h.key);
+        }
+    }
+    for i in parts.injections.iter_mut() {
+        if keys.contains(&i.key) {
+            i.key = mask_account(&i.key);
+        }
+    }
+    if let Some(r) = parts.report {
+        for o in &mut r.outcomes {
+            if keys.contains(&o.key) {
+                o.key = mask_account(&o.key);
+            }
+        }
+        for f in &mut r.false_positives {
+            if keyed_by_masked(fields, rules, &f.rule) {
+                f.key = mask_account(&f.key);
+            }
+        }
+    }
+}
+
 /// Masks account-like values: compared values of masked fields, and keys made of them.
 pub fn mask_row(mut row: BreakRow, fields: &[String], rules: &RuleSet) -> BreakRow {
-    let masked = |name: &str| name.split('/').any(|part| fields.iter().any(|f| f == part));
+    let masked = |name: &str| is_masked(fields, name);
     if row.brk.field.as_deref().is_some_and(masked) {
         row.brk.expected = row.brk.expected.as_deref().map(mask_account);
         row.brk.actual = row.brk.actual.as_deref().map(mask_account);
@@ -42,12 +134,7 @@ pub fn mask_row(mut row: BreakRow, fields: &[String], rules: &RuleSet) -> BreakR
             row.brk.field.as_deref().unwrap_or("")
         );
     }
-    let keyed_by_masked = rules
-        .rules
-        .iter()
-        .find(|r| r.name == row.brk.rule)
-        .is_some_and(|r| r.sides().iter().any(|s| s.key.iter().any(|k| masked(k))));
-    if keyed_by_masked && !row.brk.key.is_empty() {
+    if keyed_by_masked(fields, rules, &row.brk.rule) && !row.brk.key.is_empty() {
         let original = row.brk.key.clone();
         row.brk.key = mask_account(&original);
         row.brk.message = row.brk.message.replace(&original, &row.brk.key);

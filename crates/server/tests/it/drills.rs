@@ -530,3 +530,55 @@ async fn a_drill_stopped_early_leaves_nothing_open() {
     assert_eq!(prod, json!([]), "and none is a production break");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_drill_shows_tampered_account_values_masked_except_to_roles_configured_to_see_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.masking.unmasked_roles = vec!["drill-admin".into()];
+    let mut s = TestServer::start_with(cfg).await;
+    let op = s.token_for("operator", "olga");
+    let viewer = s.token_for("viewer", "vera");
+    let full = s.token_for("drill-admin", "dora");
+    let now = chrono_now();
+    let mut p = payment("p-real", "ORD-1", "42.00");
+    let mut b = bill("b-real", "ORD-1", "42.00");
+    p["event_time"] = json!(now);
+    b["event_time"] = json!(now);
+    p["account"] = json!("6222020200112233");
+    b["attributes"] = json!({"payer_account": "6222020200112233"});
+    assert_eq!(s.post("/api/v1/records", body(&[p, b])).await.0, 200);
+    let spec = r#"
+name = "bill paid from another account"
+rules = ["payment-bill"]
+[[faults]]
+kind = "bill"
+field = "attributes.payer_account"
+mutation = { set = "6222020200119999" }
+limits = { hits_max = 3 }
+"#;
+    let id = create(&s, &op, spec, 3).await;
+    let (code, v) = s
+        .call(
+            "post",
+            &format!("/api/v1/drills/{id}/start"),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(code, 202, "{v}");
+    let shown = wait_ended(&s, &viewer, &id).await;
+    let planted = shown["planted"].as_array().unwrap();
+    assert!(!planted.is_empty(), "{shown}");
+    for p in planted {
+        assert_eq!(p["hit"]["field"], "attributes.payer_account", "{p}");
+        assert_eq!(p["hit"]["tampered"], "************9999", "{p}");
+    }
+    let (_, whole) = s
+        .call("get", &format!("/api/v1/drills/{id}"), Some(&full), None)
+        .await;
+    for p in whole["planted"].as_array().unwrap() {
+        assert_eq!(p["hit"]["tampered"], "6222020200119999", "{p}");
+    }
+    s.stop().await;
+}
