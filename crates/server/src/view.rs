@@ -65,7 +65,11 @@ fn mask_value(v: &serde_json::Value) -> serde_json::Value {
 /// `attributes.payer_account` is judged by its last name).
 pub fn mask_hit(hit: &mut Hit, fields: &[String]) {
     let leaf = |f: &str| f.rsplit('.').next().unwrap_or(f).to_string();
-    if hit.field.as_deref().is_some_and(|f| is_masked(fields, &leaf(f))) {
+    if hit
+        .field
+        .as_deref()
+        .is_some_and(|f| is_masked(fields, &leaf(f)))
+    {
         hit.original = hit.original.as_ref().map(mask_value);
         hit.tampered = hit.tampered.as_ref().map(mask_value);
     }
