@@ -48,6 +48,16 @@ async fn wait_ended(s: &TestServer, token: &str, id: &str) -> Value {
     panic!("drill {id} never ended");
 }
 
+async fn start(s: &TestServer, token: &str, id: &str) -> (u16, Value) {
+    s.call(
+        "post",
+        &format!("/api/v1/drills/{id}/start"),
+        Some(token),
+        None,
+    )
+    .await
+}
+
 async fn create(s: &TestServer, token: &str, spec: &str, pairs: usize) -> String {
     let (code, d) = s
         .call(
@@ -71,14 +81,7 @@ async fn a_lossless_drill_of_100_faults_is_found_100_of_100_without_a_production
     let op = s.token_for("operator", "olga");
     real_traffic(&s).await;
     let id = create(&s, &op, OFF_BY_ONE, 120).await;
-    let (code, v) = s
-        .call(
-            "post",
-            &format!("/api/v1/drills/{id}/start"),
-            Some(&op),
-            None,
-        )
-        .await;
+    let (code, v) = start(&s, &op, &id).await;
     assert_eq!(code, 202, "{v}");
     let d = wait_ended(&s, &op, &id).await;
     assert_eq!(d["state"], "completed", "{d}");
@@ -558,14 +561,7 @@ mutation = { set = "6222020200119999" }
 limits = { hits_max = 3 }
 "#;
     let id = create(&s, &op, spec, 3).await;
-    let (code, v) = s
-        .call(
-            "post",
-            &format!("/api/v1/drills/{id}/start"),
-            Some(&op),
-            None,
-        )
-        .await;
+    let (code, v) = start(&s, &op, &id).await;
     assert_eq!(code, 202, "{v}");
     let shown = wait_ended(&s, &viewer, &id).await;
     let planted = shown["planted"].as_array().unwrap();
