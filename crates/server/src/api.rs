@@ -1119,7 +1119,6 @@ fn parse_status(text: &str, code: &str) -> Result<Status, ApiError> {
     })
 }
 
-/// A stored break as every output shows it: masked as configured, with age and SLA.
 /// Whether the caller's role is configured to see account-like values in full.
 pub(crate) fn sees_unmasked(s: &AppState, caller: &Caller) -> bool {
     s.cfg
@@ -1129,6 +1128,7 @@ pub(crate) fn sees_unmasked(s: &AppState, caller: &Caller) -> bool {
         .any(|r| r == caller.role.as_str())
 }
 
+/// A stored break as every output shows it: masked as configured, with age and SLA.
 pub(crate) fn view(s: &AppState, row: BreakRow, now: i64, unmasked: bool) -> BreakView {
     let sla = s
         .pipeline

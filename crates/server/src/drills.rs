@@ -205,8 +205,6 @@ impl Drill {
                     .map(|r| r.name.as_str()),
             );
         }
-        let names: Vec<String> = names.into_iter().map(str::to_string).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         crate::view::mask_drill(
             crate::view::DrillParts {
                 planted: &mut self.planted,

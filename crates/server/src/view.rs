@@ -64,22 +64,14 @@ fn mask_value(v: &serde_json::Value) -> serde_json::Value {
 /// Masks a tampering's values when it changed a masked field (a path such as
 /// `attributes.payer_account` is judged by its last name).
 pub fn mask_hit(hit: &mut Hit, fields: &[String]) {
-    let leaf = |f: &str| f.rsplit('.').next().unwrap_or(f).to_string();
-    if hit
-        .field
-        .as_deref()
-        .is_some_and(|f| is_masked(fields, &leaf(f)))
-    {
+    let leaf = |f: &str| is_masked(fields, f.rsplit('.').next().unwrap_or(f));
+    if hit.field.as_deref().is_some_and(leaf) {
         hit.original = hit.original.as_ref().map(mask_value);
         hit.tampered = hit.tampered.as_ref().map(mask_value);
     }
 }
 
-/// The parts of a drill that may carry account-like values, masked as breaks are: the
-/// values of tampered masked fields, and keys of rules keyed by masked fields wherever
-/// they appear (planted faults, injections, outcomes, false positives). A lossy hit names
-/// no rule, so its key is masked when any of the drill's rules (`drill_rules`) is keyed
-/// by a masked field.
+/// The parts of a drill that may carry account-like values.
 pub struct DrillParts<'a> {
     pub planted: &'a mut [Planted],
     pub injections: &'a mut [Injection],
@@ -87,6 +79,10 @@ pub struct DrillParts<'a> {
     pub report: Option<&'a mut Report>,
 }
 
+/// Masks a drill's parts as breaks are: the values of tampered masked fields, and keys
+/// of rules keyed by masked fields wherever they appear (planted faults, injections,
+/// outcomes, false positives). A lossy hit names no rule, so its key is masked when any
+/// of the drill's rules (`drill_rules`) is keyed by a masked field.
 pub fn mask_drill(parts: DrillParts<'_>, fields: &[String], rules: &RuleSet, drill_rules: &[&str]) {
     let any_keyed = drill_rules
         .iter()
