@@ -115,8 +115,7 @@ impl Ui<'_> {
             .click()
             .await
             .unwrap();
-        let t = Instant::now();
-        loop {
+        wait_for(&format!("{css}: a new page"), 30, async || {
             let arrived = c
                 .execute(
                     "return document.readyState === 'complete' \
@@ -126,15 +125,9 @@ impl Ui<'_> {
                 .await
                 .ok()
                 .and_then(|v| v.as_bool());
-            if arrived == Some(true) {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "{css}: the click led to no new page"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            (arrived == Some(true)).then_some(())
+        })
+        .await;
         self.loaded(css).await;
     }
 

@@ -20,11 +20,20 @@ limits = { hits_max = 100 }
 
 /// Real traffic to shape forgeries from: a matched payment and bill.
 async fn real_traffic(s: &TestServer) {
+    real_traffic_from(s, None).await;
+}
+
+/// A matched payment and bill, paid from `account` when one is given.
+async fn real_traffic_from(s: &TestServer, account: Option<&str>) {
     let now = chrono_now();
     let mut p = payment("p-real", "ORD-1", "42.00");
     let mut b = bill("b-real", "ORD-1", "42.00");
     p["event_time"] = json!(now);
     b["event_time"] = json!(now);
+    if let Some(a) = account {
+        p["account"] = json!(a);
+        b["attributes"] = json!({ "payer_account": a });
+    }
     assert_eq!(s.post("/api/v1/records", body(&[p, b])).await.0, 200);
 }
 
@@ -198,14 +207,7 @@ async fn the_kill_switch_refuses_new_drills_until_released() {
         .0,
         200
     );
-    let (code, v) = s
-        .call(
-            "post",
-            &format!("/api/v1/drills/{id}/start"),
-            Some(&s.token),
-            None,
-        )
-        .await;
+    let (code, v) = start(&s, &s.token, &id).await;
     assert_eq!(
         (code, v["code"].as_str()),
         (409, Some("cannot_start")),
@@ -223,14 +225,7 @@ async fn the_kill_switch_refuses_new_drills_until_released() {
         .0,
         200
     );
-    let (code, _) = s
-        .call(
-            "post",
-            &format!("/api/v1/drills/{id}/start"),
-            Some(&s.token),
-            None,
-        )
-        .await;
+    let (code, _) = start(&s, &s.token, &id).await;
     assert_eq!(code, 202);
     assert_eq!(
         wait_ended(&s, &s.token, &id).await["report"]["discovered"],
@@ -245,17 +240,7 @@ async fn a_dry_run_injects_nothing_and_stop_is_idempotent() {
     real_traffic(&s).await;
     let dry = format!("dry_run = true\n{OFF_BY_ONE}");
     let id = create(&s, &s.token, &dry, 10).await;
-    assert_eq!(
-        s.call(
-            "post",
-            &format!("/api/v1/drills/{id}/start"),
-            Some(&s.token),
-            None
-        )
-        .await
-        .0,
-        202
-    );
+    assert_eq!(start(&s, &s.token, &id).await.0, 202);
     let d = wait_ended(&s, &s.token, &id).await;
     assert_eq!(d["state"], "completed");
     assert_eq!(
@@ -280,14 +265,7 @@ async fn a_dry_run_injects_nothing_and_stop_is_idempotent() {
             .await;
         assert_eq!((code, d["state"].as_str()), (200, Some("stopped")));
     }
-    let (code, _) = s
-        .call(
-            "post",
-            &format!("/api/v1/drills/{id}/start"),
-            Some(&s.token),
-            None,
-        )
-        .await;
+    let (code, _) = start(&s, &s.token, &id).await;
     assert_eq!(code, 409, "an ended drill does not start again");
     // Specs are checked before anything is stored.
     let lossy = OFF_BY_ONE.replace("rules = ", "mode = \"lossy\"\nrules = ");
@@ -323,17 +301,7 @@ async fn a_guard_aborts_the_drill_when_real_breaks_appear() {
         "mutation = \"drop_record\"",
     ) + "[guards]\nreal_breaks_max = 0\n";
     let id = create(&s, &s.token, &spec, 3).await;
-    assert_eq!(
-        s.call(
-            "post",
-            &format!("/api/v1/drills/{id}/start"),
-            Some(&s.token),
-            None
-        )
-        .await
-        .0,
-        202
-    );
+    assert_eq!(start(&s, &s.token, &id).await.0, 202);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         s.post(
@@ -509,8 +477,7 @@ async fn a_drill_stopped_early_leaves_nothing_open() {
     real_traffic(&s).await;
     let spec = OFF_BY_ONE.replace("offset_minor = 1", "delay_ms = 60000");
     let id = create(&s, &s.token, &spec, 5).await;
-    let start = format!("/api/v1/drills/{id}/start");
-    assert_eq!(s.call("post", &start, Some(&s.token), None).await.0, 202);
+    assert_eq!(start(&s, &s.token, &id).await.0, 202);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stop = format!("/api/v1/drills/{id}/stop");
     assert_eq!(s.call("post", &stop, Some(&s.token), None).await.0, 200);
@@ -543,14 +510,7 @@ async fn a_drill_shows_tampered_account_values_masked_except_to_roles_configured
     let op = s.token_for("operator", "olga");
     let viewer = s.token_for("viewer", "vera");
     let full = s.token_for("drill-admin", "dora");
-    let now = chrono_now();
-    let mut p = payment("p-real", "ORD-1", "42.00");
-    let mut b = bill("b-real", "ORD-1", "42.00");
-    p["event_time"] = json!(now);
-    b["event_time"] = json!(now);
-    p["account"] = json!("6222020200112233");
-    b["attributes"] = json!({"payer_account": "6222020200112233"});
-    assert_eq!(s.post("/api/v1/records", body(&[p, b])).await.0, 200);
+    real_traffic_from(&s, Some("6222020200112233")).await;
     let spec = r#"
 name = "bill paid from another account"
 rules = ["payment-bill"]
