@@ -54,6 +54,11 @@ pub struct AlertRule {
     /// halved).
     #[serde(default)]
     pub below_ratio: Option<f64>,
+    /// The value must also exceed the baseline by at least this much, in the metric's
+    /// unit (e.g. 10 for latency in ms): on a fast service a ratio alone turns a busy
+    /// host's 2 ms to 4 ms into an alert, though no user notices a few milliseconds.
+    #[serde(default)]
+    pub above_delta: Option<f64>,
     /// Points in a row the condition must hold before the alert fires (like a
     /// Prometheus `for`): one slow interval on a busy host is not an incident.
     #[serde(default = "for_points_default")]
@@ -114,6 +119,15 @@ impl AlertRule {
                 self.name
             ));
         }
+        if self
+            .above_delta
+            .is_some_and(|d| !(d >= 0.0 && d.is_finite()))
+        {
+            return Some(format!(
+                "alert rule {:?}: above_delta must be at least 0",
+                self.name
+            ));
+        }
         if self.for_points == 0 || self.for_points > RESOLVE_POINTS_MAX {
             return Some(format!(
                 "alert rule {:?}: for_points must be 1 to {RESOLVE_POINTS_MAX}",
@@ -144,6 +158,9 @@ impl AlertRule {
             && self
                 .below_ratio
                 .is_none_or(|r| o.value <= o.point.expected * r)
+            && self
+                .above_delta
+                .is_none_or(|d| o.value >= o.point.expected + d)
             && o.traffic >= self.traffic_min
     }
 }
@@ -550,6 +567,7 @@ mod tests {
             below: None,
             above_ratio: None,
             below_ratio: None,
+            above_delta: None,
             for_points: 1,
             traffic_min: 10.0,
             severity: Severity::Warning,
@@ -710,6 +728,36 @@ mod tests {
         let mut bad = rule("x", "y");
         bad.below_ratio = Some(2.0);
         assert!(bad.problem().unwrap().contains("below_ratio"));
+    }
+
+    #[test]
+    fn a_delta_bound_needs_the_value_that_far_above_its_baseline() {
+        let graph = ServiceGraph::default();
+        let mut r = rule("slow", "latency_ms_p95");
+        r.above_ratio = Some(1.25);
+        r.above_delta = Some(10.0);
+        let mut book = Book::new(vec![r], MergeConfig::default());
+        let p = point(true);
+        // 1.9 times the baseline of 10, but only 9 above it: not yet an alert.
+        let near = Observation {
+            service: "a",
+            metric: "latency_ms_p95",
+            time_ms: 0,
+            value: 19.0,
+            point: &p,
+            traffic: 50.0,
+        };
+        assert!(book.observe(&near, &graph).is_empty());
+        let far = Observation {
+            value: 20.0,
+            ..near
+        };
+        assert!(!book.observe(&far, &graph).is_empty());
+        let mut bad = rule("x", "y");
+        bad.above_delta = Some(-1.0);
+        assert!(bad.problem().unwrap().contains("above_delta"));
+        bad.above_delta = Some(f64::NAN);
+        assert!(bad.problem().unwrap().contains("above_delta"));
     }
 
     #[test]

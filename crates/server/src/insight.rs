@@ -92,18 +92,22 @@ fn default_rules() -> Vec<AlertRule> {
         below: None,
         above_ratio: None,
         below_ratio: None,
+        above_delta: None,
         for_points: 1,
         traffic_min,
         severity,
         resolve_points: 3,
     };
-    // Latency must also be 1.25 times its baseline and above a millisecond for three
-    // intervals in a row, and a throughput drop must halve it: smaller or shorter
-    // departures are real, but nobody acts on them.
+    // Latency must also be 1.25 times its baseline and 10 ms above it for three
+    // intervals in a row (page loads: 100 ms), and a throughput drop must halve it:
+    // smaller or shorter departures are real, but nobody acts on them. The absolute
+    // margin is what keeps a fast service quiet on a busy host, where a 2 ms p95 doubles
+    // for minutes at a time without anyone noticing.
     vec![
         AlertRule {
             above: Some(1.0),
             above_ratio: Some(1.25),
+            above_delta: Some(10.0),
             for_points: 3,
             ..rule("latency", METRIC_LATENCY, Severity::Warning, 5.0)
         },
@@ -117,6 +121,7 @@ fn default_rules() -> Vec<AlertRule> {
         AlertRule {
             above: Some(1.0),
             above_ratio: Some(1.25),
+            above_delta: Some(100.0),
             for_points: 3,
             ..rule("web_vitals", METRIC_LCP, Severity::Warning, 5.0)
         },
