@@ -1270,29 +1270,46 @@ async fn change_status(
     Ok(note.attach(Json(view(&s, row, now, unmasked)).into_response()))
 }
 
-/// The rule set in force and its version.
+/// The rule set in force and its version; a scoped token sees its rules, links and
+/// sources only.
 #[utoipa::path(get, path = "/api/v1/rules", responses((status = 200, description = "rules")), security(("token" = [])))]
-async fn rules(State(s): State<Shared>, _caller: Caller) -> Json<steadfast_verify::RuleSet> {
-    Json((*s.pipeline.rules).clone())
+async fn rules(State(s): State<Shared>, caller: Caller) -> Json<steadfast_verify::RuleSet> {
+    Json(caller.scope.narrow(&s.pipeline.rules))
 }
 
-/// Engine state: open records per rule, the last applied WAL entry, break counts.
+/// Engine state: open records per rule, the last applied WAL entry, break counts. A
+/// scoped token's open records and break counts are those of its rules; the engine-wide
+/// figures (rates, records seen, WAL position) name no fund link and are shown to all.
 #[utoipa::path(get, path = "/api/v1/status", responses((status = 200, description = "status")), security(("token" = [])))]
 async fn status(
     State(s): State<Shared>,
-    _caller: Caller,
+    caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (stats, seq) = s.pipeline.stats();
-    let (counts, unresolved) =
-        with_store(&s, |st| Ok((st.counts()?, st.unresolved_by_rule()?))).await?;
+    let visible = caller.scope.visible_rules(&s.pipeline.rules);
+    let shown = |rule: &str| visible.as_ref().is_none_or(|v| v.iter().any(|r| r == rule));
+    let (by_rule, unresolved) = with_store(&s, |st| {
+        Ok((st.counts_by_rule()?, st.unresolved_by_rule()?))
+    })
+    .await?;
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    for (status, rule, n) in by_rule {
+        if shown(&rule) {
+            *counts.entry(status).or_default() += n;
+        }
+    }
+    let unresolved: std::collections::BTreeMap<String, u64> =
+        unresolved.into_iter().filter(|(r, _)| shown(r)).collect();
     let open: serde_json::Map<String, serde_json::Value> = s
         .pipeline
         .rules
         .rules
         .iter()
         .zip(stats.open_per_rule.iter())
+        .filter(|(r, _)| shown(&r.name))
         .map(|(r, n)| (r.name.clone(), (*n).into()))
         .collect();
+    let open_total: u64 = open.values().filter_map(|v| v.as_u64()).sum();
     let (p50, p99, max, n) = s.metrics.recent_detection();
     let now = wall_ms();
     let records_per_sec = s
@@ -1311,14 +1328,14 @@ async fn status(
         "records_per_sec": records_per_sec,
         "chain_rows_per_sec": chain_rows_per_sec,
         "rules_version": s.pipeline.rules.version,
-        "open_records_total": stats.open_per_rule.iter().sum::<usize>(),
+        "open_records_total": open_total,
         "detection_latency_ms": { "breaks": n, "p50": p50, "p99": p99, "max": max },
         "wal_seq_applied": seq,
         "records_seen": stats.records_seen,
         "retries_ignored": stats.retries_ignored,
         "record_ids_evicted": stats.record_ids_evicted,
         "open_records": open,
-        "breaks": counts.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-        "unresolved_by_rule": unresolved.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "breaks": counts,
+        "unresolved_by_rule": unresolved,
     })))
 }

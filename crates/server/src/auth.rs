@@ -162,6 +162,48 @@ impl Scope {
                 .any(|l| self.links.contains(&l.name) && l.chain.iter().any(|s| s == source))
     }
 
+    /// The rule set as the caller may see it: its rules, the links they or the scope
+    /// name, and the sources of those; the whole set for an unscoped caller.
+    pub fn narrow(&self, rules: &RuleSet) -> RuleSet {
+        let Some(visible) = self.visible_rules(rules) else {
+            return rules.clone();
+        };
+        let kept: Vec<_> = rules
+            .rules
+            .iter()
+            .filter(|r| visible.contains(&r.name))
+            .cloned()
+            .collect();
+        let links: Vec<_> = rules
+            .links
+            .iter()
+            .filter(|l| {
+                self.links.contains(&l.name)
+                    || kept.iter().any(|r| r.link.as_ref() == Some(&l.name))
+            })
+            .cloned()
+            .collect();
+        let sources = rules
+            .sources
+            .iter()
+            .filter(|s| {
+                self.services.contains(&s.name)
+                    || links.iter().any(|l| l.chain.contains(&s.name))
+                    || kept
+                        .iter()
+                        .any(|r| r.sides().iter().any(|side| side.source == s.name))
+            })
+            .cloned()
+            .collect();
+        RuleSet {
+            version: rules.version.clone(),
+            business_day: rules.business_day.clone(),
+            sources,
+            links,
+            rules: kept,
+        }
+    }
+
     /// The rules whose breaks the caller may see; `None` for all.
     pub fn visible_rules(&self, rules: &RuleSet) -> Option<Vec<String>> {
         if self.is_unscoped() {

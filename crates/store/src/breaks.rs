@@ -369,13 +369,17 @@ impl BreakStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Counts of breaks by status, production breaks only.
-    pub fn counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT status, COUNT(*) FROM breaks WHERE drill IS NULL GROUP BY status")?;
+    /// Counts of breaks by status and rule, production breaks only.
+    pub fn counts_by_rule(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT status, rule, COUNT(*) FROM breaks WHERE drill IS NULL GROUP BY status, rule",
+        )?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)? as u64,
+            ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

@@ -682,6 +682,57 @@ async fn tokens_expire_are_revoked_at_once_and_keep_to_their_scope_and_rate() {
         .0,
         200
     );
+    // Its rules and status are narrowed the same way: the wallet viewer sees neither
+    // pay-to-bill's rules nor its open records and break counts.
+    let names = |v: &Value| -> Vec<String> {
+        v["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, all) = s.call("get", "/api/v1/rules", Some(&s.token), None).await;
+    let (_, mine) = s
+        .call("get", "/api/v1/rules", Some(&wallet_viewer), None)
+        .await;
+    let (all, mine_names) = (names(&all), names(&mine));
+    assert!(
+        !mine_names.is_empty() && mine_names.len() < all.len(),
+        "{mine}"
+    );
+    assert!(
+        mine["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["name"] == "wallet"),
+        "{mine}"
+    );
+    let hidden: Vec<&String> = all.iter().filter(|r| !mine_names.contains(r)).collect();
+    let (_, st) = s
+        .call("get", "/api/v1/status", Some(&wallet_viewer), None)
+        .await;
+    let (_, full) = s.call("get", "/api/v1/status", Some(&s.token), None).await;
+    for r in &hidden {
+        assert!(st["open_records"].get(r.as_str()).is_none(), "{st}");
+        assert!(st["unresolved_by_rule"].get(r.as_str()).is_none(), "{st}");
+    }
+    assert!(
+        hidden
+            .iter()
+            .any(|r| full["unresolved_by_rule"].get(r.as_str()).is_some()),
+        "the admin sees the hidden rule's unresolved breaks: {full}"
+    );
+    let total = |v: &Value| -> u64 {
+        v["breaks"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum()
+    };
+    assert!(total(&st) < total(&full), "{st} against {full}");
     let (code, v) = s
         .call(
             "post",
