@@ -9,6 +9,11 @@
 //! parent is remembered for its children, for [`PAIR_WAIT_MS`] of arrival time. A child
 //! whose parent has not arrived by then is counted in [`ServiceGraph::unpaired`].
 //!
+//! A call whose caller reported a client span and whose callee a server span also gives
+//! its network time: the client's duration less the server's, the round trip and the
+//! time on the wire that the callee never saw (for a browser's fetch, the user's
+//! network). These are handed out by [`ServiceGraph::take_network`] for the detectors.
+//!
 //! Pure: spans and the time of their arrival in, edges out. The server feeds it what it
 //! has stored durably, and answers from it the ranges it has seen whole.
 
@@ -27,6 +32,9 @@ pub const MINUTES_MAX: usize = 7 * 24 * 60;
 /// Caller–callee pairs counted per minute at most; calls of further pairs in that minute
 /// are counted in [`ServiceGraph::dropped`].
 pub const EDGES_PER_MINUTE_MAX: usize = 1_024;
+/// Network times held until [`ServiceGraph::take_network`] takes them; past it they are
+/// counted in [`ServiceGraph::network_dropped`].
+pub const NETWORK_PENDING_MAX: usize = 65_536;
 
 const MINUTE_NS: i64 = 60_000_000_000;
 
@@ -47,6 +55,36 @@ pub struct GraphSpan {
     pub start_ns: i64,
     pub duration_ns: i64,
     pub error: bool,
+    /// OpenTelemetry's span kind: a client span's duration includes the network.
+    pub kind: Kind,
+}
+
+/// The span kinds the network time needs told apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Client,
+    Server,
+    Other,
+}
+
+impl Kind {
+    pub fn of(kind: &str) -> Kind {
+        match kind {
+            "client" => Kind::Client,
+            "server" => Kind::Server,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// One call's network time: its caller's client span less its callee's server span.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkTime {
+    pub caller: String,
+    pub callee: String,
+    /// When the callee's span ended, nanoseconds since the Unix epoch.
+    pub end_ns: i64,
+    pub network_ns: i64,
 }
 
 /// The spans of `rows` as the map reads them; spans with malformed ids are left out (the
@@ -70,6 +108,7 @@ pub fn tap(rows: &[SpanRow]) -> Vec<GraphSpan> {
                 start_ns: s.start_ns,
                 duration_ns: s.end_ns.saturating_sub(s.start_ns).max(0),
                 error: s.status == "error",
+                kind: Kind::of(&s.kind),
             })
         })
         .collect()
@@ -155,6 +194,15 @@ struct Child {
     start_ns: i64,
     duration_ns: i64,
     error: bool,
+    server: bool,
+}
+
+/// A span remembered for its children.
+#[derive(Clone, Debug)]
+struct Parent {
+    service: Arc<str>,
+    /// Its duration when it is a client span (whose children's network time it gives).
+    client_ns: Option<i64>,
 }
 
 type Key = (u128, u64);
@@ -165,7 +213,7 @@ type Minute = HashMap<(Arc<str>, Arc<str>), Stat>;
 #[derive(Debug, Default)]
 pub struct ServiceGraph {
     /// Spans that arrived in the last [`PAIR_WAIT_MS`], by trace and span id.
-    seen: HashMap<Key, Arc<str>>,
+    seen: HashMap<Key, Parent>,
     /// Children whose parent has not arrived, by trace and parent span id.
     waiting: HashMap<Key, Vec<Child>>,
     waiting_len: usize,
@@ -181,6 +229,9 @@ pub struct ServiceGraph {
     pub unpaired: u64,
     /// Calls left out by [`EDGES_PER_MINUTE_MAX`] or because their minute was too old.
     pub dropped: u64,
+    network: Vec<NetworkTime>,
+    /// Network times left out by [`NETWORK_PENDING_MAX`].
+    pub network_dropped: u64,
 }
 
 impl ServiceGraph {
@@ -228,6 +279,34 @@ impl ServiceGraph {
         }
     }
 
+    /// A call of `parent`'s service to `child`'s.
+    fn call(&mut self, parent: &Parent, child: &Child) {
+        if parent.service == child.service {
+            return;
+        }
+        self.count(
+            &parent.service,
+            &child.service,
+            child.start_ns,
+            child.duration_ns,
+            child.error,
+        );
+        let Some(client_ns) = parent.client_ns.filter(|_| child.server) else {
+            return;
+        };
+        if self.network.len() >= NETWORK_PENDING_MAX {
+            self.network_dropped += 1;
+            return;
+        }
+        self.network.push(NetworkTime {
+            caller: parent.service.to_string(),
+            callee: child.service.to_string(),
+            end_ns: child.start_ns.saturating_add(child.duration_ns),
+            // Clocks of two hosts may disagree by more than the network took.
+            network_ns: (client_ns - child.duration_ns).max(0),
+        });
+    }
+
     /// Takes in spans that arrived (were stored) at `now_ms`.
     pub fn observe(&mut self, spans: &[GraphSpan], now_ms: i64) {
         for s in spans {
@@ -236,33 +315,35 @@ impl ServiceGraph {
                 let db = self.name(db);
                 self.count(&service, &db, s.start_ns, s.duration_ns, s.error);
             }
+            let me = Parent {
+                service: service.clone(),
+                client_ns: (s.kind == Kind::Client).then_some(s.duration_ns),
+            };
             // Its children that arrived first.
             if let Some(kids) = self.waiting.remove(&(s.trace, s.span)) {
                 self.waiting_len -= kids.len();
-                for k in kids.iter().filter(|k| k.service != service) {
-                    self.count(&service, &k.service, k.start_ns, k.duration_ns, k.error);
+                for k in &kids {
+                    self.call(&me, k);
                 }
             }
             if let Some(p) = s.parent {
+                let child = Child {
+                    service: service.clone(),
+                    start_ns: s.start_ns,
+                    duration_ns: s.duration_ns,
+                    error: s.error,
+                    server: s.kind == Kind::Server,
+                };
                 match self.seen.get(&(s.trace, p)).cloned() {
-                    Some(parent) => {
-                        if parent != service {
-                            self.count(&parent, &service, s.start_ns, s.duration_ns, s.error);
-                        }
-                    }
+                    Some(parent) => self.call(&parent, &child),
                     None => {
-                        self.waiting.entry((s.trace, p)).or_default().push(Child {
-                            service: service.clone(),
-                            start_ns: s.start_ns,
-                            duration_ns: s.duration_ns,
-                            error: s.error,
-                        });
+                        self.waiting.entry((s.trace, p)).or_default().push(child);
                         self.waiting_len += 1;
                         self.order.push_back((now_ms, (s.trace, p), true));
                     }
                 }
             }
-            self.seen.insert((s.trace, s.span), service);
+            self.seen.insert((s.trace, s.span), me);
             self.order.push_back((now_ms, (s.trace, s.span), false));
         }
         self.expire(now_ms);
@@ -314,6 +395,11 @@ impl ServiceGraph {
             .collect()
     }
 
+    /// The network times of the calls paired since the last take, in pairing order.
+    pub fn take_network(&mut self) -> Vec<NetworkTime> {
+        std::mem::take(&mut self.network)
+    }
+
     /// Spans held for pairing now (parents and waiting children).
     pub fn pairing_len(&self) -> usize {
         self.seen.len() + self.waiting_len
@@ -337,6 +423,7 @@ mod tests {
             start_ns: T0 + at_s * 1_000_000_000,
             duration_ns: 1_000_000,
             error: false,
+            kind: Kind::Other,
         }
     }
 
@@ -469,6 +556,76 @@ mod tests {
         let mut g = ServiceGraph::new(Some(T0 + 90_000_000_000));
         g.observe(&[span(1, 1, None, "a", 30)], 0);
         assert_eq!(g.whole_from_ns(), T0 + 2 * MINUTE_NS);
+    }
+
+    #[test]
+    fn a_client_span_and_its_server_child_give_the_calls_network_time() {
+        let mut g = ServiceGraph::new(None);
+        let client = |id: u64, parent: Option<u64>, service: &str, ms: i64| GraphSpan {
+            kind: Kind::Client,
+            duration_ns: ms * 1_000_000,
+            ..span(1, id, parent, service, 0)
+        };
+        let server = |id: u64, parent: Option<u64>, service: &str, ms: i64| GraphSpan {
+            kind: Kind::Server,
+            duration_ns: ms * 1_000_000,
+            ..span(1, id, parent, service, 0)
+        };
+        // The browser's fetch (40 ms) is reported after the gateway's span (30 ms) it
+        // caused, whose own call to billing (client 12 ms, server 9 ms) comes in order.
+        g.observe(&[server(2, Some(1), "gateway", 30)], 0);
+        g.observe(&[client(1, None, "rum:shop", 40)], 10);
+        g.observe(
+            &[
+                client(3, Some(2), "gateway", 12),
+                server(4, Some(3), "billing", 9),
+            ],
+            20,
+        );
+        // An internal span's child is a call, but says nothing of the network.
+        g.observe(
+            &[
+                span(1, 5, Some(2), "gateway", 0),
+                server(6, Some(5), "ledger", 5),
+            ],
+            30,
+        );
+        let times: Vec<(String, String, i64)> = g
+            .take_network()
+            .into_iter()
+            .map(|n| (n.caller, n.callee, n.network_ns / 1_000_000))
+            .collect();
+        assert_eq!(
+            times,
+            [
+                ("rum:shop".to_string(), "gateway".to_string(), 10),
+                ("gateway".to_string(), "billing".to_string(), 3),
+            ]
+        );
+        assert!(g.take_network().is_empty(), "taken once");
+        assert_eq!(g.edges(T0, T0 + MINUTE_NS).len(), 3);
+    }
+
+    #[test]
+    fn network_times_wait_in_a_bounded_buffer() {
+        let mut g = ServiceGraph::new(None);
+        let spans: Vec<GraphSpan> = (0..(NETWORK_PENDING_MAX as u128 + 5))
+            .flat_map(|t| {
+                [
+                    GraphSpan {
+                        kind: Kind::Client,
+                        ..span(t, 1, None, "a", 0)
+                    },
+                    GraphSpan {
+                        kind: Kind::Server,
+                        ..span(t, 2, Some(1), "b", 0)
+                    },
+                ]
+            })
+            .collect();
+        g.observe(&spans, 0);
+        assert_eq!(g.take_network().len(), NETWORK_PENDING_MAX);
+        assert_eq!(g.network_dropped, 5);
     }
 
     #[test]

@@ -134,8 +134,16 @@ pub(crate) async fn store_rows(s: &Shared, rows: steadfast_chain::Rows) -> Resul
     with_chain(s, move |c| c.append(rows)).await?;
     // Only what is durable reaches the service map and the user list.
     if !spans.is_empty() {
-        let mut g = s.graph.lock().expect("graph lock");
-        g.observe(&spans, crate::pipeline::wall_ms());
+        let now = crate::pipeline::wall_ms();
+        let network = {
+            let mut g = s.graph.lock().expect("graph lock");
+            g.observe(&spans, now);
+            g.take_network()
+        };
+        if !network.is_empty() {
+            let tap = crate::insight::SpanTap::network(&network, s.cfg.insight.interval_ms);
+            s.insight.absorb(tap, now);
+        }
     }
     if !users.is_empty() {
         s.users.lock().expect("users lock").observe(&users);

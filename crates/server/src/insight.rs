@@ -18,6 +18,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use steadfast_chain::graph::NetworkTime;
 use steadfast_chain::SpanRow;
 use steadfast_insight::alert::{
     Alert, AlertRule, Book, Event, Incident, MergeConfig, Observation, ServiceGraph, Severity,
@@ -125,6 +126,14 @@ fn default_rules() -> Vec<AlertRule> {
             for_points: 3,
             ..rule("web_vitals", METRIC_LCP, Severity::Warning, 5.0)
         },
+        // The network to a service: judged as its latency is, over its callers' calls.
+        AlertRule {
+            above: Some(1.0),
+            above_ratio: Some(1.25),
+            above_delta: Some(10.0),
+            for_points: 3,
+            ..rule("network", METRIC_NETWORK, Severity::Warning, 5.0)
+        },
     ]
 }
 
@@ -136,11 +145,17 @@ pub const METRIC_BREAKS: &str = "breaks";
 /// Largest Contentful Paint of a browser site's page loads (`rum:<site>`), the 75th
 /// percentile as web vitals are judged.
 pub const METRIC_LCP: &str = "lcp_ms_p75";
+/// Network time of the calls into a service (its callers' client spans less its server
+/// spans), the 95th percentile: the round trip as the callers see it, or for a browser
+/// site's calls, the users' network.
+pub const METRIC_NETWORK: &str = "network_ms_p95";
 
 /// How a metric's noise is modelled and which way is bad.
 fn metric_shape(metric: &str) -> (SeriesKind, Direction) {
     match metric {
-        METRIC_LATENCY | METRIC_DB | METRIC_LCP => (SeriesKind::Gauge, Direction::Up),
+        METRIC_LATENCY | METRIC_DB | METRIC_LCP | METRIC_NETWORK => {
+            (SeriesKind::Gauge, Direction::Up)
+        }
         METRIC_ERRORS | METRIC_BREAKS => (SeriesKind::Count, Direction::Up),
         METRIC_REQUESTS => (SeriesKind::Count, Direction::Down),
         _ => (SeriesKind::Gauge, Direction::Both),
@@ -193,6 +208,9 @@ pub(crate) struct Bucket {
     db: Reservoir,
     /// Page loads' Largest Contentful Paint (ms).
     lcp: Reservoir,
+    /// Network time of the calls into the service (ms): each caller's client span less
+    /// the service's server span, from the service map's pairing.
+    network: Reservoir,
 }
 
 /// A bounded uniform sample of durations (ms).
@@ -285,6 +303,23 @@ impl SpanTap {
             if let Some(lcp) = lcp_ms(span) {
                 bucket.lcp.push(lcp);
             }
+        }
+        SpanTap(buckets)
+    }
+
+    /// The network times of paired calls, each in the interval its callee's span ended
+    /// in, under the callee's name.
+    pub(crate) fn network(times: &[NetworkTime], interval_ms: u64) -> SpanTap {
+        let interval = interval_ms.max(1) as i64;
+        let mut buckets: HashMap<(i64, String), Bucket> = HashMap::new();
+        for t in times {
+            let end_ms = t.end_ns.div_euclid(1_000_000);
+            let key = (end_ms - end_ms.rem_euclid(interval), t.callee.clone());
+            if !buckets.contains_key(&key) && buckets.len() >= SERVICES_PER_BATCH_MAX {
+                continue;
+            }
+            let bucket = buckets.entry(key).or_default();
+            bucket.network.push(t.network_ns as f64 / 1e6);
         }
         SpanTap(buckets)
     }
@@ -422,6 +457,7 @@ impl Insight {
             open.durations.merge(b.durations);
             open.db.merge(b.db);
             open.lcp.merge(b.lcp);
+            open.network.merge(b.network);
         }
     }
 
@@ -518,6 +554,10 @@ impl Insight {
             let loads = b.lcp.seen as f64;
             if let Some(p75) = b.lcp.quantile(0.75) {
                 points.push((service.clone(), METRIC_LCP, p75, loads));
+            }
+            let calls = b.network.seen as f64;
+            if let Some(p95) = b.network.p95() {
+                points.push((service.clone(), METRIC_NETWORK, p95, calls));
             }
         }
         let rules: Vec<String> = self
@@ -1129,6 +1169,38 @@ mod tests {
         let (kind, direction) = metric_shape(METRIC_LCP);
         assert_eq!((kind, direction), (SeriesKind::Gauge, Direction::Up));
         assert!(default_rules().iter().any(|r| r.metric == METRIC_LCP));
+    }
+
+    #[test]
+    fn paired_calls_give_their_callee_a_network_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let insight = one_second_intervals(dir.path());
+        let t0 = 1_000_000;
+        // Twenty calls into the gateway, 1..20 ms on the network, ending in one interval.
+        let times: Vec<NetworkTime> = (1..=20)
+            .map(|ms| NetworkTime {
+                caller: "rum:shop".into(),
+                callee: "gateway".into(),
+                end_ns: (t0 + 10 * ms) * 1_000_000,
+                network_ns: ms * 1_000_000,
+            })
+            .collect();
+        insight.close(t0);
+        insight.absorb(SpanTap::network(&times, 1_000), t0 + 900);
+        insight.close(t0 + 1_500);
+        assert_eq!(
+            last(&insight, "gateway", METRIC_NETWORK),
+            Some(19.0),
+            "the p95"
+        );
+        assert_eq!(last(&insight, "rum:shop", METRIC_NETWORK), None);
+        // Network times alone count no request.
+        assert_eq!(last(&insight, "gateway", METRIC_REQUESTS), Some(0.0));
+        let network = default_rules()
+            .into_iter()
+            .find(|r| r.metric == METRIC_NETWORK)
+            .expect("a default network rule");
+        assert_eq!(network.traffic_min, 5.0, "guarded by its calls");
     }
 
     #[test]

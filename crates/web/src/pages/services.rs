@@ -469,9 +469,11 @@ const WARMUP_POINTS_DEFAULT: usize = 32;
 const SCORE_ON_DEFAULT: f64 = 0.5;
 
 /// The metrics a service has, in the order they are charted: title and unit.
-const METRICS: [(&str, &str, &str); 5] = [
+const METRICS: [(&str, &str, &str); 7] = [
     ("latency_ms_p95", "Latency p95", "ms"),
     ("db_ms_p95", "Database time p95", "ms"),
+    ("network_ms_p95", "Network time p95 of calls in", "ms"),
+    ("lcp_ms_p75", "Largest Contentful Paint p75", "ms"),
     ("errors", "Errors per interval", "errors"),
     ("requests", "Requests per interval", "requests"),
     ("breaks", "Breaks per interval", "breaks"),
