@@ -187,11 +187,13 @@ async fn a_slow_database_raises_one_incident_whose_top_cause_is_its_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_simulated_days_of_seasonal_traffic_raise_no_alert() {
-    // 12 wall seconds a simulated day, one point per series every 250 ms: 48 points a
-    // day (half an hour each), and some fifteen requests behind each point's p95.
-    let day_secs = 12;
+    // 24 wall seconds a simulated day, one point per series every 500 ms: 48 points a
+    // day (half an hour each), and some thirty requests behind each point's p95, so a
+    // host stalling everything for a second (two points) is not the three in a row an
+    // alert needs.
+    let day_secs = 24;
     let rig = Rig::start_alone(9, 1_000, true, |c| {
-        c.insight.interval_ms = 250;
+        c.insight.interval_ms = 500;
         c.insight.lateness_ms = 1_500;
         c.insight.map_refresh_secs = 5;
     })
