@@ -80,8 +80,8 @@ impl Kind {
 /// One call's network time: its caller's client span less its callee's server span.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkTime {
-    pub caller: String,
-    pub callee: String,
+    pub caller: Arc<str>,
+    pub callee: Arc<str>,
     /// When the callee's span ended, nanoseconds since the Unix epoch.
     pub end_ns: i64,
     pub network_ns: i64,
@@ -299,10 +299,11 @@ impl ServiceGraph {
             return;
         }
         self.network.push(NetworkTime {
-            caller: parent.service.to_string(),
-            callee: child.service.to_string(),
+            caller: parent.service.clone(),
+            callee: child.service.clone(),
             end_ns: child.start_ns.saturating_add(child.duration_ns),
-            // Clocks of two hosts may disagree by more than the network took.
+            // A server span can outlast its client's (work after the answer was sent,
+            // timers of different resolution): that call spent no time on the network.
             network_ns: (client_ns - child.duration_ns).max(0),
         });
     }
@@ -593,7 +594,13 @@ mod tests {
         let times: Vec<(String, String, i64)> = g
             .take_network()
             .into_iter()
-            .map(|n| (n.caller, n.callee, n.network_ns / 1_000_000))
+            .map(|n| {
+                (
+                    n.caller.to_string(),
+                    n.callee.to_string(),
+                    n.network_ns / 1_000_000,
+                )
+            })
             .collect();
         assert_eq!(
             times,

@@ -314,7 +314,7 @@ impl SpanTap {
         let mut buckets: HashMap<(i64, String), Bucket> = HashMap::new();
         for t in times {
             let end_ms = t.end_ns.div_euclid(1_000_000);
-            let key = (end_ms - end_ms.rem_euclid(interval), t.callee.clone());
+            let key = (end_ms - end_ms.rem_euclid(interval), t.callee.to_string());
             if !buckets.contains_key(&key) && buckets.len() >= SERVICES_PER_BATCH_MAX {
                 continue;
             }
