@@ -284,13 +284,10 @@ impl SpanTap {
         let interval = interval_ms.max(1) as i64;
         let mut buckets: HashMap<(i64, String), Bucket> = HashMap::new();
         for span in spans {
-            let end_ms = span.end_ns.div_euclid(1_000_000);
-            let key = (end_ms - end_ms.rem_euclid(interval), span.service.clone());
-            if !buckets.contains_key(&key) && buckets.len() >= SERVICES_PER_BATCH_MAX {
+            let Some(bucket) = bucket_of(&mut buckets, span.end_ns, &span.service, interval) else {
                 continue;
-            }
+            };
             let ms = (span.end_ns - span.start_ns).max(0) as f64 / 1e6;
-            let bucket = buckets.entry(key).or_default();
             let is_request = matches!(span.kind.as_str(), "server" | "consumer")
                 || span.parent_span_id.is_none();
             if is_request {
@@ -313,16 +310,28 @@ impl SpanTap {
         let interval = interval_ms.max(1) as i64;
         let mut buckets: HashMap<(i64, String), Bucket> = HashMap::new();
         for t in times {
-            let end_ms = t.end_ns.div_euclid(1_000_000);
-            let key = (end_ms - end_ms.rem_euclid(interval), t.callee.to_string());
-            if !buckets.contains_key(&key) && buckets.len() >= SERVICES_PER_BATCH_MAX {
-                continue;
+            if let Some(bucket) = bucket_of(&mut buckets, t.end_ns, &t.callee, interval) {
+                bucket.network.push(t.network_ns as f64 / 1e6);
             }
-            let bucket = buckets.entry(key).or_default();
-            bucket.network.push(t.network_ns as f64 / 1e6);
         }
         SpanTap(buckets)
     }
+}
+
+/// The bucket of `service` for the interval `end_ns` falls in; `None` once a batch has
+/// [`SERVICES_PER_BATCH_MAX`] buckets and this would be a new one.
+fn bucket_of<'a>(
+    buckets: &'a mut HashMap<(i64, String), Bucket>,
+    end_ns: i64,
+    service: &str,
+    interval: i64,
+) -> Option<&'a mut Bucket> {
+    let end_ms = end_ns.div_euclid(1_000_000);
+    let key = (end_ms - end_ms.rem_euclid(interval), service.to_string());
+    if !buckets.contains_key(&key) && buckets.len() >= SERVICES_PER_BATCH_MAX {
+        return None;
+    }
+    Some(buckets.entry(key).or_default())
 }
 
 /// A scored point as charts and the API show it.
